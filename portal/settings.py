@@ -217,6 +217,15 @@ S3_ADDRESSING_STYLE = env_str("S3_ADDRESSING_STYLE", "path")
 S3_CONNECT_TIMEOUT = env_float("S3_CONNECT_TIMEOUT", 2.0)
 S3_READ_TIMEOUT = env_float("S3_READ_TIMEOUT", 30.0)
 
+# --- Weight distribution ----------------------------------------------------------------
+# A download link (/dl/<id>) lives this long and may be used this many times; each use
+# redirects to an S3 URL signed for WEIGHTS_PRESIGN_SECONDS only.
+WEIGHTS_LINK_SECONDS = env_int("WEIGHTS_LINK_SECONDS", 24 * 60 * 60)
+WEIGHTS_LINK_MAX_USES = env_int("WEIGHTS_LINK_MAX_USES", 20)
+WEIGHTS_PRESIGN_SECONDS = env_int("WEIGHTS_PRESIGN_SECONDS", 5 * 60)
+# publish_weights holds about one part in memory (plus one copy while it is sent).
+WEIGHTS_UPLOAD_PART_SIZE = env_int("WEIGHTS_UPLOAD_PART_SIZE", 64 * 1024 * 1024)
+
 # --- REST framework -------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

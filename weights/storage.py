@@ -6,7 +6,13 @@ that point the portal at another S3 server call `reset_client()`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -17,6 +23,7 @@ from django.conf import settings
 from portal.errors import ServiceUnavailable
 
 S3Error = (BotoCoreError, ClientError)
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every part but the last
 
 
 @functools.lru_cache(maxsize=1)
@@ -80,3 +87,232 @@ def unavailable(exc: Exception) -> ServiceUnavailable:
         "few minutes.",
         code="storage_unavailable",
     )
+
+
+# --- Streaming upload -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    sha256: str
+    md5: str
+
+
+class UploadAborted(Exception):
+    """The multipart upload was aborted; nothing is stored under the key."""
+
+
+def upload_file(
+    path: Path,
+    *,
+    key: str,
+    part_size: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    verify: Callable[[str, str], None] | None = None,
+    content_type: str = "application/octet-stream",
+) -> StoredObject:
+    """Stream a local file to S3 as a multipart upload and return its size and digests.
+
+    Memory stays at about one part: the file is read into one reused buffer, part by part,
+    and SHA-256 and MD5 are updated from the same buffer (S3's own multipart checksum is a
+    checksum of part checksums, not the file's). Any failure or interrupt (KeyboardInterrupt
+    included) aborts the upload, so S3 never shows a partial object under `key`.
+    `verify(sha256, md5)` runs before the upload is completed; if it raises, the upload is
+    aborted too, so a file that fails its checklist never becomes an object.
+    """
+    part_size = part_size or settings.WEIGHTS_UPLOAD_PART_SIZE
+    if part_size < MIN_PART_SIZE:
+        raise ValueError(f"S3 parts must be at least {MIN_PART_SIZE} bytes")
+    s3 = client()
+    sha256, md5 = hashlib.sha256(), hashlib.md5()  # noqa: S324 - checklist.chk compatibility
+    buffer = bytearray(part_size)
+    view = memoryview(buffer)
+    total = 0
+    upload_id = s3.create_multipart_upload(Bucket=bucket(), Key=key, ContentType=content_type)[
+        "UploadId"
+    ]
+    try:
+        parts = []
+        with open(path, "rb") as handle:
+            number = 1
+            while True:
+                filled = _read_full(handle, view)
+                if filled == 0 and number > 1:
+                    break
+                chunk = view[:filled]
+                sha256.update(chunk)
+                md5.update(chunk)
+                # bytes(): botocore needs a seekable body for retries; one copy of one part.
+                response = s3.upload_part(
+                    Bucket=bucket(),
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=bytes(chunk),
+                )
+                parts.append({"PartNumber": number, "ETag": response["ETag"]})
+                total += filled
+                if on_progress:
+                    on_progress(filled)
+                number += 1
+                if filled < part_size:
+                    break
+        if verify:
+            verify(sha256.hexdigest(), md5.hexdigest())
+        s3.complete_multipart_upload(
+            Bucket=bucket(), Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
+    except BaseException:
+        with contextlib.suppress(*S3Error):
+            s3.abort_multipart_upload(Bucket=bucket(), Key=key, UploadId=upload_id)
+        raise
+    return StoredObject(key=key, size=total, sha256=sha256.hexdigest(), md5=md5.hexdigest())
+
+
+def _read_full(handle, view: memoryview) -> int:
+    """Fill `view` from `handle` (short reads happen on pipes and network filesystems)."""
+    filled = 0
+    while filled < len(view):
+        count = handle.readinto(view[filled:])
+        if not count:
+            break
+        filled += count
+    return filled
+
+
+def multipart_uploads_abort(*, prefix: str) -> int:
+    """Abort multipart uploads left under `prefix` by a killed publish; return how many."""
+    s3 = client()
+    aborted = 0
+    response = s3.list_multipart_uploads(Bucket=bucket(), Prefix=prefix)
+    for upload in response.get("Uploads", []):
+        s3.abort_multipart_upload(Bucket=bucket(), Key=upload["Key"], UploadId=upload["UploadId"])
+        aborted += 1
+    return aborted
+
+
+def multipart_uploads_list(*, prefix: str) -> list[str]:
+    response = client().list_multipart_uploads(Bucket=bucket(), Prefix=prefix)
+    return [upload["Key"] for upload in response.get("Uploads", [])]
+
+
+# --- Reading ------------------------------------------------------------------------------
+
+
+def object_head(key: str) -> dict | None:
+    """The object's metadata (`ContentLength`, `ETag`, ...), or None when there is none.
+
+    Raises an `S3Error` when the server cannot be reached.
+    """
+    try:
+        return client().head_object(Bucket=bucket(), Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
+def object_exists(key: str, *, size: int | None = None) -> bool:
+    head = object_head(key)
+    return head is not None and (size is None or head["ContentLength"] == size)
+
+
+def object_delete(key: str) -> None:
+    client().delete_object(Bucket=bucket(), Key=key)
+
+
+def presigned_get_url(key: str, *, filename: str, expires_in: int | None = None) -> str:
+    """A GET URL for `key`, signed for `expires_in` seconds (settings: minutes), that makes
+    the browser save the file as `filename` instead of showing it.
+
+    Signing is local: this never contacts S3. Never log what it returns.
+    """
+    expires_in = expires_in or settings.WEIGHTS_PRESIGN_SECONDS
+    safe_name = filename.replace('"', "").replace("\\", "")
+    return client().generate_presigned_url(
+        "get_object",
+        Params={
+            "Bucket": bucket(),
+            "Key": key,
+            "ResponseContentDisposition": f'attachment; filename="{safe_name}"',
+            "ResponseContentType": "application/octet-stream",
+        },
+        ExpiresIn=expires_in,
+    )
+
+
+class ChecksumMismatch(Exception):
+    """A downloaded file's SHA-256 differs from the manifest's; the file was removed."""
+
+
+def download_file(
+    key: str,
+    dest: Path,
+    *,
+    sha256: str,
+    size: int,
+    block_size: int = 8 * 1024 * 1024,
+    on_progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Fetch `key` to `dest` with ranged reads, resuming a `dest.part` left by a previous try,
+    and verify its SHA-256 before it appears under its final name.
+
+    The job worker fills its model cache with this. A present `dest` with the right size and
+    digest is kept as it is.
+    """
+    dest = Path(dest)
+    if dest.exists() and dest.stat().st_size == size and file_digests(dest)[0] == sha256:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".part")
+    digest = hashlib.sha256()
+    offset = 0
+    if partial.exists():
+        offset = partial.stat().st_size
+        if offset > size:
+            partial.unlink()
+            offset = 0
+        else:
+            with open(partial, "rb") as handle:
+                for block in iter(lambda: handle.read(block_size), b""):
+                    digest.update(block)
+    with open(partial, "ab") as out:
+        while offset < size:
+            end = min(offset + block_size * 8, size) - 1
+            body = client().get_object(Bucket=bucket(), Key=key, Range=f"bytes={offset}-{end}")[
+                "Body"
+            ]
+            for block in body.iter_chunks(block_size):
+                out.write(block)
+                digest.update(block)
+                offset += len(block)
+                if on_progress:
+                    on_progress(len(block))
+    if digest.hexdigest() != sha256:
+        partial.unlink(missing_ok=True)
+        raise ChecksumMismatch(
+            f"{dest.name}: SHA-256 {digest.hexdigest()} does not match the manifest's {sha256}"
+        )
+    os.replace(partial, dest)
+    return dest
+
+
+def file_digests(
+    path: Path,
+    *,
+    block_size: int = 8 * 1024 * 1024,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[str, str]:
+    """(SHA-256, MD5) of a local file, read in blocks."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5()  # noqa: S324 - checklist.chk compatibility
+    buffer = bytearray(block_size)
+    view = memoryview(buffer)
+    with open(path, "rb") as handle:
+        while count := handle.readinto(view):
+            sha256.update(view[:count])
+            md5.update(view[:count])
+            if on_progress:
+                on_progress(count)
+    return sha256.hexdigest(), md5.hexdigest()

@@ -1,0 +1,288 @@
+"""Every write of the weights app: publishing checkpoints, issuing and using download links."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from portal.errors import InvalidInput, NotFound, PermissionDenied, ServiceUnavailable
+from weights import storage
+from weights.checkpoints import LocalFile, checkpoint_inspect
+from weights.models import DownloadEvent, DownloadLink, ModelVariant, WeightFile
+
+logger = logging.getLogger(__name__)
+
+# --- Publishing ---------------------------------------------------------------------------
+
+
+def s3_prefix(variant: ModelVariant) -> str:
+    return f"checkpoints/{variant.slug}/"
+
+
+class ChecklistMismatch(InvalidInput):
+    code = "checklist_mismatch"
+
+
+@dataclass
+class PublishResult:
+    uploaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    aborted_uploads: int = 0
+
+
+# (path, size, action) -> a callable that takes byte counts, or None. action: "hash" | "upload"
+ProgressFactory = Callable[[str, int, str], Callable[[int], None] | None]
+
+
+def variant_publish(
+    *,
+    variant: ModelVariant,
+    directory: Path,
+    progress: ProgressFactory | None = None,
+    part_size: int | None = None,
+) -> PublishResult:
+    """Upload a checkpoint folder to S3 and record its manifest, resumably.
+
+    A file whose manifest row has the same size and SHA-256 as the local file, and whose
+    object is in S3 with that size, is skipped. A row is written only after the file's
+    upload completed and its checklist MD5 (when listed) matched.
+    """
+    checkpoint = checkpoint_inspect(directory=directory, variant=variant)
+    result = PublishResult()
+    try:
+        # Uploads a killed publish left open hold parts nobody will complete.
+        result.aborted_uploads = storage.multipart_uploads_abort(prefix=s3_prefix(variant))
+        for local in checkpoint.files:
+            if _already_stored(variant=variant, local=local, progress=progress):
+                result.skipped.append(local.path)
+                continue
+            weightfile_upload(variant=variant, local=local, progress=progress, part_size=part_size)
+            result.uploaded.append(local.path)
+    except storage.S3Error as exc:
+        raise storage.unavailable(exc) from exc
+    if variant.params != checkpoint.params and variant.slug == "demo":
+        # The demo's shape is whatever its builder chose; the catalog follows the checkpoint.
+        variant.params = checkpoint.params
+        variant.save(update_fields=["params", "updated_at"])
+    return result
+
+
+def _already_stored(*, variant: ModelVariant, local: LocalFile, progress) -> bool:
+    row = WeightFile.objects.filter(variant=variant, path=local.path).first()
+    if row is None or row.size != local.size:
+        return False
+    sha256, md5 = storage.file_digests(local.source, on_progress=_tick(progress, local, "hash"))
+    _check_md5(local, md5)
+    return row.sha256 == sha256 and storage.object_exists(row.s3_key, size=row.size)
+
+
+def _tick(progress: ProgressFactory | None, local: LocalFile, action: str):
+    return progress(local.path, local.size, action) if progress else None
+
+
+def _check_md5(local: LocalFile, md5: str) -> None:
+    if local.expected_md5 and md5 != local.expected_md5:
+        raise ChecklistMismatch(
+            f"{local.path}: MD5 {md5} does not match checklist.chk ({local.expected_md5}). "
+            "The file is damaged or the checklist is stale; nothing was stored for it."
+        )
+
+
+def weightfile_upload(
+    *,
+    variant: ModelVariant,
+    local: LocalFile,
+    progress: ProgressFactory | None = None,
+    part_size: int | None = None,
+) -> WeightFile:
+    key = s3_prefix(variant) + local.path
+    # The old row goes first: while the object is replaced, nobody is offered it.
+    WeightFile.objects.filter(variant=variant, path=local.path).delete()
+    stored = storage.upload_file(
+        local.source,
+        key=key,
+        part_size=part_size,
+        on_progress=_tick(progress, local, "upload"),
+        verify=lambda sha256, md5: _check_md5(local, md5),
+    )
+    file, _ = WeightFile.objects.update_or_create(
+        variant=variant,
+        path=local.path,
+        defaults={
+            "size": stored.size,
+            "sha256": stored.sha256,
+            "md5": stored.md5,
+            "s3_key": stored.key,
+            "uploaded_at": timezone.now(),
+        },
+    )
+    return file
+
+
+# --- Download links -----------------------------------------------------------------------
+
+
+def _new_link_id() -> str:
+    return secrets.token_urlsafe(32)  # 256 bits: unguessable, and it grants nothing alone
+
+
+def download_link_create(*, user, file: WeightFile) -> DownloadLink:
+    now = timezone.now()
+    return DownloadLink.objects.create(
+        id=_new_link_id(),
+        user=user,
+        file=file,
+        created_at=now,
+        expires_at=now + timedelta(seconds=settings.WEIGHTS_LINK_SECONDS),
+        max_uses=settings.WEIGHTS_LINK_MAX_USES,
+    )
+
+
+def download_links_issue(*, user, variant: ModelVariant) -> list[DownloadLink]:
+    """A usable link for each file of `variant`: the user's live ones, new ones where the
+    last one expired, was revoked or is used up. Access is checked first."""
+    from accounts.selectors import access_require
+
+    access_require(user=user, variant=variant, purpose="download")
+    files = list(WeightFile.objects.filter(variant=variant).order_by("path"))
+    live = {
+        link.file_id: link
+        for link in DownloadLink.objects.filter(
+            user=user,
+            file__in=files,
+            revoked_at__isnull=True,
+            expires_at__gt=timezone.now() + timedelta(minutes=1),
+            use_count__lt=F("max_uses"),
+        ).order_by("created_at")
+    }
+    links = []
+    for file in files:
+        link = live.get(file.id) or download_link_create(user=user, file=file)
+        link.file = file
+        links.append(link)
+    return links
+
+
+def download_link_revoke(*, link: DownloadLink) -> None:
+    DownloadLink.objects.filter(id=link.id, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+
+
+@dataclass(frozen=True)
+class Redirect:
+    url: str  # a presigned S3 URL: never log it
+    event: DownloadEvent
+
+
+def download_link_use(*, link_id: str, user, ip: str | None, user_agent: str) -> Redirect:
+    """Check everything again and return a freshly signed S3 URL for the link's file.
+
+    A DownloadEvent is written only when the URL is handed out; every refusal raises a
+    PortalError that says why and what to do, and writes nothing.
+    """
+    from accounts.selectors import access_check
+
+    if user is None or not user.is_authenticated:
+        raise PermissionDenied(
+            "Sign in to the portal (or send your API token with the 'download' scope) to use "
+            "this download link.",
+            code="anonymous",
+        )
+    link = (
+        DownloadLink.objects.select_related("file__variant").filter(id=link_id, user=user).first()
+    )
+    if link is None:
+        # Someone else's link looks exactly like a link that does not exist.
+        raise NotFound(
+            "This download link does not exist. Get fresh links from the model's page.",
+            code="unknown_link",
+        )
+    page = link.file.variant.get_absolute_url()
+    now = timezone.now()
+    if link.revoked_at is not None:
+        raise PermissionDenied(
+            f"This download link was revoked. Get fresh links from {page}.", code="link_revoked"
+        )
+    if link.expires_at <= now:
+        raise PermissionDenied(
+            f"This download link expired at {link.expires_at:%Y-%m-%d %H:%M} UTC. Get fresh "
+            f"links from {page}, or let download.sh or portal-client fetch them with your "
+            "API token.",
+            code="link_expired",
+        )
+    if link.use_count >= link.max_uses:
+        raise PermissionDenied(
+            f"This download link has been used {link.use_count} times, its limit. Get a fresh "
+            f"link from {page}.",
+            code="link_used_up",
+        )
+    decision = access_check(user=user, variant=link.file.variant, purpose="download")
+    if not decision.allowed:
+        raise PermissionDenied(decision.message, code=decision.code)
+
+    try:
+        head = storage.object_head(link.file.s3_key)
+    except storage.S3Error as exc:
+        logger.warning("S3 unreachable for download of %s: %s", link.file, type(exc).__name__)
+        raise storage.unavailable(exc) from exc
+    if head is None or head["ContentLength"] != link.file.size:
+        logger.error("%s is in the manifest but not in S3 as recorded", link.file)
+        raise ServiceUnavailable(
+            f"{link.file.path} is missing from the file store. The portal team has been "
+            "told; please try again later.",
+            code="file_missing",
+        )
+    url = storage.presigned_get_url(link.file.s3_key, filename=link.file.filename)
+
+    with transaction.atomic():
+        # Conditional increment: two requests racing for the last use cannot both pass.
+        counted = DownloadLink.objects.filter(
+            id=link.id, use_count__lt=F("max_uses"), revoked_at__isnull=True
+        ).update(use_count=F("use_count") + 1)
+        if not counted:
+            raise PermissionDenied(
+                f"This download link has reached its use limit. Get a fresh link from {page}.",
+                code="link_used_up",
+            )
+        event = DownloadEvent.objects.create(
+            user=user, file=link.file, link=link, ip=ip, user_agent=user_agent[:512]
+        )
+    return Redirect(url=url, event=event)
+
+
+# --- The job worker's local copy ----------------------------------------------------------
+
+
+def checkpoint_fetch(
+    *, variant: ModelVariant, directory: Path, on_progress: Callable[[int], None] | None = None
+) -> Path:
+    """Make `directory` hold the variant's stored checkpoint, every file SHA-256 verified.
+
+    Files already there and intact are kept; partial ones resume. Raises
+    `storage.ChecksumMismatch` for a file that arrives damaged (it is removed).
+    """
+    from weights.selectors import variant_files
+
+    files = variant_files(variant)
+    if not files:
+        raise NotFound(f"LLaMA {variant.size} has no published files yet.", code="not_stored")
+    directory = Path(directory)
+    for file in files:
+        storage.download_file(
+            file.s3_key,
+            directory / file.path,
+            sha256=file.sha256,
+            size=file.size,
+            on_progress=on_progress,
+        )
+    return directory
