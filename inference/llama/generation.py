@@ -1,0 +1,629 @@
+"""Batched generation with a KV cache: a step-wise `BatchDecoder` and `generate()` on top.
+
+`BatchDecoder` keeps a fixed number of cache rows ("slots"). `add()` queues a request at
+any time, also while others are running (continuous batching); each `step()`
+
+1. applies cancellations and admits queued requests into free slots,
+2. advances every running sequence by one token (one batched decode pass, each row at
+   its own position, so prompts of different lengths need no padding tricks),
+3. prefills the newly admitted prompts (one right-padded pass; attention is causal and
+   each row starts at position 0, so the padding is never attended) and samples their
+   first token,
+4. hands each new token to its request's callback and returns the requests that finished.
+
+Each request samples from its own `torch.Generator`, so a seeded request draws the same
+tokens whatever else shares its batch. Under tensor parallelism rank 0 drives: it
+broadcasts new requests and cancellations at the start of a step and the sampled tokens
+at its end, and the other ranks call `follow()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .model import Transformer
+from .tokenizer import Tokenizer
+
+LENGTH, STOP, EOS, CANCELLED, ERROR = "length", "stop", "eos", "cancelled", "error"
+
+# How many prompt tokens go through one prefill pass at most (rows x padded length);
+# bounds the activation memory of a burst of long prompts.
+PREFILL_TOKEN_BUDGET = 8192
+# Prompt tokens decoded in front of the output so SentencePiece keeps its leading space.
+_CONTEXT_TOKENS = 4
+
+
+class GenerationError(Exception):
+    pass
+
+
+class ContextLengthError(GenerationError, ValueError):
+    """Prompt plus max_new_tokens do not fit the model's context (or the cache)."""
+
+
+class Cancel(Exception):
+    """Raise from a token callback to stop that sequence (finish reason `cancelled`)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request is decoded. temperature 0 (the default) means greedy.
+
+    Logprobs are those of the model's own distribution (before temperature, top-k and
+    top-p), as the original release's `logprobs` option reports them.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    echo: bool = False
+    logprobs: bool = False
+    ignore_eos: bool = False  # benchmarks: always run max_new_tokens
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+@dataclass
+class TokenEvent:
+    """One sampled token, passed to a request's callback.
+
+    `text` is the output text that became final with this token: it may be empty while a
+    multi-byte character is incomplete or while the text could still turn out to be the
+    start of a stop sequence, and is never text past a stop sequence. The final event of a
+    sequence carries `finish_reason` and flushes what was held back. An EOS token is
+    reported (with finish reason `eos`) but is not part of the completion's tokens.
+    """
+
+    request_id: Any
+    index: int
+    token_id: int
+    text: str
+    logprob: float | None = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class Completion:
+    request_id: Any
+    prompt: str | None
+    prompt_tokens: list[int]
+    tokens: list[int]
+    text: str
+    finish_reason: str
+    logprobs: list[float] | None = None
+    prompt_logprobs: list[float | None] | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TokenCallback = Callable[[TokenEvent], "bool | None"]
+
+
+@dataclass
+class Request:
+    prompt: str | Sequence[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    request_id: Any = None
+    callback: TokenCallback | None = None
+
+
+class _Seq:
+    """Decoder-side state of one request."""
+
+    def __init__(
+        self,
+        request_id: Any,
+        prompt: str | None,
+        prompt_tokens: list[int],
+        params: SamplingParams,
+        callback: TokenCallback | None = None,
+        *,
+        device: torch.device | None = None,
+    ):
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_tokens = prompt_tokens
+        self.params = params
+        self.callback = callback
+        self.slot = -1
+        self.pos = 0  # tokens in the cache = where the next one is written
+        self.next_token: int | None = None  # sampled, not yet fed to the model
+        self.n_sampled = 0
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.prompt_logprobs: list[float | None] | None = None
+        self.text = ""
+        self.text_lens: list[int] = []  # len(text) after each token, to cut at a stop
+        self.emitted = 0  # characters of text already streamed
+        self.scanned = 0  # stop sequences were searched up to here
+        self.error: str | None = None
+        self.generator: torch.Generator | None = None
+        if device is not None and not params.greedy:
+            seed = params.seed if params.seed is not None else secrets.randbits(63)
+            self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def spec(self) -> tuple:
+        """What another rank needs to mirror this request (callbacks stay on rank 0)."""
+        return (self.request_id, self.prompt, self.prompt_tokens, self.params)
+
+
+def _sample_one(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:
+    x = logits / p.temperature
+    idx = None
+    if 0 < p.top_k < x.shape[-1]:
+        x, idx = torch.topk(x, p.top_k)  # sorted, descending
+    probs = torch.softmax(x, dim=-1)
+    if p.top_p < 1.0:
+        if idx is None:
+            probs, idx = torch.sort(probs, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the original release's rule:
+        # drop a token when the mass before it already exceeds p).
+        probs = probs.masked_fill(probs.cumsum(-1) - probs > p.top_p, 0.0)
+    choice = torch.multinomial(probs, 1, generator=gen)
+    if idx is not None:
+        choice = idx[choice]
+    return int(choice)
+
+
+def _safe_len(text: str, stops: Sequence[str]) -> int:
+    """How much of `text` can be streamed without retracting anything later."""
+    n = len(text)
+    # A byte-fallback character split over tokens decodes as U+FFFD until it completes.
+    while n and text[n - 1] == "\ufffd":
+        n -= 1
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, n), 0, -1):
+            if text.startswith(stop[:k], n - k):
+                hold = max(hold, k)
+                break
+    return n - hold
+
+
+class BatchDecoder:
+    """Continuous-batching decoder over one model and a preallocated KV cache.
+
+    Thread safety: `add()` and `cancel()` may be called from any thread; `step()`,
+    `run()` and `close()` from one thread only (the one that owns the model).
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer | None = None,
+        *,
+        max_batch_size: int = 8,
+        max_seq_len: int | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.par = model.par
+        self.context_len = model.args.max_seq_len
+        self.max_seq_len = min(max_seq_len or self.context_len, self.context_len)
+        self.max_batch_size = max_batch_size
+        self.eos_id = tokenizer.eos_id if tokenizer is not None else None
+        self.device = model.device
+        with torch.inference_mode():
+            self.cache = model.new_cache(max_batch_size, self.max_seq_len)
+        self._slots: list[_Seq | None] = [None] * max_batch_size
+        self._free = list(range(max_batch_size))  # a heap: fill low slots first, so the
+        # rows a decode pass covers (0..highest busy slot) stay dense
+        self._pending: deque[_Seq] = deque()
+        self._by_id: dict[Any, _Seq] = {}
+        self._incoming: list[_Seq] = []
+        self._cancels: dict[Any, str] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._closed = False
+
+    # -- requests ------------------------------------------------------------------------
+    def add(
+        self,
+        prompt: str | Sequence[int] | Request,
+        params: SamplingParams | None = None,
+        *,
+        callback: TokenCallback | None = None,
+        request_id: Any = None,
+    ) -> Any:
+        """Queue a request; it joins the batch at the next step with a free slot.
+
+        A string prompt is encoded with BOS; a list of ids is used as is. Returns the
+        request id (the one given, or a new integer). Raises ContextLengthError when
+        prompt plus max_new_tokens cannot fit.
+        """
+        if self.par.enabled and not self.par.is_leader:
+            raise GenerationError("only rank 0 adds requests; other ranks call follow()")
+        if isinstance(prompt, Request):
+            params = prompt.params
+            callback = prompt.callback
+            request_id = prompt.request_id
+            prompt = prompt.prompt
+        params = params or SamplingParams()
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise GenerationError("a text prompt needs a tokenizer")
+            text: str | None = prompt
+            tokens = self.tokenizer.encode(prompt, bos=True)
+        else:
+            text = None
+            tokens = [int(t) for t in prompt]
+        if not tokens:
+            raise GenerationError("empty prompt (a text prompt has at least BOS)")
+        if params.stop and self.tokenizer is None:
+            raise GenerationError("stop sequences need a tokenizer")
+        total = len(tokens) + params.max_new_tokens
+        for limit, what in ((self.context_len, "the model's context length"),
+                            (self.max_seq_len, "this decoder's KV cache")):  # fmt: skip
+            if total > limit:
+                raise ContextLengthError(
+                    f"prompt of {len(tokens)} tokens plus max_new_tokens "
+                    f"{params.max_new_tokens} is {total}, more than {what} ({limit})"
+                )
+        with self._lock:
+            if request_id is None:
+                request_id = next(self._ids)
+            if request_id in self._by_id:
+                raise GenerationError(f"request id {request_id!r} is already in use")
+            seq = _Seq(request_id, text, tokens, params, callback, device=self.device)
+            self._by_id[request_id] = seq
+            self._incoming.append(seq)
+        return request_id
+
+    def cancel(self, request_id: Any, reason: str = CANCELLED) -> bool:
+        """Stop a queued or running request before its next token. It is returned by the
+        next `step()` with finish reason `cancelled`. False if it is not known."""
+        with self._lock:
+            if request_id not in self._by_id:
+                return False
+            self._cancels.setdefault(request_id, reason)
+            return True
+
+    @property
+    def active(self) -> int:
+        return sum(s is not None for s in self._slots)
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._pending) + len(self._incoming)
+
+    def has_work(self) -> bool:
+        with self._lock:
+            return bool(self._by_id or self._cancels)
+
+    # -- the loop ------------------------------------------------------------------------
+    def step(self) -> list[Completion]:
+        """One token for every running sequence; returns the requests that finished."""
+        finished, _ = self._step()
+        return finished
+
+    def run(self) -> list[Completion]:
+        """Step until every request has finished; completions in finishing order."""
+        done: list[Completion] = []
+        while self.has_work():
+            done.extend(self.step())
+        return done
+
+    def follow(self) -> None:
+        """Ranks other than 0: mirror rank 0's steps until it calls `close()`."""
+        while not self._step()[1]:
+            pass
+
+    def close(self) -> None:
+        """Rank 0 under tensor parallelism: release the followers. A no-op otherwise."""
+        if self.par.enabled and self.par.is_leader and not self._closed:
+            self._closed = True
+            self._sync_control([], {}, shutdown=True)
+
+    @torch.inference_mode()
+    def _step(self) -> tuple[list[Completion], bool]:
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+            cancels, self._cancels = self._cancels, {}
+        shutdown = False
+        if self.par.enabled:
+            incoming, cancels, shutdown = self._sync_control(incoming, cancels)
+            if shutdown:
+                return [], True
+        # Queue first, then cancel: a request cancelled in the step it arrives must leave
+        # the queue too.
+        self._pending.extend(incoming)
+        finished = [self._finish(seq, reason) for rid, reason in cancels.items()
+                    if (seq := self._lookup(rid)) is not None]  # fmt: skip
+        running = [s for s in self._slots if s is not None]
+        admitted = []
+        while self._pending and self._free:
+            seq = self._pending.popleft()
+            seq.slot = heapq.heappop(self._free)
+            self._slots[seq.slot] = seq
+            admitted.append(seq)
+        if not running and not admitted:
+            return finished, False
+        # Decode before prefill: the decode pass writes dummy rows (free or just-admitted
+        # slots inside its row range) at position 0, which the prefill then overwrites.
+        parts = []
+        if running:
+            parts.append(self._decode(running))
+        if admitted:
+            parts.append(self._prefill(admitted))
+        seqs = running + admitted
+        logits = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if self.par.is_leader:
+            tokens, logprobs = self._sample(seqs, logits)
+            done_flags = []
+            for seq, tok, lp in zip(seqs, tokens, logprobs, strict=True):
+                reason = self._accept(seq, tok, lp)
+                done_flags.append(reason is not None)
+                if reason is not None:
+                    finished.append(self._finish(seq, reason))
+            if self.par.enabled:
+                msg = torch.tensor(
+                    [tokens, [int(d) for d in done_flags]], dtype=torch.long, device=self.device
+                )
+                self.par.broadcast(msg)
+        else:
+            msg = torch.empty(2, len(seqs), dtype=torch.long, device=self.device)
+            self.par.broadcast(msg)
+            for seq, tok, done in zip(seqs, *msg.tolist(), strict=True):
+                if done:
+                    self._finish(seq, LENGTH)
+                else:
+                    seq.next_token = tok
+        return finished, False
+
+    # -- internals -----------------------------------------------------------------------
+    def _lookup(self, request_id: Any) -> _Seq | None:
+        with self._lock:
+            return self._by_id.get(request_id)
+
+    def _sync_control(
+        self, incoming: list[_Seq], cancels: dict[Any, str], shutdown: bool = False
+    ) -> tuple[list[_Seq], dict[Any, str], bool]:
+        head = torch.tensor(
+            [len(incoming), len(cancels), int(shutdown)], dtype=torch.long, device=self.device
+        )
+        self.par.broadcast(head)
+        n_new, n_cancel, stop = head.tolist()
+        if n_new or n_cancel:
+            payload = ([s.spec() for s in incoming], cancels) if self.par.is_leader else None
+            specs, cancels = self.par.broadcast_object(payload)
+            if not self.par.is_leader:
+                incoming = []
+                for rid, prompt, tokens, params in specs:
+                    seq = _Seq(rid, prompt, tokens, params)
+                    self._by_id[rid] = seq
+                    incoming.append(seq)
+        return incoming, cancels, bool(stop)
+
+    def _decode(self, running: list[_Seq]) -> torch.Tensor:
+        rows = max(s.slot for s in running) + 1
+        toks = [0] * rows
+        pos = [0] * rows
+        for s in running:
+            toks[s.slot] = s.next_token
+            pos[s.slot] = s.pos
+        logits = self.model.decode(
+            torch.tensor(toks, device=self.device),
+            torch.tensor(pos, device=self.device),
+            self.cache,
+        )
+        for s in running:
+            s.pos += 1
+        slots = [s.slot for s in running]
+        if slots == list(range(rows)):
+            return logits
+        return logits[torch.tensor(slots, device=self.device)]
+
+    def _prefill(self, admitted: list[_Seq]) -> torch.Tensor:
+        out: list[torch.Tensor] = []
+        for group in self._prefill_groups(admitted):
+            lens = [len(s.prompt_tokens) for s in group]
+            width = max(lens)
+            toks = torch.zeros(len(group), width, dtype=torch.long)
+            for i, s in enumerate(group):
+                toks[i, : lens[i]] = torch.tensor(s.prompt_tokens)
+            toks = toks.to(self.device)
+            slots = torch.tensor([s.slot for s in group], device=self.device)
+            full = any(s.params.echo and s.params.logprobs for s in group)
+            if full:
+                # echo + logprobs wants every prompt position scored (one request alone).
+                all_logits = self.model.prefill(toks, self.cache, slots, None)[0]
+                seq = group[0]
+                lp = torch.log_softmax(all_logits[:-1], dim=-1)
+                target = torch.tensor(seq.prompt_tokens[1:], device=self.device)
+                seq.prompt_logprobs = [None, *lp.gather(1, target[:, None])[:, 0].tolist()]
+                out.append(all_logits[-1:])
+            else:
+                last = torch.tensor([n - 1 for n in lens], device=self.device)
+                out.append(self.model.prefill(toks, self.cache, slots, last))
+            for s in group:
+                s.pos = len(s.prompt_tokens)
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+    def _prefill_groups(self, admitted: list[_Seq]) -> list[list[_Seq]]:
+        groups: list[list[_Seq]] = []
+        current: list[_Seq] = []
+        width = 0
+        for s in admitted:
+            n = len(s.prompt_tokens)
+            alone = s.params.echo and s.params.logprobs
+            if current and (alone or max(width, n) * (len(current) + 1) > PREFILL_TOKEN_BUDGET):
+                groups.append(current)
+                current, width = [], 0
+            current.append(s)
+            width = max(width, n)
+            if alone:
+                groups.append(current)
+                current, width = [], 0
+        if current:
+            groups.append(current)
+        return groups
+
+    def _sample(
+        self, seqs: list[_Seq], logits: torch.Tensor
+    ) -> tuple[list[int], list[float | None]]:
+        n = len(seqs)
+        tokens = [0] * n
+        greedy = [i for i, s in enumerate(seqs) if s.params.greedy]
+        if greedy:
+            rows = logits if len(greedy) == n else logits[greedy]
+            for i, t in zip(greedy, rows.argmax(-1).tolist(), strict=True):
+                tokens[i] = t
+        for i, s in enumerate(seqs):
+            if not s.params.greedy:
+                tokens[i] = _sample_one(logits[i], s.params, s.generator)
+        logprobs: list[float | None] = [None] * n
+        want = [i for i, s in enumerate(seqs) if s.params.logprobs]
+        if want:
+            lp = torch.log_softmax(logits[want], dim=-1)
+            chosen = torch.tensor([tokens[i] for i in want], device=logits.device)
+            for i, v in zip(want, lp.gather(1, chosen[:, None])[:, 0].tolist(), strict=True):
+                logprobs[i] = v
+        return tokens, logprobs
+
+    def _accept(self, seq: _Seq, token: int, logprob: float | None) -> str | None:
+        """Record a sampled token, stream it, and say whether the sequence finished."""
+        p = seq.params
+        seq.n_sampled += 1
+        seq.next_token = token
+        reason: str | None = None
+        if token == self.eos_id and not p.ignore_eos:
+            reason = EOS
+        else:
+            seq.tokens.append(token)
+            if logprob is not None:
+                seq.logprobs.append(logprob)
+            if self.tokenizer is not None:
+                context = seq.prompt_tokens[-_CONTEXT_TOKENS:]
+                seq.text = self.tokenizer.decode_continuation(context, seq.tokens)
+                seq.text_lens.append(len(seq.text))
+            if p.stop:
+                reason = self._check_stop(seq)
+            if reason is None and seq.n_sampled >= p.max_new_tokens:
+                reason = LENGTH
+        end = len(seq.text) if reason else _safe_len(seq.text, p.stop)
+        delta = seq.text[seq.emitted : end] if end > seq.emitted else ""
+        seq.emitted = max(seq.emitted, end)
+        if seq.callback is not None:
+            event = TokenEvent(seq.request_id, seq.n_sampled - 1, token, delta, logprob, reason)
+            try:
+                keep_going = seq.callback(event)
+            except Cancel:
+                keep_going = False
+            except Exception as exc:  # a broken callback stops its own request only
+                seq.error = f"{type(exc).__name__}: {exc}"
+                keep_going = False
+            if keep_going is False and reason is None:
+                with self._lock:
+                    self._cancels.setdefault(seq.request_id, ERROR if seq.error else CANCELLED)
+        return reason
+
+    def _check_stop(self, seq: _Seq) -> str | None:
+        longest = max(len(s) for s in seq.params.stop)
+        start = max(0, seq.scanned - longest + 1)
+        hits = [i for s in seq.params.stop if (i := seq.text.find(s, start)) >= 0]
+        seq.scanned = len(seq.text)
+        if not hits:
+            return None
+        cut = min(hits)
+        seq.text = seq.text[:cut]
+        # Keep the tokens needed to produce the text before the stop sequence.
+        keep = next((k for k in range(len(seq.tokens) + 1)
+                     if (seq.text_lens[k - 1] if k else 0) >= cut), len(seq.tokens))  # fmt: skip
+        del seq.tokens[keep:]
+        del seq.logprobs[keep:]
+        return STOP
+
+    def _finish(self, seq: _Seq, reason: str) -> Completion:
+        with self._lock:
+            self._by_id.pop(seq.request_id, None)
+        if seq.slot >= 0:
+            self._slots[seq.slot] = None
+            heapq.heappush(self._free, seq.slot)
+            seq.slot = -1
+        else:
+            with contextlib.suppress(ValueError):  # already admitted or never queued
+                self._pending.remove(seq)
+        text = seq.text
+        if seq.params.echo:
+            prompt_text = seq.prompt
+            if prompt_text is None and self.tokenizer is not None:
+                prompt_text = self.tokenizer.decode(seq.prompt_tokens)
+            text = (prompt_text or "") + text
+        return Completion(
+            request_id=seq.request_id,
+            prompt=seq.prompt,
+            prompt_tokens=list(seq.prompt_tokens),
+            tokens=list(seq.tokens),
+            text=text,
+            finish_reason=reason,
+            logprobs=list(seq.logprobs) if seq.params.logprobs else None,
+            prompt_logprobs=seq.prompt_logprobs,
+            error=seq.error,
+        )
+
+
+def generate(
+    model: Transformer,
+    tokenizer: Tokenizer | None,
+    prompts: Sequence[str | Sequence[int]],
+    params: SamplingParams | Sequence[SamplingParams] | None = None,
+    *,
+    max_batch_size: int | None = None,
+    callback: TokenCallback | None = None,
+) -> list[Completion]:
+    """Complete every prompt (decoded together); results in the order of `prompts`.
+
+    `callback` gets every TokenEvent, with `request_id` the prompt's index; returning
+    False or raising Cancel stops that prompt only.
+    """
+    if isinstance(params, SamplingParams) or params is None:
+        params = [params or SamplingParams()] * len(prompts)
+    if len(params) != len(prompts):
+        raise ValueError("one SamplingParams per prompt, or one for all")
+    if not prompts:
+        return []
+    # Size the cache for this batch only: allocation is part of the latency here.
+    need = 0
+    for prompt, p in zip(prompts, params, strict=True):
+        n = len(tokenizer.encode(prompt)) if isinstance(prompt, str) and tokenizer else len(prompt)
+        need = max(need, n + p.max_new_tokens)
+    decoder = BatchDecoder(
+        model,
+        tokenizer,
+        max_batch_size=min(max_batch_size or len(prompts), len(prompts)),
+        max_seq_len=min(need, model.args.max_seq_len),
+    )
+    for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+        decoder.add(prompt, p, callback=callback, request_id=i)
+    results = {c.request_id: c for c in decoder.run()}
+    decoder.close()
+    return [results[i] for i in range(len(prompts))]
