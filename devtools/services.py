@@ -106,8 +106,14 @@ def seaweed_command(cfg: SeaweedConfig) -> list[str]:
             }
         )
     )
+    log_dir = cfg.data_dir / "logs"
+    log_dir.mkdir(exist_ok=True)
     return [
         weed_binary(),
+        # Info lines go to files under logs/; errors still reach the console.
+        "-logtostderr=false",
+        "-stderrthreshold=ERROR",
+        f"-logdir={log_dir}",
         "server",
         f"-dir={cfg.data_dir}",
         "-ip=127.0.0.1",
@@ -120,6 +126,9 @@ def seaweed_command(cfg: SeaweedConfig) -> list[str]:
         f"-filer.port={cfg.filer_port}",
         "-s3",
         f"-s3.port={cfg.s3_port}",
+        # Side servers we do not use; their fixed default ports would collide between runs.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         f"-s3.config={s3_config}",
     ]
 

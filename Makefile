@@ -1,0 +1,53 @@
+# The two commands: `make run` (the whole stack, demo data) and `make test` (the suite).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint format install install-dev services test-deps clean-data help
+
+help:
+	@echo "make run    - the whole portal on this machine (web, Redis, S3, worker, beat), demo data"
+	@echo "make test   - the full test suite against PostgreSQL, Redis, SeaweedFS and Chromium"
+	@echo "make lint   - ruff lint and format check"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Stamp files: reinstall only when a requirements file changes.
+$(VENV)/.installed-runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(wildcard clients/python/pyproject.toml) | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.installed-runtime
+
+install: $(VENV)/.installed-runtime
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(BIN)/python -m devtools.stack
+
+# PostgreSQL and Redis must be up (started here when installed but stopped); Chromium for
+# the browser tests comes from the system's packages.
+services:
+	@bash devtools/ensure_services.sh
+
+test-deps:
+	@bash devtools/ensure_chromium.sh
+
+test: install-dev services test-deps
+	$(BIN)/pytest
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-dev
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean-data:
+	rm -rf var/

@@ -1,0 +1,70 @@
+"""Processes of `make run` that prepare before they serve.
+
+python -m devtools.stack_web web PORT   migrate, wait for Redis and S3, seed the demo
+                                        accounts, then serve
+python -m devtools.stack_web beat ARGS  publish the demo model (slow the first time),
+                                        then become Celery beat
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import django
+
+
+def _wait(what: str, check, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            check()
+            return
+        except Exception as exc:  # the service is still starting
+            last_error = exc
+            time.sleep(0.5)
+    print(f"{what} did not come up within {timeout:.0f}s: {last_error}", file=sys.stderr)
+    sys.exit(1)
+
+
+def beat(args: list[str]) -> None:
+    from django.core.management import call_command
+
+    from weights import storage
+
+    _wait("S3", storage.ensure_bucket)
+    try:
+        call_command("seed_demo", only=["weights"])
+    except Exception as exc:  # the portal works without the demo model; say so and go on
+        print(f"Could not publish the demo model: {exc}", file=sys.stderr, flush=True)
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "portal", "beat", *args])
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    django.setup()
+    if sys.argv[1] == "beat":
+        beat(sys.argv[2:])
+        return
+    port = sys.argv[2]
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from portal.health import _redis_client
+    from weights import storage
+
+    call_command("migrate", interactive=False, verbosity=0)
+    call_command("createcachetable", verbosity=0)
+    _wait("Redis", lambda: _redis_client().ping())
+    _wait("S3", storage.ensure_bucket)
+    call_command("seed_demo", only=["accounts"])
+    print(f"\n  The portal is up: http://127.0.0.1:{port}/   (health: /healthz)\n", flush=True)
+    if not settings.DEBUG:
+        call_command("collectstatic", interactive=False, verbosity=0)
+    call_command("runserver", f"127.0.0.1:{port}", use_reloader=False, use_threading=True)
+
+
+if __name__ == "__main__":
+    main()
