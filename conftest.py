@@ -23,6 +23,8 @@ from devtools.services import SeaweedConfig, start_seaweed, stop_process
 
 ROOT = Path(__file__).resolve().parent
 
+pytest_plugins = ["accounts.tests.cast"]
+
 
 class S3Server:
     def __init__(self, cfg: SeaweedConfig, proc: subprocess.Popen, bucket: str):

@@ -1,0 +1,306 @@
+"""Reads more than one caller needs. `access_check` is THE access decision of the portal:
+the download links, the API, job submission and the worker at job start all call it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.core.exceptions import FieldDoesNotExist
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from accounts.models import (
+    DEFAULT_LICENSE_SLUG,
+    Application,
+    ApplicationEvent,
+    ApplicationState,
+    AuditEntry,
+    Grant,
+    GrantStatus,
+    License,
+    LicenseAcceptance,
+    LicenseVersion,
+)
+from portal.errors import PermissionDenied
+from weights.models import ModelVariant
+
+REVIEWER_GROUP = "reviewers"
+PURPOSES = ("download", "generate")
+
+
+@dataclass(frozen=True)
+class AccessDecision:
+    allowed: bool
+    code: str  # "ok" | "anonymous" | "inactive" | "unverified" | "no_grant" | "grant_expired"
+    # | "grant_revoked" | "license_pending" | "not_published"
+    message: str  # for a person: why, and what to do about it
+    grant: Grant | None = None
+
+
+# --- Users -----------------------------------------------------------------------------
+
+
+def user_is_verified(user) -> bool:
+    from allauth.account.models import EmailAddress
+
+    return EmailAddress.objects.filter(user=user, email__iexact=user.email, verified=True).exists()
+
+
+def user_is_reviewer(user) -> bool:
+    if user is None or not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_superuser:
+        return True
+    return user.is_staff and user.groups.filter(name=REVIEWER_GROUP).exists()
+
+
+# --- Licenses --------------------------------------------------------------------------
+
+
+def _variant_has_license_field() -> bool:
+    try:
+        ModelVariant._meta.get_field("license")
+    except FieldDoesNotExist:
+        return False
+    return True
+
+
+def license_for_variant(variant: ModelVariant) -> License | None:
+    """The license that governs a size: the catalog's, else the portal's default license."""
+    if _variant_has_license_field() and getattr(variant, "license_id", None):
+        return variant.license
+    return License.objects.filter(slug=DEFAULT_LICENSE_SLUG).first()
+
+
+def license_current_version(
+    license: License, *, at: datetime | None = None
+) -> LicenseVersion | None:
+    at = at or timezone.now()
+    return license.versions.filter(effective_at__lte=at).order_by("-version").first()
+
+
+def license_is_accepted(*, user, version: LicenseVersion) -> bool:
+    return LicenseAcceptance.objects.filter(user=user, version=version).exists()
+
+
+def license_versions_pending(*, user) -> list[LicenseVersion]:
+    """Current versions of the licenses governing the user's live grants, not yet accepted."""
+    now = timezone.now()
+    grants = Grant.objects.filter(
+        user=user, status=GrantStatus.ACTIVE, starts_at__lte=now, ends_at__gt=now
+    ).select_related("variant")
+    pending: dict[int, LicenseVersion] = {}
+    for grant in grants:
+        license = license_for_variant(grant.variant)
+        if license is None or license.pk in pending:
+            continue
+        version = license_current_version(license, at=now)
+        if version is not None and not license_is_accepted(user=user, version=version):
+            pending[license.pk] = version
+    return list(pending.values())
+
+
+def variants_governed_by(license: License) -> QuerySet[ModelVariant]:
+    if _variant_has_license_field():
+        condition = Q(license=license)
+        if license.slug == DEFAULT_LICENSE_SLUG:
+            condition |= Q(license__isnull=True)
+        return ModelVariant.objects.filter(condition)
+    if license.slug == DEFAULT_LICENSE_SLUG:
+        return ModelVariant.objects.all()
+    return ModelVariant.objects.none()
+
+
+# --- The access decision -------------------------------------------------------------
+
+
+def _account_decision(user) -> AccessDecision | None:
+    if user is None or not user.is_authenticated:
+        return AccessDecision(
+            False, "anonymous", "Sign in with an approved account, or send a personal access token."
+        )
+    if not user.is_active:
+        return AccessDecision(
+            False, "inactive", "This account is deactivated. Contact the portal's reviewers."
+        )
+    if not user_is_verified(user):
+        return AccessDecision(
+            False,
+            "unverified",
+            "Verify your email address first: follow the link in the email we sent you, "
+            "or ask for a new one on your account page.",
+        )
+    return None
+
+
+def _grant_decision(user, variant: ModelVariant, now: datetime) -> AccessDecision:
+    grants = list(Grant.objects.filter(user=user, variant=variant).order_by("-ends_at", "-id"))
+    for grant in grants:
+        if grant.is_live(now):
+            return AccessDecision(True, "ok", "Access granted.", grant)
+    if not grants:
+        return AccessDecision(
+            False,
+            "no_grant",
+            f"You have no access to {variant}. Apply for it on the access page (/access/).",
+        )
+    latest = max(grants, key=lambda g: g.revoked_at or g.ends_at)
+    if latest.status == GrantStatus.REVOKED:
+        return AccessDecision(
+            False,
+            "grant_revoked",
+            f"Your access to {variant} was revoked: {latest.revoke_reason or 'no reason given'}. "
+            "You may apply again from the access page (/access/).",
+            latest,
+        )
+    if latest.starts_at > now:
+        return AccessDecision(
+            False,
+            "no_grant",
+            f"Your access to {variant} starts on {latest.starts_at:%Y-%m-%d %H:%M} UTC.",
+            latest,
+        )
+    return AccessDecision(
+        False,
+        "grant_expired",
+        f"Your access to {variant} expired on {latest.ends_at:%Y-%m-%d}. "
+        "Apply again from the access page (/access/) to renew it.",
+        latest,
+    )
+
+
+def access_check(*, user, variant: ModelVariant, purpose: str) -> AccessDecision:
+    """May this user download or run this size right now, and if not, why."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown purpose {purpose!r}; expected one of {PURPOSES}")
+    decision = _account_decision(user)
+    if decision is not None:
+        return decision
+    if not variant.is_published:
+        return AccessDecision(False, "not_published", f"{variant} is not published.")
+    now = timezone.now()
+    decision = _grant_decision(user, variant, now)
+    if not decision.allowed:
+        return decision
+    license = license_for_variant(variant)
+    version = license_current_version(license, at=now) if license else None
+    if version is not None and not license_is_accepted(user=user, version=version):
+        return AccessDecision(
+            False,
+            "license_pending",
+            f"Version {version.version} of the {license.title} took effect on "
+            f"{version.effective_at:%Y-%m-%d}. Read and accept it on the license page "
+            "(/access/license/) to continue.",
+            decision.grant,
+        )
+    return decision
+
+
+def access_require(*, user, variant: ModelVariant, purpose: str) -> Grant:
+    decision = access_check(user=user, variant=variant, purpose=purpose)
+    if not decision.allowed:
+        raise PermissionDenied(decision.message, code=decision.code)
+    assert decision.grant is not None
+    return decision.grant
+
+
+def variants_accessible(*, user, purpose: str) -> list[ModelVariant]:
+    """The published sizes this user may use right now (same rules as `access_check`)."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown purpose {purpose!r}; expected one of {PURPOSES}")
+    if _account_decision(user) is not None:
+        return []
+    now = timezone.now()
+    grants = Grant.objects.filter(
+        user=user,
+        status=GrantStatus.ACTIVE,
+        starts_at__lte=now,
+        ends_at__gt=now,
+        variant__is_published=True,
+    ).select_related("variant")
+    accepted = set(LicenseAcceptance.objects.filter(user=user).values_list("version_id", flat=True))
+    current: dict[int | None, LicenseVersion | None] = {}
+    result = []
+    for grant in grants:
+        license = license_for_variant(grant.variant)
+        key = license.pk if license else None
+        if key not in current:
+            current[key] = license_current_version(license, at=now) if license else None
+        version = current[key]
+        if version is None or version.pk in accepted:
+            result.append(grant.variant)
+    result.sort(key=lambda v: (v.position, v.slug))
+    return result
+
+
+# --- Applications --------------------------------------------------------------------
+
+
+def application_latest_for_user(*, user) -> Application | None:
+    return Application.objects.filter(user=user).order_by("-created_at", "-id").first()
+
+
+def application_get_for_user(*, user, application_id: int) -> Application:
+    from portal.errors import NotFound
+
+    application = Application.objects.filter(pk=application_id, user=user).first()
+    if application is None:
+        raise NotFound("There is no such application on your account.")
+    return application
+
+
+def application_public_events(*, application: Application) -> QuerySet[ApplicationEvent]:
+    return application.events.select_related("variant").order_by("created_at", "id")
+
+
+def application_queue_position(*, application: Application) -> int | None:
+    """1 for the oldest submitted application; None when it is not waiting for review."""
+    if application.state != ApplicationState.SUBMITTED or application.submitted_at is None:
+        return None
+    ahead = Application.objects.filter(state=ApplicationState.SUBMITTED).filter(
+        Q(submitted_at__lt=application.submitted_at)
+        | Q(submitted_at=application.submitted_at, pk__lt=application.pk)
+    )
+    return ahead.count() + 1
+
+
+def decision_median_time(*, days: int = 90) -> timedelta | None:
+    """Median time from first submission to decision over the applications decided lately."""
+    since = timezone.now() - timedelta(days=days)
+    rows = Application.objects.filter(
+        state__in=[ApplicationState.APPROVED, ApplicationState.REJECTED],
+        decided_at__gte=since,
+        submitted_at__isnull=False,
+    ).values_list("submitted_at", "decided_at")
+    durations = [(decided - submitted).total_seconds() for submitted, decided in rows]
+    if not durations:
+        return None
+    return timedelta(seconds=statistics.median(durations))
+
+
+def grants_for_user(*, user) -> QuerySet[Grant]:
+    return (
+        Grant.objects.filter(user=user)
+        .select_related("variant")
+        .order_by("variant__position", "-ends_at")
+    )
+
+
+# --- Audit ---------------------------------------------------------------------------
+
+
+def audit_first_broken() -> tuple[AuditEntry, str] | None:
+    """The first entry whose hash or link does not verify, with why; None if the chain holds."""
+    from accounts.models import AUDIT_GENESIS
+
+    previous = AUDIT_GENESIS
+    for entry in AuditEntry.objects.order_by("id").iterator(chunk_size=2000):
+        if entry.prev_hash != previous:
+            return entry, "its link to the previous entry does not match (an entry was removed)"
+        if entry.compute_hash() != entry.hash:
+            return entry, "its content does not match its hash (the entry was edited)"
+        previous = entry.hash
+    return None
