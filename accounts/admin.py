@@ -1,7 +1,18 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from accounts.models import User
+from accounts.models import (
+    AccessToken,
+    Application,
+    ApplicationEvent,
+    AuditEntry,
+    Grant,
+    License,
+    LicenseAcceptance,
+    LicenseVersion,
+    SizeDecision,
+    User,
+)
 
 
 @admin.register(User)
@@ -16,3 +27,96 @@ class UserAdmin(BaseUserAdmin):
         ("Dates", {"fields": ("last_login", "date_joined")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Raw data for inspection. Changes go through the services (the review console), so the
+    admin never bypasses a transition check, an event row or the audit log."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class EventInline(admin.TabularInline):
+    model = ApplicationEvent
+    extra = 0
+    can_delete = False
+    readonly_fields = [
+        "created_at",
+        "actor",
+        "from_state",
+        "to_state",
+        "variant",
+        "public_message",
+        "internal_note",
+    ]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class DecisionInline(EventInline):
+    model = SizeDecision
+    readonly_fields = [
+        "variant",
+        "outcome",
+        "reason",
+        "first_approved_by",
+        "decided_by",
+        "decided_at",
+    ]
+
+
+@admin.register(Application)
+class ApplicationAdmin(ReadOnlyAdmin):
+    list_display = ["pk", "user", "state", "affiliation", "country", "submitted_at", "decided_at"]
+    list_filter = ["state", "organization_type"]
+    search_fields = ["user__email", "full_name", "affiliation"]
+    list_select_related = ["user"]
+    inlines = [DecisionInline, EventInline]
+
+
+@admin.register(Grant)
+class GrantAdmin(ReadOnlyAdmin):
+    list_display = ["user", "variant", "status", "starts_at", "ends_at", "revoked_at"]
+    list_filter = ["status", "variant"]
+    search_fields = ["user__email"]
+    list_select_related = ["user", "variant"]
+
+
+@admin.register(AccessToken)
+class AccessTokenAdmin(ReadOnlyAdmin):
+    list_display = ["user", "name", "prefix", "expires_at", "last_used_at", "revoked_at"]
+    search_fields = ["user__email", "prefix"]
+    exclude = ["key_hash"]
+    list_select_related = ["user"]
+
+
+@admin.register(License)
+class LicenseAdmin(ReadOnlyAdmin):
+    list_display = ["slug", "title"]
+
+
+@admin.register(LicenseVersion)
+class LicenseVersionAdmin(ReadOnlyAdmin):
+    list_display = ["license", "version", "title", "effective_at", "sha256"]
+
+
+@admin.register(LicenseAcceptance)
+class LicenseAcceptanceAdmin(ReadOnlyAdmin):
+    list_display = ["user", "version", "typed_name", "accepted_at", "ip"]
+    search_fields = ["user__email"]
+    list_select_related = ["user", "version"]
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    list_display = ["pk", "created_at", "actor_ref", "action", "target", "ip"]
+    list_filter = ["action"]
+    search_fields = ["actor_ref", "target"]

@@ -304,3 +304,91 @@ def audit_first_broken() -> tuple[AuditEntry, str] | None:
             return entry, "its content does not match its hash (the entry was edited)"
         previous = entry.hash
     return None
+
+
+# --- The applicant's status page -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApplicantStatus:
+    application: Application | None
+    timeline: list[ApplicationEvent]
+    decisions: list
+    queue_position: int | None
+    median_time_to_decision: timedelta | None
+    grants: list[Grant]
+    blockers: list[str]
+    pending_licenses: list[LicenseVersion]
+    can_apply_again: bool
+
+
+def applicant_status(*, user) -> ApplicantStatus:
+    """What the applicant's status page shows, with every reason that blocks use right now."""
+    from accounts.models import OPEN_STATES
+
+    application = application_latest_for_user(user=user)
+    timeline: list[ApplicationEvent] = []
+    decisions: list = []
+    if application is not None:
+        timeline = [
+            e
+            for e in application_public_events(application=application)
+            if e.public_message or e.from_state != e.to_state
+        ]
+        decisions = list(application.decisions.select_related("variant"))
+    grants = list(grants_for_user(user=user))
+    pending = license_versions_pending(user=user)
+    blockers: list[str] = []
+    account = _account_decision(user)
+    if account is not None:
+        blockers.append(account.message)
+    if application is not None and application.state == ApplicationState.RETURNED:
+        last = application.events.filter(to_state=ApplicationState.RETURNED).last()
+        blockers.append(
+            "Your application was returned for changes"
+            + (f": {last.public_message}" if last and last.public_message else ".")
+            + " Edit and resubmit it."
+        )
+    for version in pending:
+        blockers.append(
+            f"Version {version.version} of the {version.license.title} needs your acceptance "
+            "before any download or generation job."
+        )
+    now = timezone.now()
+    live_variants = {g.variant_id for g in grants if g.is_live(now)}
+    for grant in grants:
+        if grant.variant_id in live_variants or grant.status == GrantStatus.REVOKED:
+            continue
+        if grant.ends_at <= now:
+            blockers.append(f"Your access to {grant.variant} expired on {grant.ends_at:%Y-%m-%d}.")
+            live_variants.add(grant.variant_id)  # say it once per size
+    return ApplicantStatus(
+        application=application,
+        timeline=timeline,
+        decisions=decisions,
+        queue_position=application_queue_position(application=application) if application else None,
+        median_time_to_decision=decision_median_time(),
+        grants=grants,
+        blockers=blockers,
+        pending_licenses=pending,
+        can_apply_again=application is None or application.state not in OPEN_STATES,
+    )
+
+
+# --- Tokens --------------------------------------------------------------------------
+
+
+def token_list_for_user(*, user):
+    from accounts.models import AccessToken
+
+    return AccessToken.objects.filter(user=user).order_by("revoked_at", "-created_at")
+
+
+def token_get_for_user(*, user, token_id: int):
+    from accounts.models import AccessToken
+    from portal.errors import NotFound
+
+    token = AccessToken.objects.filter(pk=token_id, user=user).first()
+    if token is None:
+        raise NotFound("There is no such token on your account.")
+    return token

@@ -144,6 +144,10 @@ ACCOUNT_RATE_LIMITS = {
     "login_failed": env_str("ACCOUNT_LOGIN_FAILED_RATE", "20/m/ip,5/300s/key"),
 }
 
+# --- Researcher access ------------------------------------------------------------------
+ACCESS_USE_CASE_MIN_CHARS = env_int("ACCESS_USE_CASE_MIN_CHARS", 200)
+ACCESS_GRANT_EXPIRY_NOTICE_DAYS = env_int("ACCESS_GRANT_EXPIRY_NOTICE_DAYS", 14)
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -227,6 +231,14 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Periodic tasks. Each is idempotent, so a missed or doubled run does no harm.
+CELERY_BEAT_SCHEDULE = {
+    "accounts.grants_expire": {"task": "accounts.grants_expire", "schedule": 15 * 60},
+    "accounts.grants_notify_expiring": {
+        "task": "accounts.grants_notify_expiring",
+        "schedule": 6 * 60 * 60,
+    },
+}
 HEALTHZ_WORKER_TIMEOUT = env_float("HEALTHZ_WORKER_TIMEOUT", 1.0)
 
 # --- S3 -------------------------------------------------------------------------------

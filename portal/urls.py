@@ -8,6 +8,8 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("models/", include("weights.urls")),
+    path("accounts/", include("allauth.urls")),
+    path("access/", include("accounts.urls")),
 ]
 
 handler400 = "portal.views.error_400"

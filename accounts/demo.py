@@ -1,0 +1,85 @@
+"""Demo accounts for `manage.py seed_demo` (never for production data)."""
+
+from __future__ import annotations
+
+from allauth.account.models import EmailAddress
+from django.contrib.auth.models import Group
+from django.db import transaction
+
+from accounts import services
+from accounts.models import (
+    DEFAULT_LICENSE_SLUG,
+    ApplicationState,
+    Grant,
+    GrantStatus,
+    License,
+    User,
+)
+from accounts.selectors import REVIEWER_GROUP, license_current_version
+
+DEMO_PASSWORD = "demo-portal-password-2024"  # noqa: S105 (published demo credentials)
+
+REVIEWER = "reviewer@example.org"
+RESEARCHER = "researcher@example.org"
+ADMIN = "admin@example.org"
+
+_DEMO_USE_CASE = (
+    "Demonstration account. I evaluate how a small model in the LLaMA architecture behaves "
+    "through the portal's whole path: downloads with checksum verification, the HTTP API, "
+    "notebooks and generation jobs, so that the portal's operators can see it working end to "
+    "end before real researchers arrive."
+)
+
+
+def _user(email: str, first: str, last: str, **flags) -> User:
+    user, created = User.objects.get_or_create(
+        email=email, defaults={"first_name": first, "last_name": last, **flags}
+    )
+    if created:
+        user.set_password(DEMO_PASSWORD)
+        user.save()
+    EmailAddress.objects.update_or_create(
+        user=user, email=email, defaults={"verified": True, "primary": True}
+    )
+    return user
+
+
+@transaction.atomic
+def seed_demo_accounts() -> list[tuple[str, str]]:
+    """Create (once) a reviewer, an admin and a researcher approved for the demo size."""
+    from weights.models import ModelVariant
+
+    reviewer = _user(REVIEWER, "Rita", "Reviewer", is_staff=True)
+    reviewer.groups.add(Group.objects.get_or_create(name=REVIEWER_GROUP)[0])
+    admin = _user(ADMIN, "Ada", "Admin", is_staff=True, is_superuser=True)
+    admin.groups.add(Group.objects.get_or_create(name=REVIEWER_GROUP)[0])
+    researcher = _user(RESEARCHER, "Rosa", "Researcher")
+
+    demo = ModelVariant.objects.get(slug="demo")
+    live = Grant.objects.filter(user=researcher, variant=demo, status=GrantStatus.ACTIVE)
+    if not live.exists():
+        application = services.application_start(user=researcher)
+        if application.state == ApplicationState.DRAFT:
+            services.application_save_draft(
+                application=application,
+                user=researcher,
+                data={
+                    "full_name": "Rosa Researcher",
+                    "affiliation": "Example University",
+                    "organization_type": "academic",
+                    "country": "NL",
+                    "position": "Research scientist",
+                    "use_case": _DEMO_USE_CASE,
+                },
+                variants=[demo],
+            )
+            application = services.application_submit(application=application, user=researcher)
+        if application.state == ApplicationState.SUBMITTED:
+            services.application_approve(
+                application=application, reviewer=reviewer, variants=[demo]
+            )
+    license = License.objects.get(slug=DEFAULT_LICENSE_SLUG)
+    version = license_current_version(license)
+    if version is not None:
+        services.license_accept(user=researcher, version=version, typed_name="Rosa Researcher")
+    return [(REVIEWER, DEMO_PASSWORD), (RESEARCHER, DEMO_PASSWORD), (ADMIN, DEMO_PASSWORD)]

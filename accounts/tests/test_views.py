@@ -1,0 +1,272 @@
+"""The researcher's pages: thin views over the services."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from accounts import services
+from accounts.models import AccessToken, ApplicationState, LicenseAcceptance
+from accounts.tests.factories import USE_CASE, UserFactory
+from weights.models import ModelVariant
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def as_user(client):
+    def login(user):
+        client.force_login(user)
+        return client
+
+    return login
+
+
+def complete_form(**overrides):
+    data = {
+        "full_name": "Otto Outside",
+        "affiliation": "Institute of Things",
+        "organization_type": "government",
+        "country": "DE",
+        "position": "Research scientist",
+        "orcid": "0000-0002-1825-0097",
+        "web_page": "https://things.example.org/otto",
+        "publications": "",
+        "use_case": USE_CASE,
+        "requested_variants": [ModelVariant.objects.get(slug="7b").pk],
+        "action": "submit",
+    }
+    data.update(overrides)
+    return data
+
+
+@pytest.mark.parametrize(
+    "path", ["/access/", "/access/apply/", "/access/license/", "/access/tokens/"]
+)
+def test_pages_ask_anonymous_visitors_to_sign_in(client, path):
+    response = client.get(path)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+def test_a_new_applicant_submits_after_fixing_errors_and_nothing_is_lost(outsider, as_user):
+    client = as_user(outsider)
+    assert client.get("/access/apply/").status_code == 200
+
+    bad = complete_form(orcid="0000-0002-1825-0098", use_case="Too short.", country="")
+    response = client.post("/access/apply/", bad)
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert 'id="errors-orcid"' in html and "check digit" in html
+    assert 'id="errors-use_case"' in html
+    assert 'id="errors-country"' in html
+    assert 'value="Institute of Things"' in html  # what was typed is still there
+    app = outsider.applications.get()
+    assert app.state == ApplicationState.DRAFT
+    assert app.affiliation == "Institute of Things"  # and saved as a draft
+
+    response = client.post("/access/apply/", complete_form())
+    assert response.status_code == 302
+    app.refresh_from_db()
+    assert app.state == ApplicationState.SUBMITTED
+    assert app.submitted_ip == "127.0.0.1"
+
+
+def test_a_field_that_does_not_parse_keeps_the_rest_of_the_draft(outsider, as_user):
+    client = as_user(outsider)
+    response = client.post(
+        "/access/apply/",
+        complete_form(web_page="not a url", supervisor_email="nope", action="save"),
+    )
+    assert response.status_code == 400
+    assert 'id="errors-web_page"' in response.content.decode()
+    app = outsider.applications.get()
+    assert (app.affiliation, app.web_page) == ("Institute of Things", "")
+    assert [v.slug for v in app.requested_variants.all()] == ["7b"]
+
+
+def test_status_shows_state_queue_timeline_and_not_internal_notes(applicant, reviewer, as_user):
+    app = applicant.applications.get()
+    services.application_return(
+        application=app, reviewer=reviewer, message="Please add your ORCID.", note="SECRET NOTE"
+    )
+    html = as_user(applicant).get("/access/").content.decode()
+    assert "Returned for changes" in html
+    assert "Please add your ORCID." in html
+    assert "SECRET NOTE" not in html
+    assert "Change and resubmit" in html
+
+
+def test_status_shows_the_queue_position_for_a_submitted_application(applicant, as_user):
+    html = as_user(applicant).get("/access/").content.decode()
+    assert re.search(r"Position in the review queue: <strong>1</strong>", html)
+
+
+def test_status_lists_grants_and_what_blocks_use(researcher, as_user):
+    from accounts.models import DEFAULT_LICENSE_SLUG, License
+
+    services.license_publish_version(
+        license=License.objects.get(slug=DEFAULT_LICENSE_SLUG), title="License", text="v2"
+    )
+    html = as_user(researcher).get("/access/").content.decode()
+    assert 'id="blockers"' in html and "needs your acceptance" in html
+    assert "LLaMA 7B" in html and "LLaMA demo" in html
+
+
+def test_withdraw_and_apply_again(applicant, as_user):
+    client = as_user(applicant)
+    assert client.post("/access/withdraw/").status_code == 302
+    assert applicant.applications.get().state == ApplicationState.WITHDRAWN
+    # A second withdrawal is a conflict, said plainly.
+    response = client.post("/access/withdraw/")
+    assert response.status_code == 409
+    assert client.post("/access/reapply/")["Location"] == "/access/apply/"
+    new = applicant.applications.order_by("-id").first()
+    assert new.state == ApplicationState.DRAFT and new.previous is not None
+
+
+def test_the_license_needs_the_tick_and_the_name(outsider, as_user):
+    from accounts.tests.factories import grant_access
+
+    grant_access(outsider, "7b", accept_license=False)
+    client = as_user(outsider)
+    page = client.get("/access/license/")
+    assert "NONCOMMERCIAL" in page.content.decode()
+    version = page.context["version"]
+
+    response = client.post(
+        "/access/license/", {"version": version.pk, "typed_name": "Otto Outside"}
+    )
+    assert response.status_code == 400
+    assert "Tick the box" in response.content.decode()
+    response = client.post(
+        "/access/license/", {"version": version.pk, "agree": "on", "typed_name": "Someone"}
+    )
+    assert response.status_code == 400
+    assert not LicenseAcceptance.objects.filter(user=outsider).exists()
+
+    response = client.post(
+        "/access/license/",
+        {"version": version.pk, "agree": "on", "typed_name": "Otto Outside"},
+        HTTP_USER_AGENT="TestBrowser/1.0",
+    )
+    assert response.status_code == 302
+    acceptance = LicenseAcceptance.objects.get(user=outsider)
+    assert (acceptance.ip, acceptance.user_agent) == ("127.0.0.1", "TestBrowser/1.0")
+
+
+def test_a_token_is_shown_once_then_only_its_prefix(researcher, as_user):
+    client = as_user(researcher)
+    response = client.post(
+        "/access/tokens/", {"name": "laptop", "scopes": ["download"], "expires_in_days": 30}
+    )
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+    key = response.context["new_key"]
+    assert key in response.content.decode()
+    listing = client.get("/access/tokens/").content.decode()
+    assert key not in listing
+    assert key[:12] in listing
+
+
+def test_tokens_page_refuses_a_token_without_scopes(researcher, as_user):
+    response = as_user(researcher).post("/access/tokens/", {"name": "x", "expires_in_days": 30})
+    assert response.status_code == 400
+    assert "Choose at least one scope." in response.content.decode()
+    assert not AccessToken.objects.filter(user=researcher).exists()
+
+
+def test_someone_elses_token_cannot_be_revoked(researcher, outsider, as_user):
+    token, _ = services.token_create(user=researcher, name="x", scopes=["download"])
+    response = as_user(outsider).post(f"/access/tokens/{token.pk}/revoke/")
+    assert response.status_code == 404
+    token.refresh_from_db()
+    assert token.revoked_at is None
+    assert as_user(researcher).post(f"/access/tokens/{token.pk}/revoke/").status_code == 302
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+
+
+def test_token_list_runs_a_constant_number_of_queries(researcher, as_user):
+    client = as_user(researcher)
+    services.token_create(user=researcher, name="one", scopes=["download"])
+    with CaptureQueriesContext(connection) as one:
+        client.get("/access/tokens/")
+    for i in range(5):
+        services.token_create(user=researcher, name=f"t{i}", scopes=["generate"])
+    with CaptureQueriesContext(connection) as six:
+        client.get("/access/tokens/")
+    assert len(one) == len(six)
+
+
+def test_status_page_query_count_does_not_grow_with_events(applicant, reviewer, as_user):
+    client = as_user(applicant)
+    with CaptureQueriesContext(connection) as before:
+        client.get("/access/")
+    app = applicant.applications.get()
+    for _ in range(3):
+        services.application_return(application=app, reviewer=reviewer, message="More.")
+        services.application_resubmit(application=app, user=applicant)
+    with CaptureQueriesContext(connection) as after:
+        client.get("/access/")
+    assert len(after) == len(before)
+
+
+def test_sign_up_sends_a_verification_link_and_login_waits_for_it(client, mailoutbox):
+    response = client.post(
+        "/accounts/signup/",
+        {
+            "email": "new@uni.example.edu",
+            "password1": "plenty-long-Pass-42",
+            "password2": "plenty-long-Pass-42",
+        },
+    )
+    assert response.status_code == 302
+    assert len(mailoutbox) == 1
+    assert "/accounts/confirm-email/" in mailoutbox[0].body
+    # Not verified yet: the access pages are still closed.
+    assert client.get("/access/").status_code == 302
+
+
+def test_the_password_policy_refuses_short_and_common_passwords(client):
+    for password in ["short-1", "password1234"]:
+        response = client.post(
+            "/accounts/signup/",
+            {"email": "p@uni.example.edu", "password1": password, "password2": password},
+        )
+        assert response.status_code == 200
+        assert response.context["form"].errors["password1"]
+    assert not UserFactory._meta.model.objects.filter(email="p@uni.example.edu").exists()
+
+
+def test_failed_logins_are_audited_and_throttled(researcher, client):
+    from accounts.models import AuditEntry
+    from accounts.tests.factories import CAST_PASSWORD
+
+    for _ in range(5):
+        response = client.post(
+            "/accounts/login/", {"login": researcher.email, "password": "wrong-password-x"}
+        )
+        assert response.status_code == 200
+    assert AuditEntry.objects.filter(action="login.failed").count() >= 5
+    response = client.post(
+        "/accounts/login/", {"login": researcher.email, "password": CAST_PASSWORD}
+    )
+    assert response.status_code in (200, 429)
+    assert "_auth_user_id" not in client.session  # throttled even with the right password
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["application", "grant", "accesstoken", "licenseversion", "licenseacceptance", "auditentry"],
+)
+def test_admin_shows_raw_data_read_only(client, researcher, model):
+    from accounts.models import User
+
+    admin = User.objects.create_superuser("root@portal.example.org", "root-password-long-1")
+    client.force_login(admin)
+    assert client.get(f"/admin/accounts/{model}/").status_code == 200
+    assert client.get(f"/admin/accounts/{model}/add/").status_code == 403
