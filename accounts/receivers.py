@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from allauth.account.signals import password_changed, password_reset
 from django.contrib.auth.signals import user_login_failed
 from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
@@ -37,5 +38,24 @@ def _audit_failed_login(sender, credentials: dict, request=None, **kwargs) -> No
     from accounts.services import audit_record
 
     email = str(credentials.get("email") or credentials.get("username") or "")[:254]
-    ip = request.META.get("REMOTE_ADDR") if request is not None else None
-    audit_record(actor=None, action="login.failed", target=f"email:{email.lower()}", ip=ip)
+    audit_record(
+        actor=None, action="login.failed", target=f"email:{email.lower()}", ip=_client_ip(request)
+    )
+
+
+def _client_ip(request) -> str | None:
+    return request.META.get("REMOTE_ADDR") if request is not None else None
+
+
+@receiver(password_changed)
+@receiver(password_reset)
+def _audit_password_change(sender, request=None, user=None, **kwargs) -> None:
+    from accounts.services import audit_record
+
+    if user is not None:
+        audit_record(
+            actor=user,
+            action="user.password_changed",
+            target=f"user:{user.pk}",
+            ip=_client_ip(request),
+        )

@@ -321,6 +321,18 @@ class ApplicantStatus:
     pending_licenses: list[LicenseVersion]
     can_apply_again: bool
 
+    @property
+    def median_text(self) -> str:
+        median = self.median_time_to_decision
+        if median is None:
+            return ""
+        hours = median.total_seconds() / 3600
+        if hours < 1:
+            return "under an hour"
+        if hours < 48:
+            return f"about {round(hours)} hour{'s' if round(hours) != 1 else ''}"
+        return f"about {round(hours / 24)} days"
+
 
 def applicant_status(*, user) -> ApplicantStatus:
     """What the applicant's status page shows, with every reason that blocks use right now."""

@@ -78,6 +78,10 @@ def apply(request: HttpRequest) -> HttpResponse:
 
 
 def _render_apply(request, form, application, status: int = 200) -> HttpResponse:
+    form.fields["use_case"].help_text = (
+        "What will you study with the model, how, and what will you publish? "
+        f"At least {services.use_case_min_chars()} characters."
+    )
     context = {
         "form": form,
         "application": application,

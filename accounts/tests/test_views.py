@@ -270,3 +270,36 @@ def test_admin_shows_raw_data_read_only(client, researcher, model):
     client.force_login(admin)
     assert client.get(f"/admin/accounts/{model}/").status_code == 200
     assert client.get(f"/admin/accounts/{model}/add/").status_code == 403
+
+
+def test_the_status_page_shows_the_median_time_to_decision(applicant, reviewer, as_user):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from accounts.models import Application
+    from accounts.tests.factories import application_fill
+
+    decided = application_fill(UserFactory(), "7b")
+    services.application_reject(application=decided, reviewer=reviewer, reason="No.")
+    Application.objects.filter(pk=decided.pk).update(
+        submitted_at=timezone.now() - timedelta(days=6), decided_at=timezone.now()
+    )
+    html = as_user(applicant).get("/access/").content.decode()
+    assert '<strong id="median">about 6 days</strong>' in html
+
+
+def test_password_reset_mails_a_link_and_the_change_kills_tokens(researcher, client, mailoutbox):
+    from accounts.models import AuditEntry
+
+    services.token_create(user=researcher, name="a", scopes=["download"])
+    response = client.post("/accounts/password/reset/", {"email": researcher.email})
+    assert response.status_code == 302
+    link = re.search(r"http://\S+/accounts/password/reset/key/\S+", mailoutbox[0].body).group(0)
+    response = client.get(link, follow=True)
+    form_url = response.redirect_chain[-1][0] if response.redirect_chain else link
+    new = "another-Long-passphrase-99"
+    response = client.post(form_url, {"password1": new, "password2": new})
+    assert response.status_code == 302
+    assert not AccessToken.objects.filter(user=researcher, revoked_at__isnull=True).exists()
+    assert AuditEntry.objects.filter(action="user.password_changed").exists()
