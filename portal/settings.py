@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "accounts",
     "weights",
     "inference",
+    "review",
 ]
 
 MIDDLEWARE = [
@@ -259,6 +260,22 @@ WEIGHTS_LINK_MAX_USES = env_int("WEIGHTS_LINK_MAX_USES", 20)
 WEIGHTS_PRESIGN_SECONDS = env_int("WEIGHTS_PRESIGN_SECONDS", 5 * 60)
 # publish_weights holds about one part in memory (plus one copy while it is sent).
 WEIGHTS_UPLOAD_PART_SIZE = env_int("WEIGHTS_UPLOAD_PART_SIZE", 64 * 1024 * 1024)
+
+# --- Review console -------------------------------------------------------------------
+# A submitted application older than this many days is marked overdue in the queue.
+REVIEW_SLA_DAYS = env_int("REVIEW_SLA_DAYS", 7)
+# ISO 3166 alpha-2 codes whose applications are flagged for a closer look (e.g. "KP,IR").
+REVIEW_RESTRICTED_COUNTRIES = [c.upper() for c in env_list("REVIEW_RESTRICTED_COUNTRIES", [])]
+# Free webmail domains beyond the built-in list (review/flags.py).
+REVIEW_WEBMAIL_DOMAINS = [d.lower() for d in env_list("REVIEW_WEBMAIL_DOMAINS", [])]
+# A rejection within this many days flags the next application of the same account.
+REVIEW_RECENT_REJECTION_DAYS = env_int("REVIEW_RECENT_REJECTION_DAYS", 180)
+# Flag an IP address once this many accounts submitted or accepted the license from it.
+REVIEW_SHARED_IP_ACCOUNTS = env_int("REVIEW_SHARED_IP_ACCOUNTS", 2)
+# Near-duplicate use cases: shingled Jaccard similarity at or above this, compared with the
+# latest REVIEW_DUPLICATE_CANDIDATES applications of other accounts (bounded cost).
+REVIEW_DUPLICATE_THRESHOLD = env_float("REVIEW_DUPLICATE_THRESHOLD", 0.5)
+REVIEW_DUPLICATE_CANDIDATES = env_int("REVIEW_DUPLICATE_CANDIDATES", 500)
 
 # --- REST framework -------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -8,6 +8,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("models/", include("weights.urls")),
+    path("review/", include("review.urls")),
     path("accounts/", include("allauth.urls")),
     path("access/", include("accounts.urls")),
 ]

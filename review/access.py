@@ -1,0 +1,50 @@
+"""The one access check of the review console. Every view is wrapped in `reviewer_required`.
+
+Anonymous visitors get 403 (with where to sign in); signed-in people who are not reviewers
+get 404, so the console does not tell them what it holds.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from accounts.models import Application
+from accounts.selectors import user_is_reviewer
+from portal.errors import NotFound, PermissionDenied
+
+
+def review_require(user) -> None:
+    """Raise unless `user` is a reviewer (staff, in the "reviewers" group)."""
+    if user is None or not user.is_authenticated:
+        raise PermissionDenied(
+            "Sign in (/accounts/login/) with a reviewer account to use the review console.",
+            code="anonymous",
+        )
+    cached = getattr(user, "_review_is_reviewer", None)
+    if cached is None:
+        cached = user_is_reviewer(user)
+        user._review_is_reviewer = cached
+    if not cached:
+        raise NotFound("There is no such page.")
+
+
+def reviewer_required(view):
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        review_require(request.user)
+        return view(request, *args, **kwargs)
+
+    wrapper.review_protected = True  # the URL test checks every console view carries this
+    return wrapper
+
+
+def application_get_for_review(application_id: int) -> Application:
+    """An application the console may show: anything past the draft stage."""
+    application = (
+        (Application.objects.select_related("user").exclude(submitted_at__isnull=True))
+        .filter(pk=application_id)
+        .first()
+    )
+    if application is None:
+        raise NotFound(f"There is no submitted application #{application_id}.")
+    return application
