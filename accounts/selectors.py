@@ -86,21 +86,62 @@ def license_is_accepted(*, user, version: LicenseVersion) -> bool:
     return LicenseAcceptance.objects.filter(user=user, version=version).exists()
 
 
+def _current_versions_for(
+    variants: list[ModelVariant], *, at: datetime
+) -> dict[int, LicenseVersion]:
+    """variant id -> the current version of its governing license (absent: none applies).
+
+    A constant number of queries however many variants: list pages and the status page
+    call this instead of `license_for_variant` in a loop.
+    """
+    if not variants:
+        return {}
+    default = None
+    license_of: dict[int, int] = {}
+    for variant in variants:
+        license_id = getattr(variant, "license_id", None) if _variant_has_license_field() else None
+        if license_id is None:
+            if default is None:
+                default = License.objects.filter(slug=DEFAULT_LICENSE_SLUG).first() or False
+            if default:
+                license_of[variant.pk] = default.pk
+        else:
+            license_of[variant.pk] = license_id
+    current: dict[int, LicenseVersion] = {}
+    versions = (
+        LicenseVersion.objects.filter(license_id__in=set(license_of.values()), effective_at__lte=at)
+        .select_related("license")
+        .order_by("license_id", "-version")
+    )
+    for version in versions:
+        current.setdefault(version.license_id, version)
+    return {
+        variant_id: current[license_id]
+        for variant_id, license_id in license_of.items()
+        if license_id in current
+    }
+
+
+def _live_grants(user, now: datetime) -> QuerySet[Grant]:
+    return Grant.objects.filter(
+        user=user, status=GrantStatus.ACTIVE, starts_at__lte=now, ends_at__gt=now
+    ).select_related("variant")
+
+
 def license_versions_pending(*, user) -> list[LicenseVersion]:
     """Current versions of the licenses governing the user's live grants, not yet accepted."""
     now = timezone.now()
-    grants = Grant.objects.filter(
-        user=user, status=GrantStatus.ACTIVE, starts_at__lte=now, ends_at__gt=now
-    ).select_related("variant")
-    pending: dict[int, LicenseVersion] = {}
-    for grant in grants:
-        license = license_for_variant(grant.variant)
-        if license is None or license.pk in pending:
-            continue
-        version = license_current_version(license, at=now)
-        if version is not None and not license_is_accepted(user=user, version=version):
-            pending[license.pk] = version
-    return list(pending.values())
+    variants = [grant.variant for grant in _live_grants(user, now)]
+    current = _current_versions_for(variants, at=now)
+    if not current:
+        return []
+    accepted = set(
+        LicenseAcceptance.objects.filter(
+            user=user, version_id__in={v.pk for v in current.values()}
+        ).values_list("version_id", flat=True)
+    )
+    pending = {v.pk: v for v in current.values() if v.pk not in accepted}
+    return sorted(pending.values(), key=lambda v: v.pk)
 
 
 def variants_governed_by(license: License) -> QuerySet[ModelVariant]:
@@ -214,24 +255,14 @@ def variants_accessible(*, user, purpose: str) -> list[ModelVariant]:
     if _account_decision(user) is not None:
         return []
     now = timezone.now()
-    grants = Grant.objects.filter(
-        user=user,
-        status=GrantStatus.ACTIVE,
-        starts_at__lte=now,
-        ends_at__gt=now,
-        variant__is_published=True,
-    ).select_related("variant")
-    accepted = set(LicenseAcceptance.objects.filter(user=user).values_list("version_id", flat=True))
-    current: dict[int | None, LicenseVersion | None] = {}
-    result = []
-    for grant in grants:
-        license = license_for_variant(grant.variant)
-        key = license.pk if license else None
-        if key not in current:
-            current[key] = license_current_version(license, at=now) if license else None
-        version = current[key]
-        if version is None or version.pk in accepted:
-            result.append(grant.variant)
+    variants = [g.variant for g in _live_grants(user, now) if g.variant.is_published]
+    current = _current_versions_for(variants, at=now)
+    accepted = set(
+        LicenseAcceptance.objects.filter(
+            user=user, version_id__in={v.pk for v in current.values()}
+        ).values_list("version_id", flat=True)
+    )
+    result = [v for v in variants if v.pk not in current or current[v.pk].pk in accepted]
     result.sort(key=lambda v: (v.position, v.slug))
     return result
 
@@ -285,7 +316,7 @@ def grants_for_user(*, user) -> QuerySet[Grant]:
     return (
         Grant.objects.filter(user=user)
         .select_related("variant")
-        .order_by("variant__position", "-ends_at")
+        .order_by("variant__position", "-starts_at", "-id")
     )
 
 
@@ -368,12 +399,14 @@ def applicant_status(*, user) -> ApplicantStatus:
         )
     now = timezone.now()
     live_variants = {g.variant_id for g in grants if g.is_live(now)}
-    for grant in grants:
-        if grant.variant_id in live_variants or grant.status == GrantStatus.REVOKED:
+    for grant in grants:  # newest first per size: say the latest reason once per size
+        if grant.variant_id in live_variants:
             continue
-        if grant.ends_at <= now:
+        if grant.status == GrantStatus.REVOKED:
+            blockers.append(f"Your access to {grant.variant} was revoked: {grant.revoke_reason}")
+        elif grant.ends_at <= now:
             blockers.append(f"Your access to {grant.variant} expired on {grant.ends_at:%Y-%m-%d}.")
-            live_variants.add(grant.variant_id)  # say it once per size
+        live_variants.add(grant.variant_id)
     return ApplicantStatus(
         application=application,
         timeline=timeline,

@@ -1027,8 +1027,12 @@ def token_create(
     live = AccessToken.objects.filter(user=user, revoked_at__isnull=True, expires_at__gt=now)
     if live.count() >= TOKEN_MAX_PER_USER:
         raise Conflict(f"You have {TOKEN_MAX_PER_USER} live tokens; revoke one first.")
-    key = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
+        for _attempt in range(5):
+            key = TOKEN_PREFIX + secrets.token_urlsafe(32)
+            # The display/lookup prefix is unique; 48 random bits rarely collide, but may.
+            if not AccessToken.objects.filter(prefix=key[:12]).exists():
+                break
         token = AccessToken.objects.create(
             user=user,
             name=name[:100],

@@ -303,3 +303,24 @@ def test_password_reset_mails_a_link_and_the_change_kills_tokens(researcher, cli
     assert response.status_code == 302
     assert not AccessToken.objects.filter(user=researcher, revoked_at__isnull=True).exists()
     assert AuditEntry.objects.filter(action="user.password_changed").exists()
+
+
+def test_status_page_query_count_does_not_grow_with_grants(as_user):
+    from accounts.tests.factories import grant_access
+
+    few, many = UserFactory(), UserFactory()
+    grant_access(few, "demo")
+    grant_access(many, "demo", "7b", "13b", "33b")
+    counts = []
+    for user in (few, many):
+        client = as_user(user)
+        client.get("/access/")  # the first request of a session loads it; count the next
+        with CaptureQueriesContext(connection) as queries:
+            client.get("/access/")
+        counts.append([q["sql"][:90] for q in queries])
+    assert len(counts[0]) == len(counts[1]), counts
+
+
+def test_status_says_why_a_revoked_researcher_is_blocked(revoked_researcher, as_user):
+    html = as_user(revoked_researcher).get("/access/").content.decode()
+    assert "Your access to LLaMA 7B was revoked: Shared the weights." in html
