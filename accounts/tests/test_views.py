@@ -257,6 +257,7 @@ def test_failed_logins_are_audited_and_throttled(researcher, client):
     )
     assert response.status_code in (200, 429)
     assert "_auth_user_id" not in client.session  # throttled even with the right password
+    assert "Too many failed login attempts" in response.content.decode()
 
 
 @pytest.mark.parametrize(
