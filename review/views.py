@@ -87,8 +87,8 @@ def _confirm(
 @reviewer_required
 def queue(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
-    form = QueueFilterForm(request.GET or None)
-    filters = form.filters() if request.GET else QueueFilterForm({}).filters()
+    form = QueueFilterForm(request.GET)
+    filters = form.filters()
     applications = selectors.queue_applications(reviewer=request.user, now=now, **filters)
     paginator = Paginator(selectors.queue_rows(applications), form.per_page_value())
     page = paginator.get_page(request.GET.get("page"))
