@@ -217,8 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .generation import GenerationError
 
     ns = _parser().parse_args(argv)
-    commands = {"generate": cmd_generate, "info": cmd_info, "verify": cmd_verify,
-                "demo": cmd_demo}  # fmt: skip
+    commands = {"generate": cmd_generate, "info": cmd_info, "verify": cmd_verify, "demo": cmd_demo}
     try:
         return commands[ns.command](ns)
     except (CheckpointError, GenerationError, FileNotFoundError, ValueError) as exc:

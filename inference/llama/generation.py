@@ -280,8 +280,10 @@ class BatchDecoder:
         if params.stop and self.tokenizer is None:
             raise GenerationError("stop sequences need a tokenizer")
         total = len(tokens) + params.max_new_tokens
-        for limit, what in ((self.context_len, "the model's context length"),
-                            (self.max_seq_len, "this decoder's KV cache")):  # fmt: skip
+        for limit, what in (
+            (self.context_len, "the model's context length"),
+            (self.max_seq_len, "this decoder's KV cache"),
+        ):
             if total > limit:
                 raise ContextLengthError(
                     f"prompt of {len(tokens)} tokens plus max_new_tokens "
@@ -356,8 +358,11 @@ class BatchDecoder:
         # Queue first, then cancel: a request cancelled in the step it arrives must leave
         # the queue too.
         self._pending.extend(incoming)
-        finished = [self._finish(seq, reason) for rid, reason in cancels.items()
-                    if (seq := self._lookup(rid)) is not None]  # fmt: skip
+        finished = [
+            self._finish(seq, reason)
+            for rid, reason in cancels.items()
+            if (seq := self._lookup(rid)) is not None
+        ]
         running = [s for s in self._slots if s is not None]
         admitted = []
         while self._pending and self._free:
@@ -556,8 +561,10 @@ class BatchDecoder:
         cut = min(hits)
         seq.text = seq.text[:cut]
         # Keep the tokens needed to produce the text before the stop sequence.
-        keep = next((k for k in range(len(seq.tokens) + 1)
-                     if (seq.text_lens[k - 1] if k else 0) >= cut), len(seq.tokens))  # fmt: skip
+        keep = next(
+            (k for k in range(len(seq.tokens) + 1) if (seq.text_lens[k - 1] if k else 0) >= cut),
+            len(seq.tokens),
+        )
         del seq.tokens[keep:]
         del seq.logprobs[keep:]
         return STOP
