@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_countries",
     "allauth",
     "allauth.account",
@@ -277,6 +278,50 @@ REVIEW_SHARED_IP_ACCOUNTS = env_int("REVIEW_SHARED_IP_ACCOUNTS", 2)
 REVIEW_DUPLICATE_THRESHOLD = env_float("REVIEW_DUPLICATE_THRESHOLD", 0.5)
 REVIEW_DUPLICATE_CANDIDATES = env_int("REVIEW_DUPLICATE_CANDIDATES", 500)
 
+# --- Generation jobs ------------------------------------------------------------------
+# Workers keep each size's checkpoint here, filled from S3 with SHA-256 verification.
+JOBS_MODEL_CACHE_DIR = Path(env_str("JOBS_MODEL_CACHE_DIR", str(VAR_DIR / "models")))
+JOBS_DEVICE = env_str("JOBS_DEVICE", "auto")  # auto: CUDA when the worker has it, else CPU
+JOBS_DTYPE = env_str("JOBS_DTYPE", "auto")
+# Sequences one worker process decodes together (continuous batching).
+JOBS_MAX_BATCH_SIZE = env_int("JOBS_MAX_BATCH_SIZE", 8)
+# Deliveries of one job before it is failed instead of retried (a job that kills its
+# worker, e.g. out of GPU memory, must not loop).
+JOBS_MAX_ATTEMPTS = env_int("JOBS_MAX_ATTEMPTS", 3)
+# Per-user limits: jobs queued or running at once, and tokens (prompt + completion) per
+# rolling 24 hours.
+JOBS_MAX_ACTIVE_PER_USER = env_int("JOBS_MAX_ACTIVE_PER_USER", 4)
+JOBS_TOKENS_PER_DAY = env_int("JOBS_TOKENS_PER_DAY", 200_000)
+JOBS_MAX_NEW_TOKENS = env_int("JOBS_MAX_NEW_TOKENS", 1024)
+JOBS_MAX_SEQUENCES = env_int("JOBS_MAX_SEQUENCES", 16)  # prompts x n in one job
+JOBS_MAX_PROMPT_CHARS = env_int("JOBS_MAX_PROMPT_CHARS", 100_000)
+# Time limits of one generation task (the broker's visibility timeout must stay above).
+JOBS_SOFT_TIME_LIMIT = env_int("JOBS_SOFT_TIME_LIMIT", CELERY_TASK_SOFT_TIME_LIMIT)
+JOBS_TIME_LIMIT = env_int("JOBS_TIME_LIMIT", CELERY_TASK_TIME_LIMIT)
+# A running job's worker writes a heartbeat this often; one older than JOBS_STALE_SECONDS
+# means the worker died and the sweep takes the job back.
+JOBS_HEARTBEAT_SECONDS = env_float("JOBS_HEARTBEAT_SECONDS", 5.0)
+JOBS_STALE_SECONDS = env_int("JOBS_STALE_SECONDS", 60)
+# A job queued this long gets its queue message sent again (Redis may have lost it).
+JOBS_RESEND_SECONDS = env_int("JOBS_RESEND_SECONDS", 300)
+# A job queued this long is failed: no worker serves its size.
+JOBS_QUEUED_EXPIRE_SECONDS = env_int("JOBS_QUEUED_EXPIRE_SECONDS", 6 * 60 * 60)
+JOBS_SWEEP_SECONDS = env_int("JOBS_SWEEP_SECONDS", 60)
+# How long the token stream of a job is kept in Redis for late readers.
+JOBS_STREAM_TTL_SECONDS = env_int("JOBS_STREAM_TTL_SECONDS", 3600)
+# How long a non-streaming OpenAI-style request waits for its job before giving up.
+JOBS_SYNC_WAIT_SECONDS = env_int("JOBS_SYNC_WAIT_SECONDS", 300)
+# Slows every decode step down (seconds): demos of streaming and tests that must catch a
+# job in the middle. Leave at 0 in production.
+JOBS_STEP_DELAY_SECONDS = env_float("JOBS_STEP_DELAY_SECONDS", 0.0)
+
+# Re-queue or fail jobs whose worker died; re-send messages Redis may have lost.
+CELERY_BEAT_SCHEDULE["inference.jobs_sweep_stuck"] = {
+    "task": "inference.jobs_sweep_stuck",
+    "schedule": JOBS_SWEEP_SECONDS,
+    "options": {"queue": "default", "expires": JOBS_SWEEP_SECONDS},
+}
+
 # --- REST framework -------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -292,6 +337,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Generation jobs, models and downloads for approved researchers.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI is served from the vendored sidecar package: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Logging --------------------------------------------------------------------------

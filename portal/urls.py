@@ -11,6 +11,9 @@ urlpatterns = [
     path("review/", include("review.urls")),
     path("accounts/", include("allauth.urls")),
     path("access/", include("accounts.urls")),
+    path("api/v1/", include("inference.api_urls")),
+    path("v1/", include("inference.openai_urls")),
+    path("playground/", include("inference.urls")),
 ]
 
 handler400 = "portal.views.error_400"

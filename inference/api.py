@@ -1,0 +1,215 @@
+"""REST API of generation jobs under /api/v1/ (session or token with the `generate` scope).
+
+GET  /api/v1/models                     sizes you may run
+POST /api/v1/jobs                       submit        GET /api/v1/jobs   your jobs
+GET  /api/v1/jobs/<id>                  one job       POST .../cancel    cancel it
+GET  /api/v1/jobs/<id>/stream           server-sent events: token ..., end
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import TokenAuthentication, require_scope
+from accounts.selectors import variants_accessible
+from inference import streams
+from inference.models import GenerationJob, JobSource
+from inference.selectors import job_get_for_user, jobs_for_user
+from inference.services import job_cancel, job_submit
+from weights.selectors import variant_get
+
+
+class EventStreamRenderer(BaseRenderer):
+    """Lets `Accept: text/event-stream` through content negotiation; errors become one
+    `error` event."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
+        return streams.sse("error", data or {})
+
+
+class JobOutput(serializers.ModelSerializer):
+    model = serializers.CharField(source="variant.slug")
+    size = serializers.CharField(source="variant.size")
+    urls = serializers.SerializerMethodField()
+
+    class Meta:
+        model = GenerationJob
+        fields = [
+            "id", "model", "size", "state", "source", "prompts", "params", "attempts",
+            "cancel_requested", "outputs", "error", "prompt_tokens", "completion_tokens",
+            "created_at", "started_at", "first_token_at", "finished_at", "queue_wait",
+            "time_to_first_token", "decode_tokens_per_second", "worker", "urls",
+        ]  # fmt: skip
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_urls(self, job: GenerationJob) -> dict:
+        request = self.context.get("request")
+        base = f"/api/v1/jobs/{job.pk}"
+        build = request.build_absolute_uri if request is not None else (lambda u: u)
+        return {
+            "self": build(base),
+            "stream": build(f"{base}/stream"),
+            "cancel": build(f"{base}/cancel"),
+        }
+
+
+class _Api(APIView):
+    authentication_classes = [TokenAuthentication, SessionAuthentication]
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        super().initial(request, *args, **kwargs)
+        require_scope(request, "generate")
+
+
+class GenerationModelsApi(_Api):
+    """The model sizes you may run now."""
+
+    class OutputSerializer(serializers.Serializer):
+        slug = serializers.CharField()
+        size = serializers.CharField()
+        name = serializers.CharField(source="__str__")
+        context_length = serializers.IntegerField()
+
+    @extend_schema(responses=OutputSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        variants = variants_accessible(user=request.user, purpose="generate")
+        return Response(self.OutputSerializer(variants, many=True).data)
+
+
+class JobsApi(_Api):
+    """POST submits a job; GET lists yours, newest first."""
+
+    class CreateInput(serializers.Serializer):
+        model = serializers.CharField(help_text="Size or slug: demo, 7B, 13b ...")
+        prompt = serializers.CharField(
+            required=False, allow_blank=True, trim_whitespace=False, help_text="One prompt"
+        )
+        prompts = serializers.ListField(
+            child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+            required=False,
+            allow_empty=False,
+            help_text="Several prompts, decoded together",
+        )
+        max_new_tokens = serializers.IntegerField(required=False)
+        temperature = serializers.FloatField(required=False)
+        top_p = serializers.FloatField(required=False)
+        top_k = serializers.IntegerField(required=False)
+        seed = serializers.IntegerField(required=False, allow_null=True)
+        stop = serializers.ListField(
+            child=serializers.CharField(trim_whitespace=False), required=False
+        )
+        logprobs = serializers.BooleanField(required=False)
+        echo = serializers.BooleanField(required=False)
+        n = serializers.IntegerField(required=False, help_text="Choices per prompt")
+
+        def validate(self, attrs: dict) -> dict:
+            if ("prompt" in attrs) == ("prompts" in attrs):
+                raise serializers.ValidationError("Give either `prompt` or `prompts`.")
+            return attrs
+
+    class ListQuery(serializers.Serializer):
+        state = serializers.CharField(required=False)
+        limit = serializers.IntegerField(required=False, min_value=1, max_value=200, default=50)
+
+    @extend_schema(request=CreateInput, responses={201: JobOutput})
+    def post(self, request: Request) -> Response:
+        data = self.CreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        variant = variant_get(size=values.pop("model"))
+        prompts = values.pop("prompts", None) or [values.pop("prompt", "")]
+        values.pop("prompt", None)
+        token = request.auth if getattr(request.auth, "scopes", None) is not None else None
+        job = job_submit(
+            user=request.user,
+            variant=variant,
+            prompts=prompts,
+            params=values,
+            token=token,
+            source=JobSource.API if token is not None else JobSource.PLAYGROUND,
+        )
+        body = JobOutput(job, context={"request": request}).data
+        return Response(
+            body, status=status.HTTP_201_CREATED, headers={"Location": body["urls"]["self"]}
+        )
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("state", str, description="queued, running, succeeded ..."),
+            OpenApiParameter("limit", int, description="At most this many (1-200, default 50)"),
+        ],
+        responses=JobOutput(many=True),
+    )
+    def get(self, request: Request) -> Response:
+        query = self.ListQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        jobs = jobs_for_user(user=request.user, **query.validated_data)
+        return Response(JobOutput(jobs, many=True, context={"request": request}).data)
+
+
+class JobDetailApi(_Api):
+    @extend_schema(responses=JobOutput)
+    def get(self, request: Request, job_id: str) -> Response:
+        job = job_get_for_user(user=request.user, job_id=job_id)
+        return Response(JobOutput(job, context={"request": request}).data)
+
+
+class JobCancelApi(_Api):
+    """Cancel a queued job now, or stop a running one within a token or two (202: the
+    worker will end it; poll or stream it to see the end)."""
+
+    @extend_schema(request=None, responses={200: JobOutput, 202: JobOutput})
+    def post(self, request: Request, job_id: str) -> Response:
+        job = job_get_for_user(user=request.user, job_id=job_id)
+        job = job_cancel(job=job)
+        code = status.HTTP_202_ACCEPTED if job.is_active else status.HTTP_200_OK
+        return Response(JobOutput(job, context={"request": request}).data, status=code)
+
+
+class JobStreamApi(_Api):
+    """Server-sent events: `state`, `token` ({index, text, token, logprob, finish_reason}),
+    `reset` (the job is run again after its worker died: drop its text so far) and a last
+    `end` carrying the whole job. Reconnects resume after `Last-Event-ID`."""
+
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
+
+    @extend_schema(
+        responses={(200, "text/event-stream"): OpenApiTypes.STR},
+    )
+    def get(self, request: Request, job_id: str) -> StreamingHttpResponse:
+        job = job_get_for_user(user=request.user, job_id=job_id)
+        after = request.headers.get("Last-Event-ID") or "0"
+        response = StreamingHttpResponse(
+            self._events(request, job, after), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+
+    @staticmethod
+    def _events(request: Request, job: GenerationJob, after: str) -> Iterator[bytes]:
+        idle = 0
+        for item in streams.job_events(job, after=after):
+            if item is None:
+                idle += 1
+                if idle % streams.KEEPALIVE_POLLS == 0:
+                    yield streams.KEEPALIVE
+                continue
+            entry_id, event, data = item
+            if event == "end":
+                job.refresh_from_db()
+                data = JobOutput(job, context={"request": request}).data
+            yield streams.sse(event, data, event_id=entry_id)

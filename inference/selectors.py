@@ -1,0 +1,38 @@
+"""Reads of the jobs app. `job_get_for_user` is how every path loads a job: another
+person's job is "not found", never "forbidden", so ids reveal nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import QuerySet
+
+from inference.models import GenerationJob, JobState
+from portal.errors import InvalidInput, NotFound
+
+
+def job_get_for_user(*, user, job_id) -> GenerationJob:
+    try:
+        pk = uuid.UUID(str(job_id))
+    except ValueError:
+        raise NotFound("There is no such job on your account.", code="job_not_found") from None
+    job = (
+        GenerationJob.objects.select_related("variant")
+        .filter(pk=pk, owner_id=getattr(user, "pk", None))
+        .first()
+    )
+    if job is None:
+        raise NotFound("There is no such job on your account.", code="job_not_found")
+    return job
+
+
+def jobs_for_user(*, user, state: str | None = None, limit: int = 50) -> QuerySet[GenerationJob]:
+    jobs = GenerationJob.objects.filter(owner=user).select_related("variant")
+    if state:
+        if state not in JobState.values:
+            raise InvalidInput(
+                f"Unknown state {state!r}; one of {', '.join(JobState.values)}.",
+                extra={"param": "state"},
+            )
+        jobs = jobs.filter(state=state)
+    return jobs.order_by("-created_at")[:limit]

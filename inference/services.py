@@ -1,0 +1,561 @@
+"""Every write of the jobs app: submission, cancellation, the worker's claims and results,
+taking jobs back from dead workers, and the periodic sweep.
+
+State changes follow `inference.models.TRANSITIONS`. A worker's claim is a conditional
+UPDATE (`state=queued` -> `running`) whose row count is checked, and its result is written
+by another conditional UPDATE that must match the claim id: a job delivered twice, or taken
+back from a worker presumed dead that then wakes up, still ends with exactly one result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+
+from accounts.selectors import access_require
+from inference import events
+from inference.models import (
+    ACTIVE_STATES,
+    GenerationJob,
+    JobEvent,
+    JobSource,
+    JobState,
+    can_move,
+)
+from inference.tokens import prompt_token_counts
+from portal.errors import Conflict, InvalidInput, RateLimited
+from weights.models import ModelVariant
+
+logger = logging.getLogger(__name__)
+
+DAY = timedelta(hours=24)
+MAX_STOP_SEQUENCES = 4
+SEED_LIMIT = 2**63 - 1
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+
+
+# --- Parameters ---------------------------------------------------------------------------
+
+PARAM_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 64,
+    "temperature": 0.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "seed": None,
+    "stop": [],
+    "logprobs": False,
+    "echo": False,
+    "n": 1,
+}
+
+
+def _bad(message: str, param: str) -> InvalidInput:
+    return InvalidInput(message, code="invalid_parameter", extra={"param": param})
+
+
+def params_normalize(params: dict[str, Any], *, prompts: list[str]) -> dict[str, Any]:
+    """Defaults filled in, every value checked against the portal's limits.
+
+    A job always gets a concrete seed (a random one when none was given): a job that is
+    run again after its worker died then produces the same text, so a stream that already
+    showed part of it stays true.
+    """
+    unknown = set(params) - set(PARAM_DEFAULTS)
+    if unknown:
+        raise _bad(f"Unknown parameter(s): {', '.join(sorted(unknown))}.", sorted(unknown)[0])
+    p = {**PARAM_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    max_new = p["max_new_tokens"]
+    limit = settings.JOBS_MAX_NEW_TOKENS
+    if not isinstance(max_new, int) or isinstance(max_new, bool) or not 1 <= max_new <= limit:
+        raise _bad(f"max_new_tokens must be a whole number from 1 to {limit}.", "max_new_tokens")
+    try:
+        p["temperature"] = float(p["temperature"])
+        p["top_p"] = float(p["top_p"])
+    except (TypeError, ValueError):
+        raise _bad("temperature and top_p must be numbers.", "temperature") from None
+    if not 0 <= p["temperature"] <= 2:
+        raise _bad("temperature must be between 0 and 2 (0: always the likeliest).", "temperature")
+    if not 0 < p["top_p"] <= 1:
+        raise _bad("top_p must be above 0 and at most 1.", "top_p")
+    if not isinstance(p["top_k"], int) or p["top_k"] < 0:
+        raise _bad("top_k must be a whole number, 0 for no limit.", "top_k")
+    if p["seed"] is None:
+        p["seed"] = secrets.randbelow(2**31)
+    elif not isinstance(p["seed"], int) or isinstance(p["seed"], bool):
+        raise _bad("seed must be a whole number.", "seed")
+    elif not 0 <= p["seed"] <= SEED_LIMIT:
+        raise _bad(f"seed must be between 0 and {SEED_LIMIT}.", "seed")
+    stop = p["stop"]
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise _bad("stop must be a string or a list of non-empty strings.", "stop")
+    if len(stop) > MAX_STOP_SEQUENCES or any(len(s) > 200 for s in stop):
+        raise _bad(f"At most {MAX_STOP_SEQUENCES} stop sequences of 200 characters.", "stop")
+    p["stop"] = stop
+    p["logprobs"] = bool(p["logprobs"])
+    p["echo"] = bool(p["echo"])
+    n = p["n"]
+    most = settings.JOBS_MAX_SEQUENCES
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise _bad("n must be a whole number, at least 1.", "n")
+    if not prompts:
+        raise _bad("Give at least one prompt.", "prompt")
+    if len(prompts) * n > most:
+        raise _bad(
+            f"{len(prompts)} prompt(s) x n={n} is {len(prompts) * n} sequences; "
+            f"one job runs at most {most}.",
+            "n" if n > 1 else "prompt",
+        )
+    longest = settings.JOBS_MAX_PROMPT_CHARS
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise _bad("Every prompt must be a string.", "prompt")
+        if len(prompt) > longest:
+            raise _bad(
+                f"Prompt {i + 1} has {len(prompt)} characters; the most is {longest}.", "prompt"
+            )
+    return p
+
+
+def _check_context(variant: ModelVariant, prompts: list[str], max_new: int) -> int:
+    """Prompt tokens of the whole job; 400 with the limit when one prompt cannot fit."""
+    limit = variant.context_length
+    counts = prompt_token_counts(variant, prompts)
+    for i, tc in enumerate(counts):
+        total = tc.count + max_new
+        if tc.exact and total > limit:
+            room = limit - tc.count
+            hint = (
+                f"lower max_new_tokens to {room} or shorten the prompt"
+                if room > 0
+                else "shorten the prompt"
+            )
+            which = f"Prompt {i + 1}" if len(prompts) > 1 else "The prompt"
+            raise InvalidInput(
+                f"{which} has {tc.count} tokens; with max_new_tokens {max_new} that is "
+                f"{total}, more than the {limit}-token context of {variant}: {hint}.",
+                code="context_length_exceeded",
+                extra={"param": "prompt", "limit": limit, "prompt_tokens": tc.count},
+            )
+    return sum(tc.count for tc in counts)
+
+
+# --- Quotas ---------------------------------------------------------------------------------
+
+
+def _check_limits(*, user, need: int, now: datetime) -> None:
+    active = GenerationJob.objects.filter(owner=user, state__in=ACTIVE_STATES).count()
+    most = settings.JOBS_MAX_ACTIVE_PER_USER
+    if active >= most:
+        raise RateLimited(
+            f"You have {active} jobs queued or running, the most allowed at once. Wait for "
+            "one to finish, or cancel one.",
+            code="too_many_jobs",
+            retry_after=5,
+            extra={"limit": most},
+        )
+    quota = settings.JOBS_TOKENS_PER_DAY
+    if need > quota:
+        raise InvalidInput(
+            f"This job may use up to {need} tokens (prompt plus every max_new_tokens), more "
+            f"than your quota of {quota} tokens per 24 hours. Ask for fewer tokens.",
+            code="quota_too_small",
+            extra={"param": "max_new_tokens", "limit": quota},
+        )
+    rows = list(
+        GenerationJob.objects.filter(owner=user, created_at__gt=now - DAY, token_charge__gt=0)
+        .order_by("created_at")
+        .values_list("created_at", "token_charge")
+    )
+    used = sum(charge for _, charge in rows)
+    if used + need <= quota:
+        return
+    freed, retry_after = 0, int(DAY.total_seconds())
+    for created, charge in rows:
+        freed += charge
+        if used - freed + need <= quota:
+            retry_after = max(1, math.ceil((created + DAY - now).total_seconds()))
+            break
+    raise RateLimited(
+        f"This job may use up to {need} tokens; you have used {used} of your {quota} tokens "
+        f"in the last 24 hours. Try again in {_human_seconds(retry_after)}, or ask for fewer "
+        "tokens.",
+        code="token_quota",
+        retry_after=retry_after,
+        extra={"limit": quota, "used": used},
+    )
+
+
+def quota_used(*, user, now: datetime | None = None) -> int:
+    now = now or timezone.now()
+    total = GenerationJob.objects.filter(owner=user, created_at__gt=now - DAY).aggregate(
+        total=Sum("token_charge")
+    )["total"]
+    return int(total or 0)
+
+
+def _human_seconds(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} seconds"
+    if seconds < 7200:
+        return f"{round(seconds / 60)} minutes"
+    return f"{round(seconds / 3600)} hours"
+
+
+# --- Submission and cancellation ------------------------------------------------------------
+
+
+def _event(job: GenerationJob, from_state: str, to_state: str, message: str = "", worker=""):
+    JobEvent.objects.create(
+        job=job, from_state=from_state, to_state=to_state, message=message[:2000], worker=worker
+    )
+
+
+def _enqueue(job: GenerationJob) -> None:
+    """Send the job's queue message once the transaction commits.
+
+    When the broker cannot be reached the job stays queued in the database and the sweep
+    sends the message again later: submission does not fail because Redis is down.
+    """
+    job_id, queue = str(job.id), job.variant.queue_name
+
+    def send() -> None:
+        from inference.tasks import run_generation
+
+        try:
+            run_generation.apply_async(
+                args=[job_id],
+                queue=queue,
+                soft_time_limit=settings.JOBS_SOFT_TIME_LIMIT,
+                time_limit=settings.JOBS_TIME_LIMIT,
+                retry=True,
+                retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5},
+            )
+        except Exception as exc:  # kombu's errors vary by transport; the sweep re-sends
+            logger.warning("job %s stays queued; its message could not be sent: %s", job_id, exc)
+
+    transaction.on_commit(send)
+
+
+def job_submit(
+    *,
+    user,
+    variant: ModelVariant,
+    prompts: list[str],
+    params: dict[str, Any],
+    token=None,
+    source: str = JobSource.API,
+    external_user: str = "",
+) -> GenerationJob:
+    """Check access, parameters and the owner's limits; record the job; queue it on commit."""
+    access_require(user=user, variant=variant, purpose="generate")
+    p = params_normalize(params, prompts=prompts)
+    prompt_tokens = _check_context(variant, prompts, p["max_new_tokens"])
+    need = prompt_tokens + p["max_new_tokens"] * p["n"] * len(prompts)
+    now = timezone.now()
+    with transaction.atomic():
+        # One submission per user at a time, so two parallel requests cannot both pass the
+        # limits on the same count.
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        _check_limits(user=user, need=need, now=now)
+        job = GenerationJob.objects.create(
+            owner=user,
+            variant=variant,
+            token=token,
+            source=source,
+            external_user=(external_user or "")[:256],
+            prompts=prompts,
+            params=p,
+            prompt_tokens=prompt_tokens,
+            token_charge=need,
+            created_at=now,
+            queued_at=now,
+        )
+        _event(job, "", JobState.QUEUED, f"submitted via {source}")
+        _enqueue(job)
+    return job
+
+
+def job_cancel(*, job: GenerationJob, reason: str = "Cancelled by its owner.") -> GenerationJob:
+    """Cancel a queued job at once; ask the worker to stop a running one (it then ends as
+    cancelled within a token or two, keeping the text generated so far)."""
+    with transaction.atomic():
+        job = GenerationJob.objects.select_for_update().get(pk=job.pk)
+        if job.state == JobState.QUEUED:
+            now = timezone.now()
+            job.state = JobState.CANCELLED
+            job.error = reason
+            job.finished_at = now
+            job.token_charge = 0
+            job.save(update_fields=["state", "error", "finished_at", "token_charge"])
+            _event(job, JobState.QUEUED, JobState.CANCELLED, reason)
+            job_id = job.id
+            transaction.on_commit(lambda: events.end_publish(job_id, JobState.CANCELLED, reason))
+        elif job.state == JobState.RUNNING:
+            if not job.cancel_requested:
+                job.cancel_requested = True
+                job.error = reason
+                job.save(update_fields=["cancel_requested", "error"])
+                job_id = job.id
+                transaction.on_commit(lambda: events.cancel_publish(job_id))
+        else:
+            raise Conflict(
+                f"This job has already {job.get_state_display().lower()}; nothing to cancel.",
+                code="job_finished",
+            )
+    return job
+
+
+def jobs_cancel_for_grant(*, grant) -> int:
+    """The grant was revoked: cancel its owner's queued and running jobs for that size."""
+    ids = list(
+        GenerationJob.objects.filter(
+            owner_id=grant.user_id, variant_id=grant.variant_id, state__in=ACTIVE_STATES
+        ).values_list("pk", flat=True)
+    )
+    reason = "Cancelled: your access to this model size was revoked."
+    for pk in ids:
+        job = GenerationJob.objects.get(pk=pk)
+        if job.is_active:
+            job_cancel(job=job, reason=reason)
+    return len(ids)
+
+
+# --- The worker's side ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    node: str  # the Celery node name
+    host: str  # the machine (socket.gethostname())
+    pid: int
+
+
+def job_claim(*, job_id, worker: WorkerIdentity) -> GenerationJob | None:
+    """Take a queued job for this worker process; None when another took it first, or when
+    it is no longer queued. The conditional UPDATE is the claim."""
+    now = timezone.now()
+    claim_id = uuid.uuid4()
+    with transaction.atomic():
+        claimed = GenerationJob.objects.filter(
+            pk=job_id, state=JobState.QUEUED, cancel_requested=False
+        ).update(
+            state=JobState.RUNNING,
+            attempts=F("attempts") + 1,
+            claim_id=claim_id,
+            worker=worker.node,
+            worker_host=worker.host,
+            worker_pid=worker.pid,
+            started_at=now,
+            heartbeat_at=now,
+            first_token_at=None,
+        )
+        if not claimed:
+            return None
+        job = GenerationJob.objects.select_related("variant", "owner").get(pk=job_id)
+        _event(job, JobState.QUEUED, JobState.RUNNING, f"attempt {job.attempts}", worker.node)
+    return job
+
+
+def jobs_claim_queued(
+    *, variant: ModelVariant, worker: WorkerIdentity, limit: int
+) -> list[GenerationJob]:
+    """Claim up to `limit` of the oldest queued jobs of this size (the batch joining)."""
+    if limit <= 0:
+        return []
+    candidates = list(
+        GenerationJob.objects.filter(variant=variant, state=JobState.QUEUED, cancel_requested=False)
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    claimed = []
+    for pk in candidates:
+        job = job_claim(job_id=pk, worker=worker)
+        if job is not None:
+            claimed.append(job)
+    return claimed
+
+
+def jobs_heartbeat(*, claims: dict[Any, uuid.UUID]) -> set:
+    """Refresh the heartbeat of the jobs this worker runs; returns the ids whose owner asked
+    to cancel (the database fallback of the Redis broadcast)."""
+    if not claims:
+        return set()
+    now = timezone.now()
+    rows = GenerationJob.objects.filter(pk__in=list(claims), state=JobState.RUNNING)
+    rows.update(heartbeat_at=now)
+    return {
+        pk
+        for pk, claim_id, cancel in rows.values_list("pk", "claim_id", "cancel_requested")
+        if cancel and claims.get(pk) == claim_id
+    }
+
+
+def job_finish(
+    *,
+    job: GenerationJob,
+    state: str,
+    outputs: list[dict] | None = None,
+    completion_tokens: int = 0,
+    prompt_tokens: int | None = None,
+    error: str = "",
+    first_token_at: datetime | None = None,
+    decode_seconds: float | None = None,
+    worker: str = "",
+) -> bool:
+    """Record a running job's end. Only the claim that ran it may: a worker whose job was
+    taken back (it was presumed dead) finds its result refused and drops it (False)."""
+    if not can_move(JobState.RUNNING, state) or state == JobState.QUEUED:
+        raise InvalidTransition(f"A running job cannot end as {state}.")
+    now = timezone.now()
+    prompt_tokens = job.prompt_tokens if prompt_tokens is None else prompt_tokens
+    started = job.started_at or now
+    rate = None
+    if decode_seconds and completion_tokens:
+        rate = completion_tokens / decode_seconds
+    with transaction.atomic():
+        updated = GenerationJob.objects.filter(
+            pk=job.pk, state=JobState.RUNNING, claim_id=job.claim_id
+        ).update(
+            state=state,
+            outputs=outputs or [],
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            token_charge=prompt_tokens + completion_tokens,
+            error=error[:5000],
+            finished_at=now,
+            first_token_at=first_token_at,
+            queue_wait=(started - job.created_at).total_seconds(),
+            time_to_first_token=(
+                (first_token_at - job.created_at).total_seconds() if first_token_at else None
+            ),
+            decode_tokens_per_second=rate,
+        )
+        if updated:
+            _event(job, JobState.RUNNING, state, error, worker)
+    return bool(updated)
+
+
+def job_take_back(
+    *, job_id, claim_id, reason: str, requeue: bool = True, max_attempts: int | None = None
+) -> str | None:
+    """A running job whose worker died: queue it again, or fail it after too many attempts.
+
+    Returns the new state, or None when the job was not held by `claim_id` any more.
+    With `requeue=False` no new message is sent (the caller claims it right away).
+    """
+    max_attempts = max_attempts or settings.JOBS_MAX_ATTEMPTS
+    now = timezone.now()
+    with transaction.atomic():
+        job = (
+            GenerationJob.objects.select_for_update()
+            .select_related("variant")
+            .filter(pk=job_id, state=JobState.RUNNING, claim_id=claim_id)
+            .first()
+        )
+        if job is None:
+            return None
+        if job.cancel_requested:
+            to_state, message = JobState.CANCELLED, job.error or "Cancelled by its owner."
+        elif job.attempts >= max_attempts:
+            to_state = JobState.FAILED
+            message = (
+                f"The worker running this job stopped {job.attempts} time(s) ({reason}), so "
+                "it was not tried again. A job that runs the worker out of memory does this: "
+                "try a shorter prompt, fewer new tokens or a smaller n."
+            )
+        else:
+            to_state, message = JobState.QUEUED, f"taken back: {reason}"
+        job.state = to_state
+        job.claim_id = None
+        job.heartbeat_at = None
+        fields = ["state", "claim_id", "heartbeat_at"]
+        if to_state == JobState.QUEUED:
+            job.queued_at = now
+            job.outputs = []
+            fields += ["queued_at", "outputs"]
+        else:
+            job.error = message
+            job.finished_at = now
+            job.token_charge = job.prompt_tokens
+            fields += ["error", "finished_at", "token_charge"]
+        job.save(update_fields=fields)
+        _event(job, JobState.RUNNING, to_state, message)
+        if to_state == JobState.QUEUED:
+            job_pk = job.pk
+            transaction.on_commit(lambda: events.reset_publish(job_pk))
+            if requeue:
+                _enqueue(job)
+        else:
+            job_pk, final = job.pk, to_state
+            transaction.on_commit(lambda: events.end_publish(job_pk, final, message))
+    return to_state
+
+
+@dataclass
+class SweepResult:
+    requeued: int = 0
+    failed: int = 0
+    resent: int = 0
+    expired: int = 0
+
+
+def jobs_sweep_stuck(*, now: datetime | None = None) -> SweepResult:
+    """The periodic sweep: running jobs whose heartbeat stopped go back to the queue (or
+    fail after too many attempts); queued jobs waiting long get their message sent again
+    (Redis may have lost it; a duplicate is harmless); jobs nobody ran for hours fail."""
+    now = now or timezone.now()
+    result = SweepResult()
+    stale = GenerationJob.objects.filter(
+        state=JobState.RUNNING,
+        heartbeat_at__lt=now - timedelta(seconds=settings.JOBS_STALE_SECONDS),
+    ).values_list("pk", "claim_id")
+    for pk, claim_id in list(stale):
+        state = job_take_back(job_id=pk, claim_id=claim_id, reason="it stopped answering")
+        if state == JobState.QUEUED:
+            result.requeued += 1
+        elif state is not None:
+            result.failed += 1
+    expire_before = now - timedelta(seconds=settings.JOBS_QUEUED_EXPIRE_SECONDS)
+    for job in GenerationJob.objects.filter(
+        state=JobState.QUEUED, created_at__lt=expire_before
+    ).select_related("variant"):
+        message = (
+            f"No worker serving {job.variant} took this job in "
+            f"{_human_seconds(int((now - job.created_at).total_seconds()))}. Submit it again "
+            "later; the portal's operators have been told by their monitoring."
+        )
+        with transaction.atomic():
+            if GenerationJob.objects.filter(pk=job.pk, state=JobState.QUEUED).update(
+                state=JobState.FAILED, error=message, finished_at=now, token_charge=0
+            ):
+                _event(job, JobState.QUEUED, JobState.FAILED, message)
+                result.expired += 1
+    resend_before = now - timedelta(seconds=settings.JOBS_RESEND_SECONDS)
+    for job in GenerationJob.objects.filter(
+        state=JobState.QUEUED, queued_at__lt=resend_before
+    ).select_related("variant"):
+        with transaction.atomic():
+            if GenerationJob.objects.filter(
+                pk=job.pk, state=JobState.QUEUED, queued_at=job.queued_at
+            ).update(queued_at=now):
+                _enqueue(job)
+                result.resent += 1
+    if result.requeued or result.failed or result.resent or result.expired:
+        logger.info("job sweep: %s", result)
+    return result

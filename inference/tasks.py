@@ -1,0 +1,38 @@
+"""Celery entry points of the jobs app. They take ids and call the worker or a service.
+
+`run_generation` is sent by `services._enqueue` to the size's queue (`gpu.<slug>`), with the
+JOBS_* soft and hard time limits, read when the job is queued. Reliability is explicit:
+`acks_late` + `reject_on_worker_lost` re-queue the message when the worker process is
+killed mid-job; the job's attempt counter (`JOBS_MAX_ATTEMPTS`) stops a job that kills
+its worker every time, and the claim (a conditional UPDATE) makes a second delivery a
+no-op. No Celery retries: a failure is recorded on the job with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from celery import shared_task
+
+
+@shared_task(
+    name="inference.run_generation",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    max_retries=0,
+)
+def run_generation(self, job_id: str) -> str:
+    # The worker module imports the engine (torch) lazily; importing it here would still
+    # pull Django-side code only, but keep the web process's imports minimal.
+    from inference.worker import job_run
+
+    return job_run(job_id, node=self.request.hostname or "")
+
+
+@shared_task(name="inference.jobs_sweep_stuck", acks_late=True, ignore_result=True, max_retries=0)
+def jobs_sweep_stuck() -> dict:
+    from inference.services import jobs_sweep_stuck as sweep
+
+    return asdict(sweep())

@@ -1,0 +1,65 @@
+"""Counting prompt tokens in the web process, without torch.
+
+The web process validates "prompt too long for the context" before a job is queued. It
+loads the size's `tokenizer.model` with SentencePiece alone (no torch, no engine import)
+from the same local model cache the workers use, fetched from S3 and SHA-256 verified
+against the WeightFile manifest on first use; a few hundred KB, then cached in memory.
+
+When the tokenizer cannot be had (the size is not stored yet, S3 is down), the count is an
+upper bound: LLaMA's tokenizer uses byte fallback, so a prompt never takes more tokens than
+its UTF-8 bytes, plus BOS and the dummy-prefix space. A job that passes only the estimate
+but does not fit fails cleanly on the worker, with the same message and limit.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from weights.models import ModelVariant, WeightFile
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_PATH = "tokenizer.model"
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    count: int
+    exact: bool
+
+
+@functools.lru_cache(maxsize=8)
+def _processor(path: str, sha256: str):
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor()
+    processor.Load(path)
+    return processor
+
+
+def _tokenizer_for(variant: ModelVariant):
+    from weights import storage
+
+    row = WeightFile.objects.filter(variant=variant, path=TOKENIZER_PATH).first()
+    if row is None:
+        return None
+    dest = Path(settings.JOBS_MODEL_CACHE_DIR) / variant.slug / TOKENIZER_PATH
+    try:
+        storage.download_file(row.s3_key, dest, sha256=row.sha256, size=row.size)
+    except (*storage.S3Error, storage.ChecksumMismatch, OSError) as exc:
+        logger.warning("tokenizer of %s unavailable, estimating prompt tokens: %s", variant, exc)
+        return None
+    return _processor(str(dest), row.sha256)
+
+
+def prompt_token_counts(variant: ModelVariant, prompts: list[str]) -> list[TokenCount]:
+    """Tokens of each prompt as the model sees it (with BOS)."""
+    processor = _tokenizer_for(variant)
+    if processor is None:
+        return [TokenCount(len(p.encode("utf-8")) + 2, exact=False) for p in prompts]
+    return [TokenCount(len(processor.encode(p)) + 1, exact=True) for p in prompts]

@@ -1,0 +1,427 @@
+"""What a Celery worker process does with a generation job.
+
+- The model is loaded once per process, lazily, on the first job of its size (never at
+  import and never before Celery forks, so CUDA is first touched inside the child), from
+  `JOBS_MODEL_CACHE_DIR/<slug>/`, which `weights.services.checkpoint_fetch` fills from S3
+  with every file's SHA-256 checked against the WeightFile manifest.
+- Continuous batching: Celery (prefetch 1, acks_late) hands the process one message at a
+  time. The task claims its own job and opens a `BatchRun`, whose loop also claims the
+  oldest queued jobs of the same size from the database (conditional UPDATEs) into free
+  decoder slots while it runs, so jobs join as others finish. Their own queue messages
+  later find them running or finished and return as no-ops.
+- Cancellation reaches the loop two ways: a Redis pub/sub broadcast, which a listener
+  thread turns into `BatchDecoder.cancel` at once (the sequence stops before its next
+  token), and the `cancel_requested` column, polled with the heartbeat every second.
+- Tokens go to each job's Redis stream after every decode step (one pipelined round trip);
+  the result goes to the database, then an `end` event.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.utils import timezone
+
+from accounts.selectors import access_check
+from inference import events
+from inference.models import GenerationJob, JobState
+from inference.services import (
+    WorkerIdentity,
+    job_claim,
+    job_finish,
+    job_take_back,
+    jobs_claim_queued,
+    jobs_heartbeat,
+)
+from weights.models import ModelVariant
+
+logger = logging.getLogger(__name__)
+
+CLAIM_POLL_SECONDS = 0.2  # how often a batch with free slots looks for queued jobs
+CANCEL_POLL_SECONDS = 1.0  # database fallback of the cancel broadcast (with the heartbeat)
+
+_models: dict[str, Any] = {}
+_models_lock = threading.Lock()
+_active_run: BatchRun | None = None
+_listener: threading.Thread | None = None
+
+
+# --- The model --------------------------------------------------------------------------------
+
+
+def _device() -> str:
+    import torch
+
+    device = settings.JOBS_DEVICE
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@contextmanager
+def _cache_lock(directory: Path):
+    """Worker processes on one host share the cache: one fills it, the others wait."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def model_for(variant: ModelVariant):
+    """This process's loaded model of `variant` (an `inference.llama.Llama`)."""
+    with _models_lock:
+        llama = _models.get(variant.slug)
+        if llama is not None:
+            return llama
+        from inference.llama import Llama  # torch: imported on first use, after the fork
+        from weights.services import checkpoint_fetch
+
+        directory = Path(settings.JOBS_MODEL_CACHE_DIR) / variant.slug
+        started = time.monotonic()
+        with _cache_lock(directory):
+            checkpoint_fetch(variant=variant, directory=directory)
+        llama = Llama.load(
+            directory,
+            device=_device(),
+            dtype=settings.JOBS_DTYPE,
+            max_seq_len=variant.context_length,
+        )
+        logger.info("loaded %s from %s in %.1fs", variant, directory, time.monotonic() - started)
+        _models[variant.slug] = llama
+        return llama
+
+
+# --- Identity and liveness --------------------------------------------------------------------
+
+
+def identity(node: str) -> WorkerIdentity:
+    return WorkerIdentity(node=node or "", host=socket.gethostname(), pid=os.getpid())
+
+
+def _holder_is_dead(job: GenerationJob) -> bool:
+    """Is the process that claimed this running job gone? Certain on the same host (its pid
+    no longer exists); elsewhere, only when its heartbeat went stale."""
+    if job.worker_host == socket.gethostname() and job.worker_pid:
+        if job.worker_pid == os.getpid():
+            return True  # this process is free, so it is not running the job
+        try:
+            os.kill(job.worker_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    if job.heartbeat_at is None:
+        return True
+    age = (timezone.now() - job.heartbeat_at).total_seconds()
+    return age > settings.JOBS_STALE_SECONDS
+
+
+# --- Cancellation broadcast -------------------------------------------------------------------
+
+
+def _listen_for_cancels() -> None:
+    delay = 1.0
+    while True:
+        try:
+            pubsub = events.client(socket_timeout=None).pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(events.CANCEL_CHANNEL)
+            delay = 1.0
+            for message in pubsub.listen():
+                run = _active_run
+                if run is not None and message.get("type") == "message":
+                    run.cancel(message["data"].decode())
+        except Exception as exc:  # Redis down: the database poll still cancels
+            logger.warning("cancel listener lost Redis (%s); retrying in %.0fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30)
+
+
+def _ensure_listener() -> None:
+    global _listener
+    if _listener is None or not _listener.is_alive():
+        _listener = threading.Thread(target=_listen_for_cancels, name="job-cancels", daemon=True)
+        _listener.start()
+
+
+# --- The batch ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Running:
+    job: GenerationJob
+    expected: int
+    completions: dict[int, Any] = field(default_factory=dict)
+    first_token_at: datetime | None = None
+    first_token_clock: float | None = None
+
+
+class BatchRun:
+    """One decoder, the jobs in it, and the loop that feeds it."""
+
+    def __init__(self, llama, variant: ModelVariant, worker: WorkerIdentity):
+        self.llama = llama
+        self.variant = variant
+        self.worker = worker
+        self.max_batch = settings.JOBS_MAX_BATCH_SIZE
+        self.decoder = llama.decoder(
+            max_batch_size=self.max_batch, max_seq_len=variant.context_length
+        )
+        self.running: dict[str, _Running] = {}
+        self.buffer = events.EventBuffer()
+        self.delay = settings.JOBS_STEP_DELAY_SECONDS
+
+    # -- jobs in and out --------------------------------------------------------------------
+    def add(self, job: GenerationJob) -> None:
+        decision = access_check(user=job.owner, variant=job.variant, purpose="generate")
+        if not decision.allowed:
+            self._end(job, JobState.CANCELLED, error=f"Not run: {decision.message}")
+            return
+        from inference.llama import SamplingParams
+
+        p = job.params
+        tokenizer = self.llama.tokenizer
+        limit = self.decoder.max_seq_len
+        for i, prompt in enumerate(job.prompts):
+            count = len(tokenizer.encode(prompt, bos=True))
+            if count + p["max_new_tokens"] > limit:
+                self._end(
+                    job,
+                    JobState.FAILED,
+                    error=(
+                        f"Prompt {i + 1} has {count} tokens; with max_new_tokens "
+                        f"{p['max_new_tokens']} that is more than the {limit}-token context of "
+                        f"{self.variant}. Shorten the prompt or lower max_new_tokens."
+                    ),
+                )
+                return
+        key = str(job.pk)
+        n = int(p.get("n", 1))
+        self.running[key] = _Running(job=job, expected=len(job.prompts) * n)
+        for prompt_index, prompt in enumerate(job.prompts):
+            for k in range(n):
+                index = prompt_index * n + k
+                params = SamplingParams(
+                    max_new_tokens=p["max_new_tokens"],
+                    temperature=p["temperature"],
+                    top_p=p["top_p"],
+                    top_k=p["top_k"],
+                    seed=(p["seed"] + index) if p.get("seed") is not None else None,
+                    stop=tuple(p.get("stop") or ()),
+                    echo=p.get("echo", False),
+                    logprobs=p.get("logprobs", False),
+                )
+                self.decoder.add(prompt, params, callback=self._on_token, request_id=(key, index))
+        self.buffer.add(job.pk, "state", {"state": JobState.RUNNING, "attempt": job.attempts})
+
+    def cancel(self, job_id: str) -> None:
+        """Any thread: stop this job's sequences before their next token."""
+        running = self.running.get(job_id)
+        if running is None:
+            return
+        for index in range(running.expected):
+            self.decoder.cancel((job_id, index))
+
+    def _on_token(self, event) -> None:
+        key, index = event.request_id
+        running = self.running.get(key)
+        if running is None:
+            return
+        if running.first_token_at is None:
+            running.first_token_at = timezone.now()
+            running.first_token_clock = time.monotonic()
+        data = {
+            "index": index,
+            "text": event.text,
+            "token": event.token_id,
+            "logprob": event.logprob,
+            "finish_reason": event.finish_reason,
+        }
+        if event.logprob is not None:
+            data["piece"] = self._piece_text(event.token_id)
+        self.buffer.add(key, "token", data)
+
+    def _complete(self, completion) -> None:
+        key, index = completion.request_id
+        running = self.running.get(key)
+        if running is None:
+            return
+        running.completions[index] = completion
+        if len(running.completions) < running.expected:
+            return
+        del self.running[key]
+        job = running.job
+        ordered = [running.completions[i] for i in range(running.expected)]
+        errors = [c.error for c in ordered if c.error]
+        if errors:
+            state, error = JobState.FAILED, f"Generation failed: {errors[0]}"
+        elif any(c.finish_reason == "cancelled" for c in ordered):
+            state = JobState.CANCELLED
+            error = (
+                GenerationJob.objects.filter(pk=job.pk).values_list("error", flat=True).first()
+                or "Cancelled by its owner."
+            )
+        else:
+            state, error = JobState.SUCCEEDED, ""
+        n = int(job.params.get("n", 1))
+        outputs = [self._output(c, i, i // n) for i, c in enumerate(ordered)]
+        decode_seconds = None
+        if running.first_token_clock is not None:
+            decode_seconds = max(time.monotonic() - running.first_token_clock, 1e-6)
+        self._end(
+            job,
+            state,
+            error=error,
+            outputs=outputs,
+            completion_tokens=sum(len(c.tokens) for c in ordered),
+            prompt_tokens=sum(len(c.prompt_tokens) for c in ordered[::n]),
+            first_token_at=running.first_token_at,
+            decode_seconds=decode_seconds,
+        )
+
+    def _output(self, completion, index: int, prompt_index: int) -> dict:
+        tokens = None
+        if completion.logprobs is not None:
+            tokens = [self._piece_text(t) for t in completion.tokens]
+        return {
+            "index": index,
+            "prompt_index": prompt_index,
+            "text": completion.text,
+            "token_ids": completion.tokens,
+            "tokens": tokens,
+            "logprobs": completion.logprobs,
+            "prompt_logprobs": completion.prompt_logprobs,
+            "finish_reason": completion.finish_reason,
+        }
+
+    def _piece_text(self, token_id: int) -> str:
+        piece = self.llama.tokenizer.piece(token_id)
+        if piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:
+            value = int(piece[3:5], 16)
+            return chr(value) if value < 0x80 else ""
+        return piece.replace("\u2581", " ")
+
+    def _end(self, job: GenerationJob, state: str, *, error: str = "", **result) -> None:
+        written = job_finish(job=job, state=state, error=error, worker=self.worker.node, **result)
+        if written:
+            self.buffer.add(job.pk, "end", {"state": state, "error": error})
+        else:
+            logger.warning("job %s was taken back from this worker; its result is dropped", job.pk)
+        self.buffer.flush()
+
+    def fail_all(self, error: str) -> None:
+        for key in list(self.running):
+            running = self.running.pop(key)
+            self._end(running.job, JobState.FAILED, error=error)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _claim_more(self) -> None:
+        free = self.max_batch - self.decoder.active - self.decoder.waiting
+        for job in jobs_claim_queued(variant=self.variant, worker=self.worker, limit=free):
+            self.add(job)
+
+    def run(self, *, admit_until: float) -> None:
+        last_claim = time.monotonic()
+        last_poll = last_claim
+        while True:
+            now = time.monotonic()
+            may_admit = now < admit_until
+            if may_admit and now - last_claim >= CLAIM_POLL_SECONDS:
+                self._claim_more()
+                last_claim = now
+            if not self.decoder.has_work():
+                if may_admit:
+                    self._claim_more()  # one last look before the task returns
+                if not self.decoder.has_work():
+                    break
+            if now - last_poll >= CANCEL_POLL_SECONDS:
+                claims = {r.job.pk: r.job.claim_id for r in self.running.values()}
+                for pk in jobs_heartbeat(claims=claims):
+                    self.cancel(str(pk))
+                last_poll = now
+            for completion in self.decoder.step():
+                self._complete(completion)
+            self.buffer.flush()
+            if self.delay:
+                time.sleep(self.delay)
+
+
+# --- The task body -----------------------------------------------------------------------------
+
+
+def job_run(job_id: str, *, node: str = "") -> str:
+    """Run one job (and whatever joins its batch). Returns what happened, for the log."""
+    global _active_run
+    worker = identity(node)
+    job = GenerationJob.objects.select_related("variant").filter(pk=job_id).first()
+    if job is None:
+        return "no such job"
+    if job.state == JobState.RUNNING:
+        if not _holder_is_dead(job):
+            return "running in another process"
+        state = job_take_back(
+            job_id=job.pk, claim_id=job.claim_id, reason="its worker process died", requeue=False
+        )
+        if state != JobState.QUEUED:
+            return f"taken back from a dead worker: {state}"
+    elif job.state != JobState.QUEUED:
+        return f"already {job.state}"
+    try:
+        llama = model_for(job.variant)
+    except Exception as exc:
+        logger.exception("cannot load %s", job.variant)
+        claimed = job_claim(job_id=job.pk, worker=worker)
+        if claimed is not None:
+            run_error = (
+                f"The worker could not load {job.variant} ({type(exc).__name__}: {exc}). "
+                "Nothing was generated; try again later."
+            )
+            if job_finish(job=claimed, state=JobState.FAILED, error=run_error, worker=node):
+                events.end_publish(claimed.pk, JobState.FAILED, run_error)
+        return "model unavailable"
+    claimed = job_claim(job_id=job.pk, worker=worker)
+    if claimed is None:
+        return "claimed by another worker"
+    _ensure_listener()
+    run = BatchRun(llama, claimed.variant, worker)
+    _active_run = run
+    started = time.monotonic()
+    # Admit new jobs during the first half of the time limit only, so that every job in the
+    # batch has time to finish before the soft limit.
+    admit_until = started + settings.JOBS_SOFT_TIME_LIMIT / 2
+    try:
+        run.add(claimed)
+        run.run(admit_until=admit_until)
+    except SoftTimeLimitExceeded:
+        run.fail_all(
+            f"The job ran past the time limit of {settings.JOBS_SOFT_TIME_LIMIT} seconds and "
+            "was stopped. Ask for fewer new tokens."
+        )
+        return "time limit"
+    except Exception as exc:
+        logger.exception("generation failed on %s", node)
+        reason = type(exc).__name__
+        if "OutOfMemory" in reason:
+            message = "The worker ran out of GPU memory. Try fewer tokens or a smaller n."
+        else:
+            message = f"The model failed while generating ({reason}). Try again later."
+        run.fail_all(message)
+        return "failed"
+    finally:
+        _active_run = None
+    return "done"
