@@ -76,7 +76,9 @@ def queue_applications(
 ) -> QuerySet[Application]:
     """The applications waiting in the queue (submitted or returned), filtered, oldest first."""
     now = now or timezone.now()
-    qs = Application.objects.filter(state__in=QUEUE_STATES, submitted_at__isnull=False)
+    # Matches the partial index review_queue_order_idx (review/migrations/0003): keep the
+    # state condition exactly like this, or PostgreSQL sorts every waiting application.
+    qs = Application.objects.filter(state__in=QUEUE_STATES)
     if state == AWAITING_SECOND:
         qs = qs.filter(
             state=ApplicationState.SUBMITTED,

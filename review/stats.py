@@ -102,10 +102,6 @@ def dashboard_stats(*, weeks: int = 12, now: datetime | None = None) -> Dashboar
     # it (a final state), counted from the event rows up to the end of each week.
     entering = Q(from_state=ApplicationState.DRAFT, to_state=ApplicationState.SUBMITTED)
     leaving = Q(from_state__in=_QUEUE, to_state__in=list(FINAL_STATES))
-    before = ApplicationEvent.objects.filter(created_at__lt=first).aggregate(
-        entered=Count("pk", filter=entering), left=Count("pk", filter=leaving)
-    )
-    level = before["entered"] - before["left"]
     changes = [0] * weeks
     weekly = (
         ApplicationEvent.objects.filter(created_at__gte=first)
@@ -118,11 +114,14 @@ def dashboard_stats(*, weeks: int = 12, now: datetime | None = None) -> Dashboar
         i = index.get(_key(row["week"]))
         if i is not None:
             changes[i] += row["entered"] - row["left"]
+    # Walk back from today's exact count instead of summing the whole history forward:
+    # it reads only the window's events, and the last point always matches the queue.
+    queue_now = Application.objects.filter(state__in=_QUEUE).count()
+    level = queue_now - sum(changes)
     queue_sizes = []
     for change in changes:
         level += change
         queue_sizes.append(level)
-    queue_now = Application.objects.filter(state__in=_QUEUE).count()
 
     # Active grants and recent downloads per size.
     sizes = list(ModelVariant.objects.order_by("position", "slug"))
