@@ -39,6 +39,8 @@ LENGTH, STOP, EOS, CANCELLED, ERROR = "length", "stop", "eos", "cancelled", "err
 # How many prompt tokens go through one prefill pass at most (rows x padded length);
 # bounds the activation memory of a burst of long prompts.
 PREFILL_TOKEN_BUDGET = 8192
+# generate()'s cache rows unless told otherwise; more prompts wait for a free row.
+DEFAULT_BATCH = 32
 # Prompt tokens decoded in front of the output so SentencePiece keeps its leading space.
 _CONTEXT_TOKENS = 4
 
@@ -241,6 +243,7 @@ class BatchDecoder:
         self._incoming: list[_Seq] = []
         self._cancels: dict[Any, str] = {}
         self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._ids = itertools.count()
         self._closed = False
 
@@ -277,6 +280,9 @@ class BatchDecoder:
             tokens = [int(t) for t in prompt]
         if not tokens:
             raise GenerationError("empty prompt (a text prompt has at least BOS)")
+        vocab = self.model.args.vocab_size
+        if not all(0 <= t < vocab for t in tokens):
+            raise GenerationError(f"prompt token ids must be in [0, {vocab})")
         if params.stop and self.tokenizer is None:
             raise GenerationError("stop sequences need a tokenizer")
         total = len(tokens) + params.max_new_tokens
@@ -297,6 +303,7 @@ class BatchDecoder:
             seq = _Seq(request_id, text, tokens, params, callback, device=self.device)
             self._by_id[request_id] = seq
             self._incoming.append(seq)
+            self._wake.set()
         return request_id
 
     def cancel(self, request_id: Any, reason: str = CANCELLED) -> bool:
@@ -306,6 +313,7 @@ class BatchDecoder:
             if request_id not in self._by_id:
                 return False
             self._cancels.setdefault(request_id, reason)
+            self._wake.set()
             return True
 
     @property
@@ -320,6 +328,21 @@ class BatchDecoder:
     def has_work(self) -> bool:
         with self._lock:
             return bool(self._by_id or self._cancels)
+
+    def wait_for_work(self, timeout: float | None = None) -> bool:
+        """Block until there is something to step (a request was added or cancelled), or
+        `timeout` seconds pass; for a decode loop that runs in its own thread:
+
+            while running:
+                if not decoder.wait_for_work(timeout=1.0):
+                    continue
+                for completion in decoder.step(): ...
+        """
+        with self._lock:
+            if self._by_id or self._cancels:
+                return True
+            self._wake.clear()
+        return self._wake.wait(timeout)
 
     # -- the loop ------------------------------------------------------------------------
     def step(self) -> list[Completion]:
@@ -439,6 +462,7 @@ class BatchDecoder:
             torch.tensor(toks, device=self.device),
             torch.tensor(pos, device=self.device),
             self.cache,
+            span=max(pos) + 1,
         )
         for s in running:
             s.pos += 1
@@ -553,7 +577,9 @@ class BatchDecoder:
 
     def _check_stop(self, seq: _Seq) -> str | None:
         longest = max(len(s) for s in seq.params.stop)
-        start = max(0, seq.scanned - longest + 1)
+        # Resume a little before the previous end: the text may have grown into a stop
+        # sequence, and up to 3 U+FFFD of an incomplete character may have been replaced.
+        start = max(0, seq.scanned - longest - 3)
         hits = [i for s in seq.params.stop if (i := seq.text.find(s, start)) >= 0]
         seq.scanned = len(seq.text)
         if not hits:
@@ -626,7 +652,7 @@ def generate(
     decoder = BatchDecoder(
         model,
         tokenizer,
-        max_batch_size=min(max_batch_size or len(prompts), len(prompts)),
+        max_batch_size=min(max_batch_size or DEFAULT_BATCH, len(prompts)),
         max_seq_len=min(need, model.args.max_seq_len),
     )
     for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):

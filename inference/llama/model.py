@@ -403,13 +403,21 @@ class Transformer(nn.Module):
             h = h[torch.arange(bsz, device=h.device), last]
         return self._logits(h)
 
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def decode(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        span: int | None = None,
+    ) -> torch.Tensor:
         """One token per cache row 0..B-1, row b at `positions[b]`; logits [B, vocab].
 
         Rows that hold no sequence may be fed anything: they only write their own row.
+        `span` (max position + 1), when the caller knows it, saves a device sync.
         """
         bsz = tokens.shape[0]
-        span = int(positions.max()) + 1
+        if span is None:
+            span = int(positions.max()) + 1
         if span > cache.max_seq_len:
             raise ValueError(f"position {span - 1} is beyond the cache ({cache.max_seq_len})")
         ar = torch.arange(span, device=tokens.device)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -259,6 +260,8 @@ def test_bad_requests_are_refused(llama):
         decoder.add("y", request_id="same")
     with pytest.raises(GenerationError, match="empty prompt"):
         decoder.add([])
+    with pytest.raises(GenerationError, match=r"must be in \[0, 1024\)"):
+        decoder.add([1, 1024])
     for bad in ({"max_new_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"top_k": -1}):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
@@ -277,3 +280,27 @@ def test_text_is_held_back_while_it_could_still_change():
     assert _safe_len("hello wor", ("world",)) == len("hello ")
     assert _safe_len("hello", ("xyz",)) == 5
     assert _safe_len("a\n\n", ("\n\n\n",)) == 1
+
+
+def test_a_decode_loop_thread_serves_requests_from_other_threads(llama, alone):
+    decoder = llama.decoder(max_batch_size=2)
+    results: dict = {}
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            if decoder.wait_for_work(timeout=0.05):
+                results.update({c.request_id: c for c in decoder.step()})
+
+    assert decoder.wait_for_work(timeout=0.01) is False  # idle: times out
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        ids = [decoder.add(p, GREEDY) for p in PROMPTS]
+        deadline = time.monotonic() + 60
+        while len(results) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join()
+    assert [results[i].tokens for i in ids] == [c.tokens for c in alone]
