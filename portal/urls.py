@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from portal import views
+from weights import views as weights_views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -11,6 +12,8 @@ urlpatterns = [
     path("review/", include("review.urls")),
     path("accounts/", include("allauth.urls")),
     path("access/", include("accounts.urls")),
+    path("dl/<str:link_id>", weights_views.download, name="download"),
+    path("api/v1/", include("weights.api_urls")),
     path("api/v1/", include("inference.api_urls")),
     path("v1/", include("inference.openai_urls")),
     path("playground/", include("inference.urls")),

@@ -164,12 +164,24 @@ def download_links_issue(*, user, variant: ModelVariant) -> list[DownloadLink]:
             use_count__lt=F("max_uses"),
         ).order_by("created_at")
     }
-    links = []
+    now = timezone.now()
+    missing = [
+        DownloadLink(
+            id=_new_link_id(),
+            user=user,
+            file=file,
+            created_at=now,
+            expires_at=now + timedelta(seconds=settings.WEIGHTS_LINK_SECONDS),
+            max_uses=settings.WEIGHTS_LINK_MAX_USES,
+        )
+        for file in files
+        if file.id not in live
+    ]
+    DownloadLink.objects.bulk_create(missing)
+    links = {link.file_id: link for link in missing} | live
     for file in files:
-        link = live.get(file.id) or download_link_create(user=user, file=file)
-        link.file = file
-        links.append(link)
-    return links
+        links[file.id].file = file
+    return [links[file.id] for file in files]
 
 
 def download_link_revoke(*, link: DownloadLink) -> None:

@@ -144,13 +144,14 @@ def upload_file(
                 chunk = view[:filled]
                 sha256.update(chunk)
                 md5.update(chunk)
-                # bytes(): botocore needs a seekable body for retries; one copy of one part.
+                # A full part goes as the buffer itself (no copy); botocore is done with it
+                # when upload_part returns. Only a short last part is copied out.
                 response = s3.upload_part(
                     Bucket=bucket(),
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=bytes(chunk),
+                    Body=buffer if filled == part_size else bytes(chunk),
                 )
                 parts.append({"PartNumber": number, "ETag": response["ETag"]})
                 total += filled

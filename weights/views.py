@@ -1,10 +1,48 @@
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
+import json
+
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from weights.selectors import variant_get_published, variant_list_published
+from portal.errors import PortalError, render_error
+from weights.selectors import (
+    variant_checklist,
+    variant_get_published,
+    variant_list_published,
+    variant_manifest,
+)
+from weights.services import download_link_use, download_links_issue
+
+
+def _client_ip(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def _authenticate(request: HttpRequest, scope: str = "download") -> None:
+    """Session or `Authorization: Bearer llp_...`; raises PermissionDenied for a bad token
+    or one without the scope. A request carrying a token gets JSON refusals."""
+    from accounts.authentication import require_scope, token_authenticate
+
+    result = token_authenticate(request)
+    if result is not None:
+        request.user, request.auth = result
+    require_scope(request, scope)
+
+
+def _refuse(request: HttpRequest, exc: PortalError, *, token_client: bool) -> HttpResponse:
+    # Scripts get JSON (they cannot read a page); people get the page, which says the same.
+    if token_client:
+        return JsonResponse(exc.as_dict(), status=exc.status_code)
+    if exc.code == "anonymous" and "application/json" not in request.headers.get("Accept", ""):
+        return redirect_to_login(request.get_full_path())
+    return render_error(request, exc)
 
 
 @require_GET
@@ -14,5 +52,112 @@ def variant_list(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def variant_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    """The model card for everyone; files, checksums and links only for those who may
+    download (the one access check decides)."""
+    from accounts.selectors import access_check
+
     variant = variant_get_published(slug=slug)
-    return render(request, "weights/variant_detail.html", {"variant": variant})
+    context = {"variant": variant, "links": None, "refusal": None}
+    if request.user.is_authenticated:
+        decision = access_check(user=request.user, variant=variant, purpose="download")
+        if decision.allowed:
+            context["links"] = download_links_issue(user=request.user, variant=variant)
+        else:
+            context["refusal"] = decision.message
+    return render(request, "weights/variant_detail.html", context)
+
+
+@never_cache
+@require_GET
+def download(request: HttpRequest, link_id: str) -> HttpResponse:
+    """`/dl/<id>`: check again, record, and redirect to a fresh short-lived S3 URL."""
+    try:
+        _authenticate(request)
+        redirect = download_link_use(
+            link_id=link_id,
+            user=request.user,
+            ip=_client_ip(request),
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+    except PortalError as exc:
+        return _refuse(request, exc, token_client="Authorization" in request.headers)
+    response = HttpResponseRedirect(redirect.url)
+    # The signed URL must not leak to another site through a Referer header.
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _variant_for_download(request: HttpRequest, slug: str):
+    from accounts.selectors import access_require
+
+    variant = variant_get_published(slug=slug)
+    access_require(user=request.user, variant=variant, purpose="download")
+    return variant
+
+
+def _attachment(body: str, *, filename: str, content_type: str) -> HttpResponse:
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@never_cache
+@require_GET
+def checklist(request: HttpRequest, slug: str) -> HttpResponse:
+    try:
+        _authenticate(request)
+        variant = _variant_for_download(request, slug)
+    except PortalError as exc:
+        return _refuse(request, exc, token_client="Authorization" in request.headers)
+    return _attachment(
+        variant_checklist(variant), filename="checklist.chk", content_type="text/plain"
+    )
+
+
+@never_cache
+@require_GET
+def manifest(request: HttpRequest, slug: str) -> HttpResponse:
+    try:
+        _authenticate(request)
+        variant = _variant_for_download(request, slug)
+    except PortalError as exc:
+        return _refuse(request, exc, token_client="Authorization" in request.headers)
+    return _attachment(
+        json.dumps(variant_manifest(variant), indent=2) + "\n",
+        filename="manifest.json",
+        content_type="application/json",
+    )
+
+
+@never_cache
+@require_GET
+def download_script(request: HttpRequest, slug: str) -> HttpResponse:
+    """download.sh for this researcher and size, with their current links in it."""
+    try:
+        _authenticate(request)
+        variant = _variant_for_download(request, slug)
+        links = download_links_issue(user=request.user, variant=variant)
+    except PortalError as exc:
+        return _refuse(request, exc, token_client="Authorization" in request.headers)
+    base = request.build_absolute_uri("/").rstrip("/")
+    body = render_to_string(
+        "weights/download.sh",
+        {
+            "variant": variant,
+            "user": request.user,
+            "base": base,
+            "now": timezone.now(),
+            "links": [
+                {
+                    "file": link.file,
+                    "url": base + link.get_absolute_url(),
+                    "expires_at": link.expires_at,
+                }
+                for link in links
+            ],
+            "link_hours": settings.WEIGHTS_LINK_SECONDS // 3600,
+        },
+    )
+    return _attachment(
+        body, filename=f"download-{variant.slug}.sh", content_type="text/x-shellscript"
+    )

@@ -1,0 +1,75 @@
+"""JSON API for scripts: `GET /api/v1/models/<slug>/links` (token with the `download` scope).
+
+download.sh asks for `?format=txt`: one file a line, `<sha256> <size> <path> <url>`, which
+POSIX sh reads without a JSON parser.
+"""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from rest_framework import serializers
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import TokenAuthentication, require_scope
+from weights.selectors import variant_get_published
+from weights.services import download_links_issue
+
+
+class LinksTextRenderer(BaseRenderer):
+    media_type = "text/plain"
+    format = "txt"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
+        if "error" in data:
+            error = data["error"]
+            return f"error {error.get('code')}: {error.get('message')}\n".encode()
+        lines = [f"{f['sha256']} {f['size']} {f['path']} {f['url']}" for f in data["files"]]
+        return ("\n".join(lines) + "\n").encode()
+
+
+class VariantLinksApi(APIView):
+    """A usable download link for every file of a size, with its size and checksums."""
+
+    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    renderer_classes = [JSONRenderer, LinksTextRenderer]
+
+    class FileOutput(serializers.Serializer):
+        path = serializers.CharField(source="file.path")
+        size = serializers.IntegerField(source="file.size")
+        sha256 = serializers.CharField(source="file.sha256")
+        md5 = serializers.CharField(source="file.md5")
+        url = serializers.SerializerMethodField()
+        expires_at = serializers.DateTimeField()
+        uses_left = serializers.SerializerMethodField()
+
+        def get_url(self, link) -> str:
+            return self.context["request"].build_absolute_uri(link.get_absolute_url())
+
+        def get_uses_left(self, link) -> int:
+            return max(link.max_uses - link.use_count, 0)
+
+    def get(self, request: Request, slug: str) -> Response:
+        require_scope(request, "download")
+        variant = variant_get_published(slug=slug)
+        links = download_links_issue(user=request.user, variant=variant)
+        files = self.FileOutput(links, many=True, context={"request": request}).data
+        return Response(
+            {
+                "model": str(variant),
+                "size": variant.size,
+                "slug": variant.slug,
+                "shard_count": variant.shard_count,
+                "files": files,
+                "checklist_url": request.build_absolute_uri(
+                    reverse("weights:checklist", kwargs={"slug": variant.slug})
+                ),
+                "manifest_url": request.build_absolute_uri(
+                    reverse("weights:manifest", kwargs={"slug": variant.slug})
+                ),
+            }
+        )
