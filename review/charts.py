@@ -24,14 +24,19 @@ class Series:
     values: Sequence[float | None]
 
 
-def _nice_max(value: float) -> float:
+def _axis_max(value: float, *, integer: bool) -> float:
+    """The top of the y axis: four round steps (whole numbers when counting people)."""
     if value <= 0:
-        return 1.0
-    exponent = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        if value <= step * exponent:
-            return step * exponent
-    return 10 * exponent
+        return 4.0 if integer else 1.0
+    raw = value / 4
+    exponent = 10 ** math.floor(math.log10(raw))
+    for multiple in (1, 2, 2.5, 5, 10):
+        step = multiple * exponent
+        if integer and (step < 1 or step != int(step)):
+            continue
+        if raw <= step:
+            return step * 4
+    return 40 * exponent
 
 
 def _fmt(value: float) -> str:
@@ -87,7 +92,7 @@ def _legend(series: Sequence[Series]) -> list[str]:
 
 def stacked_bars(title: str, labels: Sequence[str], series: Sequence[Series]) -> SafeString:
     totals = [sum((s.values[i] or 0) for s in series) for i in range(len(labels))]
-    y_max = _nice_max(max(totals, default=0))
+    y_max = _axis_max(max(totals, default=0), integer=True)
     plot_h = HEIGHT - TOP - BOTTOM
     slot = (WIDTH - LEFT - RIGHT) / max(1, len(labels))
     parts = _frame(title, y_max, "")
@@ -110,10 +115,16 @@ def stacked_bars(title: str, labels: Sequence[str], series: Sequence[Series]) ->
 
 
 def lines(
-    title: str, labels: Sequence[str], series: Sequence[Series], unit: str = ""
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[Series],
+    unit: str = "",
+    *,
+    integer: bool = False,
+    minimum: float = 0.0,
 ) -> SafeString:
     values = [v for s in series for v in s.values if v is not None]
-    y_max = _nice_max(max(values, default=0))
+    y_max = _axis_max(max([minimum, *values]), integer=integer)
     plot_h = HEIGHT - TOP - BOTTOM
     slot = (WIDTH - LEFT - RIGHT) / max(1, len(labels))
     parts = _frame(title, y_max, unit)
@@ -142,7 +153,7 @@ def lines(
 
 def grouped_bars(title: str, labels: Sequence[str], series: Sequence[Series]) -> SafeString:
     values = [v or 0 for s in series for v in s.values]
-    y_max = _nice_max(max(values, default=0))
+    y_max = _axis_max(max(values, default=0), integer=True)
     plot_h = HEIGHT - TOP - BOTTOM
     slot = (WIDTH - LEFT - RIGHT) / max(1, len(labels))
     width = slot * 0.7 / max(1, len(series))

@@ -119,9 +119,13 @@ class ApproveForm(forms.Form):
     size = forms.SlugField(widget=forms.HiddenInput)
     ends_on = forms.DateField(label="Access until", widget=forms.DateInput(attrs={"type": "date"}))
     message = forms.CharField(
-        label="Message to the applicant (optional)", required=False, widget=forms.Textarea
+        label="Message to the applicant (optional)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
     )
-    note = forms.CharField(label="Internal note (optional)", required=False, widget=forms.Textarea)
+    note = forms.CharField(
+        label="Internal note (optional)", required=False, widget=forms.Textarea(attrs={"rows": 3})
+    )
 
     def clean_ends_on(self):
         value = self.cleaned_data["ends_on"]
@@ -138,9 +142,13 @@ class RejectForm(_ReasonMixin, forms.Form):
         queryset=ReasonTemplate.objects.none(), required=False, label="Template"
     )
     reason = forms.CharField(
-        label="Reason (shown to the applicant)", required=False, widget=forms.Textarea
+        label="Reason (shown to the applicant)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
     )
-    note = forms.CharField(label="Internal note (optional)", required=False, widget=forms.Textarea)
+    note = forms.CharField(
+        label="Internal note (optional)", required=False, widget=forms.Textarea(attrs={"rows": 3})
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -154,9 +162,13 @@ class ReturnForm(_ReasonMixin, forms.Form):
         queryset=ReasonTemplate.objects.none(), required=False, label="Template"
     )
     message = forms.CharField(
-        label="What to change (shown to the applicant)", required=False, widget=forms.Textarea
+        label="What to change (shown to the applicant)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
     )
-    note = forms.CharField(label="Internal note (optional)", required=False, widget=forms.Textarea)
+    note = forms.CharField(
+        label="Internal note (optional)", required=False, widget=forms.Textarea(attrs={"rows": 3})
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -169,7 +181,9 @@ class RevokeForm(_ReasonMixin, forms.Form):
         queryset=ReasonTemplate.objects.none(), required=False, label="Template"
     )
     reason = forms.CharField(
-        label="Reason (shown to the grantee)", required=False, widget=forms.Textarea
+        label="Reason (shown to the grantee)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
     )
 
     def __init__(self, *args, **kwargs):
@@ -178,12 +192,16 @@ class RevokeForm(_ReasonMixin, forms.Form):
 
 
 class NoteForm(forms.Form):
-    text = forms.CharField(label="Internal note", widget=forms.Textarea, max_length=5000)
+    text = forms.CharField(
+        label="Internal note", widget=forms.Textarea(attrs={"rows": 3}), max_length=5000
+    )
 
 
 class TakeOverForm(forms.Form):
     note = forms.CharField(
-        label="Why you take this application over", widget=forms.Textarea, max_length=2000
+        label="Why you take this application over",
+        widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=2000,
     )
 
 
@@ -199,7 +217,9 @@ class BulkForm(_ReasonMixin, forms.Form):
         queryset=ReasonTemplate.objects.none(), required=False, label="Template"
     )
     reason = forms.CharField(
-        label="Reason (rejection; shown to every applicant)", required=False, widget=forms.Textarea
+        label="Reason (rejection; shown to every applicant)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
     )
 
     MAX = 100

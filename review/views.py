@@ -450,11 +450,13 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             charts.Series("90th percentile", "#c47a16", data.p90_days),
         ],
         unit="d",
+        minimum=1.0,
     )
     queue_chart = charts.lines(
         "Applications in the queue at the end of each week",
         labels,
         [charts.Series("in the queue", "#2456a6", data.queue_sizes)],
+        integer=True,
     )
     sizes = charts.grouped_bars(
         f"Active grants, and downloads in the last {data.download_days} days, per size",
