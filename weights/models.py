@@ -22,6 +22,14 @@ class ModelVariant(models.Model):
     shard_count = models.PositiveSmallIntegerField(help_text="Model-parallel shards")
     context_length = models.PositiveIntegerField(default=2048)
     model_card = models.TextField(blank=True)
+    license = models.ForeignKey(
+        "accounts.License",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="variants",
+        help_text="The license that governs this size (empty: the portal's default license)",
+    )
     access_policy = models.CharField(
         max_length=16, choices=AccessPolicy.choices, default=AccessPolicy.MANUAL
     )

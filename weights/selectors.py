@@ -14,7 +14,9 @@ def variant_list_published() -> QuerySet[ModelVariant]:
 
 def variant_get_published(*, slug: str) -> ModelVariant:
     """The published variant with this slug (case-insensitive, '7B' or '7b'), or 404."""
-    return get_object_or_404(ModelVariant, slug=slug.lower(), is_published=True)
+    return get_object_or_404(
+        ModelVariant.objects.select_related("license"), slug=slug.lower(), is_published=True
+    )
 
 
 def variant_get(*, size: str) -> ModelVariant:

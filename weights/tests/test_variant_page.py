@@ -13,6 +13,7 @@ def test_the_public_sees_the_model_card_but_no_files(client, published_7b):
     page = response.content.decode()
     assert response.status_code == 200
     assert "Model card" in page
+    assert "LLaMA Noncommercial Research License" in page  # the license that governs it
     assert "consolidated.00.pth" not in page
     assert "/dl/" not in page
 
