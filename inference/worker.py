@@ -11,7 +11,7 @@
   later find them running or finished and return as no-ops.
 - Cancellation reaches the loop two ways: a Redis pub/sub broadcast, which a listener
   thread turns into `BatchDecoder.cancel` at once (the sequence stops before its next
-  token), and the `cancel_requested` column, polled with the heartbeat every second.
+  token), and the `cancel_requested` column, read with every heartbeat (JOBS_HEARTBEAT_SECONDS).
 - Tokens go to each job's Redis stream after every decode step (one pipelined round trip);
   the result goes to the database, then an `end` event.
 """
@@ -50,7 +50,6 @@ from weights.models import ModelVariant
 logger = logging.getLogger(__name__)
 
 CLAIM_POLL_SECONDS = 0.2  # how often a batch with free slots looks for queued jobs
-CANCEL_POLL_SECONDS = 1.0  # database fallback of the cancel broadcast (with the heartbeat)
 
 _models: dict[str, Any] = {}
 _models_lock = threading.Lock()
@@ -349,7 +348,7 @@ class BatchRun:
                     self._claim_more()  # one last look before the task returns
                 if not self.decoder.has_work():
                     break
-            if now - last_poll >= CANCEL_POLL_SECONDS:
+            if now - last_poll >= settings.JOBS_HEARTBEAT_SECONDS:
                 claims = {r.job.pk: r.job.claim_id for r in self.running.values()}
                 for pk in jobs_heartbeat(claims=claims):
                     self.cancel(str(pk))

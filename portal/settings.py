@@ -298,9 +298,9 @@ JOBS_MAX_PROMPT_CHARS = env_int("JOBS_MAX_PROMPT_CHARS", 100_000)
 # Time limits of one generation task (the broker's visibility timeout must stay above).
 JOBS_SOFT_TIME_LIMIT = env_int("JOBS_SOFT_TIME_LIMIT", CELERY_TASK_SOFT_TIME_LIMIT)
 JOBS_TIME_LIMIT = env_int("JOBS_TIME_LIMIT", CELERY_TASK_TIME_LIMIT)
-# A running job's worker writes a heartbeat this often; one older than JOBS_STALE_SECONDS
-# means the worker died and the sweep takes the job back.
-JOBS_HEARTBEAT_SECONDS = env_float("JOBS_HEARTBEAT_SECONDS", 5.0)
+# A running job's worker writes a heartbeat (and reads the cancel flags) this often; one
+# older than JOBS_STALE_SECONDS means the worker died and the sweep takes the job back.
+JOBS_HEARTBEAT_SECONDS = env_float("JOBS_HEARTBEAT_SECONDS", 1.0)
 JOBS_STALE_SECONDS = env_int("JOBS_STALE_SECONDS", 60)
 # A job queued this long gets its queue message sent again (Redis may have lost it).
 JOBS_RESEND_SECONDS = env_int("JOBS_RESEND_SECONDS", 300)

@@ -115,11 +115,11 @@ def _start_worker(s3, tmp: Path, env: dict[str, str]) -> JobsWorker:
     raise TimeoutError(f"worker did not answer:\n{worker.log()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def jobs_worker_factory(
     s3, django_db_setup, django_db_blocker, tmp_path_factory
 ) -> Iterator[Callable[..., JobsWorker]]:
-    """Start worker processes that live for the whole module (the database is flushed
+    """Start worker processes that live for the whole run (the database is flushed
     between tests; the worker does not mind). Each decode step is slowed to 30 ms so a
     test can catch a job in the middle."""
     import redis
@@ -144,7 +144,7 @@ def jobs_worker_factory(
         stop_process(worker.proc, grace=5)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def jobs_worker(jobs_worker_factory) -> JobsWorker:
     return jobs_worker_factory()
 

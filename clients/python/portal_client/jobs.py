@@ -1,0 +1,246 @@
+"""Generation jobs from Python: `Client.generate`, `.stream`, `.submit`, `.jobs`, `.job`, `.cancel`.
+
+    from portal_client import Client, QuotaExceeded
+    client = Client("https://portal.example.org", "llp_...")   # token with the 'generate' scope
+    print(client.generate("7B", "The capital of France is", max_new_tokens=16).text)
+    for piece in client.stream("7B", "Once upon a time", max_new_tokens=64):
+        print(piece, end="", flush=True)
+
+Every refusal raises a `PortalClientError` subclass whose message says why and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from portal_client.client import PortalClientError
+
+
+class NoAccess(PortalClientError):
+    """No live grant for this size (never approved, expired, revoked) or the account is
+    not usable; the message says which and where to apply."""
+
+
+class LicensePending(NoAccess):
+    """A new version of the license took effect: accept it on the portal to continue."""
+
+
+class AuthenticationFailed(PortalClientError):
+    """The token is missing, mistyped, expired, revoked or lacks the 'generate' scope."""
+
+
+class QuotaExceeded(PortalClientError):
+    """Too many jobs at once, or the daily token quota is used up. `retry_after`: seconds."""
+
+    def __init__(self, message: str, *, retry_after: int | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class BadParameters(PortalClientError):
+    """A parameter is out of range, or the prompt does not fit the model's context.
+    `param` names the parameter, `limit` the bound where there is one."""
+
+    def __init__(self, message: str, *, param=None, limit=None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.param = param
+        self.limit = limit
+
+
+class JobNotFound(PortalClientError):
+    """No such job or model size on your account."""
+
+
+class JobFailed(PortalClientError):
+    """The job ran and failed; `job` holds its record."""
+
+    def __init__(self, message: str, *, job: dict | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.job = job
+
+
+class JobCancelled(JobFailed):
+    """The job was cancelled (by you, or because access ended); `job` has any partial text."""
+
+
+_TOKEN_CODES = {"token_invalid", "token_revoked", "token_expired", "token_scope", "anonymous"}
+
+
+def _error_for(response: requests.Response) -> PortalClientError:
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        error = {}
+    message = error.get("message") or f"The portal answered HTTP {response.status_code}."
+    code = error.get("code") or "error"
+    status = response.status_code
+    kwargs = {"code": code, "status": status}
+    if status == 401 or code in _TOKEN_CODES:
+        return AuthenticationFailed(message, **kwargs)
+    if status == 403 and code == "license_pending":
+        return LicensePending(message, **kwargs)
+    if status == 403:
+        return NoAccess(message, **kwargs)
+    if status == 429:
+        retry = response.headers.get("Retry-After", "")
+        return QuotaExceeded(message, retry_after=int(retry) if retry.isdigit() else None, **kwargs)
+    if status == 404:
+        return JobNotFound(message, **kwargs)
+    if status == 400:
+        fields = error.get("fields")
+        if fields and not error.get("param"):
+            message = f"{message} {json.dumps(fields)}"
+        return BadParameters(message, param=error.get("param"), limit=error.get("limit"), **kwargs)
+    return PortalClientError(message, **kwargs)
+
+
+@dataclass
+class Generation:
+    """A finished job: `text` is the first choice's text, `texts` every choice's."""
+
+    job: dict
+    choices: list[dict] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return self.choices[0]["text"] if self.choices else ""
+
+    @property
+    def texts(self) -> list[str]:
+        return [c["text"] for c in self.choices]
+
+    @property
+    def id(self) -> str:
+        return self.job["id"]
+
+    @property
+    def usage(self) -> dict[str, int]:
+        p, c = self.job["prompt_tokens"], self.job["completion_tokens"]
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+class JobsMixin:
+    """Mixed into `portal_client.Client` (which provides url, token, timeout, _session)."""
+
+    def _jobs_request(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        headers.update(kwargs.pop("headers", {}))
+        try:
+            response = self._session().request(
+                method,
+                f"{self.url}/api/v1/{path}",
+                headers=headers,
+                timeout=kwargs.pop("timeout", self.timeout),
+                **kwargs,
+            )
+        except requests.RequestException as exc:
+            raise PortalClientError(
+                f"Cannot reach the portal at {self.url}: {type(exc).__name__}.", code="unreachable"
+            ) from None
+        if response.status_code >= 400:
+            raise _error_for(response)
+        return response
+
+    def models(self) -> list[dict]:
+        """The sizes you may run now (slug, size, context_length)."""
+        return self._jobs_request("GET", "models").json()
+
+    def submit(self, model: str, prompt: str | list[str], **params: Any) -> dict:
+        """Queue a job and return its record at once (state "queued").
+
+        Parameters: max_new_tokens, temperature (0: greedy), top_p, top_k, seed, stop (a
+        list of strings), logprobs (bool), echo (bool), n (choices per prompt).
+        """
+        body: dict[str, Any] = {"model": model}
+        if isinstance(prompt, str):
+            body["prompt"] = prompt
+        else:
+            body["prompts"] = list(prompt)
+        if isinstance(params.get("stop"), str):
+            params["stop"] = [params["stop"]]
+        body.update({k: v for k, v in params.items() if v is not None})
+        return self._jobs_request("POST", "jobs", json=body).json()
+
+    def job(self, job_id: str) -> dict:
+        return self._jobs_request("GET", f"jobs/{job_id}").json()
+
+    def jobs(self, state: str | None = None, limit: int = 50) -> list[dict]:
+        """Your jobs, newest first; `state` filters (queued, running, succeeded ...)."""
+        query: dict[str, Any] = {"limit": limit}
+        if state:
+            query["state"] = state
+        return self._jobs_request("GET", "jobs", params=query).json()
+
+    def cancel(self, job_id: str) -> dict:
+        """Cancel a queued job, or stop a running one within a token or two."""
+        return self._jobs_request("POST", f"jobs/{job_id}/cancel").json()
+
+    def events(self, job_id: str) -> Iterator[tuple]:
+        """(event, data) pairs of a job's server-sent event stream, up to its `end`."""
+        response = self._jobs_request(
+            "GET",
+            f"jobs/{job_id}/stream",
+            headers={"Accept": "text/event-stream"},
+            stream=True,
+            timeout=(self.timeout, 120),
+        )
+        event, data = "message", []
+        with response:
+            for line in response.iter_lines(decode_unicode=True):
+                if line is None:
+                    continue
+                if line == "":
+                    if data:
+                        payload = json.loads("\n".join(data))
+                        yield event, payload
+                        if event in ("end", "error"):
+                            return
+                    event, data = "message", []
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].lstrip())
+
+    def stream(self, model: str, prompt: str, **params: Any) -> Iterator[str]:
+        """Submit a job and yield the first choice's text as it is generated. Raises
+        JobFailed / JobCancelled at the end if the job did not succeed."""
+        job = self.submit(model, prompt, **params)
+        shown = ""
+        for event, data in self.events(job["id"]):
+            if event == "token" and data.get("index", 0) == 0 and data["text"]:
+                shown += data["text"]
+                yield data["text"]
+            elif event == "reset":
+                shown = ""  # rerun after a worker died: same seed, so the same text follows
+            elif event == "end":
+                self._raise_unless_succeeded(data)
+                text = data["outputs"][0]["text"] if data.get("outputs") else ""
+                if text.startswith(shown) and len(text) > len(shown):
+                    yield text[len(shown) :]
+
+    def generate(self, model: str, prompt: str | list[str], **params: Any) -> Generation:
+        """Submit a job, wait for it, return its result (`.text`, `.texts`, `.usage`)."""
+        job = self.submit(model, prompt, **params)
+        final = None
+        for event, data in self.events(job["id"]):
+            if event == "end":
+                final = data
+        if final is None or "state" not in final:
+            final = self.job(job["id"])
+        self._raise_unless_succeeded(final)
+        return Generation(job=final, choices=final["outputs"])
+
+    @staticmethod
+    def _raise_unless_succeeded(job: dict) -> None:
+        state = job.get("state")
+        if state == "succeeded":
+            return
+        message = job.get("error") or f"The job ended {state}."
+        if state == "cancelled":
+            raise JobCancelled(message, job=job, code="job_cancelled")
+        raise JobFailed(message, job=job, code="job_failed")
