@@ -130,10 +130,11 @@ def upload_file(
     buffer = bytearray(part_size)
     view = memoryview(buffer)
     total = 0
-    upload_id = s3.create_multipart_upload(Bucket=bucket(), Key=key, ContentType=content_type)[
-        "UploadId"
-    ]
+    upload_id = None
     try:
+        upload_id = s3.create_multipart_upload(Bucket=bucket(), Key=key, ContentType=content_type)[
+            "UploadId"
+        ]
         parts = []
         with open(path, "rb") as handle:
             number = 1
@@ -166,10 +167,21 @@ def upload_file(
             Bucket=bucket(), Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
         )
     except BaseException:
-        with contextlib.suppress(*S3Error):
-            s3.abort_multipart_upload(Bucket=bucket(), Key=key, UploadId=upload_id)
+        _abort_uploads(key, upload_id)
         raise
     return StoredObject(key=key, size=total, sha256=sha256.hexdigest(), md5=md5.hexdigest())
+
+
+def _abort_uploads(key: str, upload_id: str | None) -> None:
+    """Abort our upload, and any other open one for `key` (an interrupt can land before the
+    create call returned its id)."""
+    s3 = client()
+    with contextlib.suppress(*S3Error):
+        if upload_id:
+            s3.abort_multipart_upload(Bucket=bucket(), Key=key, UploadId=upload_id)
+        for upload in s3.list_multipart_uploads(Bucket=bucket(), Prefix=key).get("Uploads", []):
+            if upload["Key"] == key:
+                s3.abort_multipart_upload(Bucket=bucket(), Key=key, UploadId=upload["UploadId"])
 
 
 def _read_full(handle, view: memoryview) -> int:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,33 @@ def test_portal_client_resumes_without_fetching_finished_chunks_again(
     assert sum(received) + report.bytes_fetched - total < 2 * 1024 * 1024  # two blocks at most
     assert report.bytes_fetched < total
     _assert_checkpoint(tmp_path, published_13b)
+
+
+def test_portal_client_fetches_fresh_links_when_they_expire_mid_run(
+    live_server, published_13b, token_13b, tmp_path
+):
+    from django.db import connection
+    from django.utils import timezone
+    from portal_client import Client
+
+    expired = []
+
+    def expire_every_link_once(count: int) -> None:
+        # Runs in a download thread: the links die while the first file streams.
+        if not expired:
+            expired.append(
+                DownloadLink.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+            )
+            connection.close()
+
+    client = Client(live_server.url, token_13b, workers=1, progress=False)
+    report = client.download("13B", tmp_path, on_receive=expire_every_link_once)
+
+    assert expired == [4]
+    assert len(report.downloaded) == 4
+    _assert_checkpoint(tmp_path, published_13b)
+    assert DownloadLink.objects.count() == 8  # the first four and their fresh replacements
+    assert DownloadEvent.objects.count() == 4
 
 
 def test_portal_client_says_why_it_is_refused(live_server, published_13b, outsider, tmp_path):

@@ -169,3 +169,51 @@ def test_it_accepts_the_tokenizer_one_level_up_as_in_the_original_release(s3, tm
     result = variant_publish(variant=v13b, directory=ckpt)
 
     assert "tokenizer.model" in result.uploaded
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_ctrl_c_on_the_command_aborts_the_file_in_flight_and_a_rerun_resumes(s3, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from django.conf import settings
+    from django.db import connection
+
+    variant = ModelVariant.objects.get(slug="13b")
+    _clear(variant)
+    ckpt = write_checkpoint(tmp_path / "13B", variant, shard_bytes=40 * MiB)
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        **s3.env(),
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:"
+        f"{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": settings.REDIS_URL,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "publish_weights", str(ckpt), "--size", "13B",
+         "--part-size-mb", "5", "--no-progress"],
+        cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not WeightFile.objects.filter(variant=variant, path="consolidated.00.pth").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 1
+    assert "Interrupted. Files finished so far are recorded" in stderr
+    assert storage.multipart_uploads_list(prefix=s3_prefix(variant)) == []
+    for row in WeightFile.objects.filter(variant=variant):  # only whole, verified files
+        assert row.sha256 == hashlib.sha256((ckpt / row.path).read_bytes()).hexdigest()
+        assert storage.object_exists(row.s3_key, size=row.size)
+
+    result = variant_publish(variant=variant, directory=ckpt)
+
+    assert "consolidated.00.pth" in result.skipped
+    assert WeightFile.objects.filter(variant=variant).count() == 4
