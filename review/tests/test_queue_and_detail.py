@@ -15,7 +15,7 @@ from accounts import services as accounts_services
 from accounts.models import Application
 from accounts.tests.factories import UserFactory
 from review import services
-from review.tests.helpers import submit
+from review.tests.helpers import submit, unique_use_case
 
 pytestmark = pytest.mark.django_db
 
@@ -90,7 +90,7 @@ def test_search_over_name_email_affiliation_and_use_case(reviewer_client):
         affiliation="Naval Research Laboratory",
         web_page="",
     )
-    other = submit(use_case=submit.__doc__ * 3 + " compilers for COBOL")
+    other = submit(use_case=unique_use_case() + " We also study compilers for COBOL.")
 
     def search(q):
         return ids(reviewer_client.get(reverse("review:queue"), {"q": q}))
@@ -192,7 +192,7 @@ def test_the_detail_page_shows_the_whole_file(reviewer_client, reviewer, researc
         "Looked at the lab page.",
         f"#{earlier.pk}",  # earlier application and its outcome
         "Later.",
-        "Recently rejected" if False else "Rejected recently",  # the flag
+        "Rejected recently",  # the flag
         "accepted",  # license status
         "LLaMA 7B",  # the researcher's grants
         "Application received.",  # timeline
