@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import secrets
 import threading
 from collections import deque
@@ -35,6 +36,8 @@ from .model import Transformer
 from .tokenizer import Tokenizer
 
 LENGTH, STOP, EOS, CANCELLED, ERROR = "length", "stop", "eos", "cancelled", "error"
+
+log = logging.getLogger(__name__)
 
 # How many prompt tokens go through one prefill pass at most (rows x padded length);
 # bounds the activation memory of a burst of long prompts.
@@ -395,17 +398,29 @@ class BatchDecoder:
             admitted.append(seq)
         if not running and not admitted:
             return finished, False
-        # Decode before prefill: the decode pass writes dummy rows (free or just-admitted
-        # slots inside its row range) at position 0, which the prefill then overwrites.
-        parts = []
-        if running:
-            parts.append(self._decode(running))
-        if admitted:
-            parts.append(self._prefill(admitted))
         seqs = running + admitted
-        logits = torch.cat(parts) if len(parts) > 1 else parts[0]
+        try:
+            # Decode before prefill: the decode pass writes dummy rows (free or just-admitted
+            # slots inside its row range) at position 0, which the prefill then overwrites.
+            parts = []
+            if running:
+                parts.append(self._decode(running))
+            if admitted:
+                parts.append(self._prefill(admitted))
+            logits = torch.cat(parts) if len(parts) > 1 else parts[0]
+            if self.par.is_leader:
+                tokens, logprobs = self._sample(seqs, logits)
+        except Exception as exc:
+            if self.par.enabled:
+                raise  # the other ranks are inside the same collectives: nothing to save
+            # Out of memory for a long prompt, say: the requests of this pass fail, the
+            # decoder stays usable for the next ones.
+            log.exception("decode step failed for %d requests", len(seqs))
+            for seq in seqs:
+                seq.error = f"{type(exc).__name__}: {exc}"
+                finished.append(self._finish(seq, ERROR))
+            return finished, False
         if self.par.is_leader:
-            tokens, logprobs = self._sample(seqs, logits)
             done_flags = []
             for seq, tok, lp in zip(seqs, tokens, logprobs, strict=True):
                 reason = self._accept(seq, tok, lp)

@@ -304,3 +304,20 @@ def test_a_decode_loop_thread_serves_requests_from_other_threads(llama, alone):
         stop.set()
         thread.join()
     assert [results[i].tokens for i in ids] == [c.tokens for c in alone]
+
+
+def test_a_failing_forward_fails_its_requests_and_the_decoder_goes_on(llama, alone, monkeypatch):
+    decoder = llama.decoder(max_batch_size=2)
+    real_prefill = llama.model.prefill
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(llama.model, "prefill", out_of_memory)
+    decoder.add(PROMPTS[0], GREEDY, request_id="big")
+    [failed] = decoder.step()
+    assert (failed.request_id, failed.finish_reason) == ("big", "error")
+    assert failed.error == "RuntimeError: out of memory"
+    monkeypatch.setattr(llama.model, "prefill", real_prefill)
+    decoder.add(PROMPTS[0], GREEDY, request_id="next")
+    assert decoder.run()[0].tokens == alone[0].tokens
