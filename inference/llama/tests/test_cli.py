@@ -47,6 +47,7 @@ def test_generate_json_for_a_batch(capsys, demo_dir):
     assert again == out
 
 
+@pytest.mark.slow
 def test_generate_with_tensor_parallel_processes(capfd, demo_dir):
     args = ["generate", "--ckpt", str(demo_dir), "--prompt", "The old keeper",
             "--temperature", "0", "--max-new-tokens", "10", "--json"]  # fmt: skip

@@ -26,6 +26,7 @@ def single_process(ckpt_dir):
     return logits, tp_worker.drive(decoder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("world_size", "expected_loads"),
     [
