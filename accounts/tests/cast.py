@@ -6,13 +6,34 @@
 - `reviewer`, `second_reviewer`: staff in the "reviewers" group
 - `outsider`: verified, never applied
 Every password is `accounts.tests.factories.CAST_PASSWORD`.
+
+Tests that use `live_server` also get the migrations' data back (catalog, license,
+reviewers group): an earlier transactional test may have flushed it.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from accounts.tests.factories import ReviewerFactory, UserFactory, application_fill, grant_access
+from accounts.tests.factories import (
+    ReviewerFactory,
+    UserFactory,
+    application_fill,
+    grant_access,
+    seed_data_ensure,
+)
+
+
+@pytest.fixture
+def seed_data(transactional_db):
+    """The data migrations' rows, re-created if a flush removed them."""
+    seed_data_ensure()
+
+
+@pytest.fixture(autouse=True)
+def _seed_data_for_live_server(request):
+    if "live_server" in request.fixturenames:
+        request.getfixturevalue("seed_data")
 
 
 @pytest.fixture

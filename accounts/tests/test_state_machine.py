@@ -178,6 +178,7 @@ def test_random_lives_of_an_application_follow_the_rules():
             max_examples=25,
             stateful_step_count=12,
             deadline=None,
+            database=None,  # no example files in the working tree; the runs are small anyway
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
