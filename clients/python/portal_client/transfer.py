@@ -235,7 +235,8 @@ def download_file(
                     for block in response.iter_content(BLOCK):
                         if stop.is_set():
                             return
-                        block = block[: end - offset]
+                        if len(block) > end - offset:  # a server sending past the range
+                            block = block[: end - offset]
                         if on_receive:
                             on_receive(len(block))
                         os.pwrite(fd, block, offset)
