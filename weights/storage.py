@@ -7,6 +7,7 @@ that point the portal at another S3 server call `reset_client()`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import os
@@ -276,9 +277,16 @@ def download_file(
     digest is kept as it is.
     """
     dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Two processes filling the same cache take turns: the second finds the file done.
+    with open(dest.with_name(dest.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _download_locked(key, dest, sha256, size, block_size, on_progress)
+
+
+def _download_locked(key, dest: Path, sha256: str, size: int, block_size: int, on_progress):
     if dest.exists() and dest.stat().st_size == size and file_digests(dest)[0] == sha256:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
     digest = hashlib.sha256()
     offset = 0

@@ -173,3 +173,30 @@ def test_download_file_removes_a_file_that_fails_its_checksum(s3, tmp_path):
 
     assert not dest.exists()
     assert not dest.with_name("file.part").exists()
+
+
+def test_two_processes_filling_the_same_cache_take_turns(s3, tmp_path):
+    import threading
+
+    data = os.urandom(3 * MiB)
+    source = tmp_path / "source"
+    source.write_bytes(data)
+    key = _key()
+    stored = storage.upload_file(source, key=key, part_size=5 * MiB)
+    dest = tmp_path / "cache" / "consolidated.00.pth"
+    errors: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            storage.download_file(key, dest, sha256=stored.sha256, size=stored.size, block_size=MiB)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert dest.read_bytes() == data
