@@ -59,7 +59,9 @@ def sign_in(page, base: str, email: str) -> None:
     page.wait_for_load_state()
 
 
-def test_a_reviewer_decides_two_sizes_and_the_applicant_sees_both(live_server, browser, reviewer):
+def test_a_reviewer_decides_two_sizes_and_the_applicant_sees_both(
+    live_server, seeded, browser, reviewer
+):
     base = live_server.url
     csp_errors: list[str] = []
     applicant = UserFactory(email="grace@cs.ox.ac.uk", first_name="Grace", last_name="Hopper")
