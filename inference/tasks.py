@@ -24,11 +24,12 @@ from celery import shared_task
     max_retries=0,
 )
 def run_generation(self, job_id: str) -> str:
-    # The worker module imports the engine (torch) lazily; importing it here would still
-    # pull Django-side code only, but keep the web process's imports minimal.
+    # Imported here: the web process, which sends this task, never loads the worker side.
     from inference.worker import job_run
 
-    return job_run(job_id, node=self.request.hostname or "")
+    # The limits this message was sent with (the web's settings when it was queued).
+    _hard, soft = self.request.timelimit or (None, None)
+    return job_run(job_id, node=self.request.hostname or "", soft_time_limit=soft)
 
 
 @shared_task(name="inference.jobs_sweep_stuck", acks_late=True, ignore_result=True, max_retries=0)

@@ -49,7 +49,7 @@ from weights.models import ModelVariant
 
 logger = logging.getLogger(__name__)
 
-CLAIM_POLL_SECONDS = 0.2  # how often a batch with free slots looks for queued jobs
+CLAIM_POLL_SECONDS = 0.05  # how often a batch with free slots looks for queued jobs
 
 _models: dict[str, Any] = {}
 _models_lock = threading.Lock()
@@ -335,8 +335,8 @@ class BatchRun:
             self.add(job)
 
     def run(self, *, admit_until: float) -> None:
-        last_claim = time.monotonic()
-        last_poll = last_claim
+        last_claim = 0.0  # look for jobs that arrived with this one at once
+        last_poll = time.monotonic()
         while True:
             now = time.monotonic()
             may_admit = now < admit_until
@@ -363,7 +363,7 @@ class BatchRun:
 # --- The task body -----------------------------------------------------------------------------
 
 
-def job_run(job_id: str, *, node: str = "") -> str:
+def job_run(job_id: str, *, node: str = "", soft_time_limit: float | None = None) -> str:
     """Run one job (and whatever joins its batch). Returns what happened, for the log."""
     global _active_run
     worker = identity(node)
@@ -402,14 +402,15 @@ def job_run(job_id: str, *, node: str = "") -> str:
     started = time.monotonic()
     # Admit new jobs during the first half of the time limit only, so that every job in the
     # batch has time to finish before the soft limit.
-    admit_until = started + settings.JOBS_SOFT_TIME_LIMIT / 2
+    limit = soft_time_limit or settings.JOBS_SOFT_TIME_LIMIT
+    admit_until = started + limit / 2
     try:
         run.add(claimed)
         run.run(admit_until=admit_until)
     except SoftTimeLimitExceeded:
         run.fail_all(
-            f"The job ran past the time limit of {settings.JOBS_SOFT_TIME_LIMIT} seconds and "
-            "was stopped. Ask for fewer new tokens."
+            f"The job ran past the time limit of {limit:g} seconds and was stopped. Ask for "
+            "fewer new tokens."
         )
         return "time limit"
     except Exception as exc:

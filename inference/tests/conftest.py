@@ -145,8 +145,25 @@ def jobs_worker_factory(
 
 
 @pytest.fixture(scope="session")
-def jobs_worker(jobs_worker_factory) -> JobsWorker:
+def _session_worker(jobs_worker_factory) -> JobsWorker:
     return jobs_worker_factory()
+
+
+@pytest.fixture
+def jobs_worker(_session_worker) -> Iterator[JobsWorker]:
+    """The shared worker; after the test, every job still active is cancelled and waited
+    for, so no batch of this test runs on into the next one."""
+    yield _session_worker
+    from inference.models import ACTIVE_STATES, GenerationJob
+    from inference.services import job_cancel
+
+    for job in GenerationJob.objects.filter(state__in=ACTIVE_STATES):
+        job_cancel(job=job)
+    deadline = time.monotonic() + 30
+    while GenerationJob.objects.filter(state__in=ACTIVE_STATES).exists():
+        if time.monotonic() > deadline:
+            raise AssertionError("jobs still active 30 s after the test")
+        time.sleep(0.1)
 
 
 def wait_for_job(job, *, states=("succeeded", "failed", "cancelled"), timeout: float = 60):

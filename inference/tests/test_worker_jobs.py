@@ -201,7 +201,7 @@ def test_a_job_that_keeps_killing_its_worker_fails_with_a_message(
 
 
 def test_a_revoked_users_queued_job_is_cancelled_and_never_run(
-    jobs_worker_factory, published_demo, researcher, tmp_path
+    jobs_worker, published_demo, researcher
 ):
     # The worker is busy with a long job, so the next one waits in the queue.
     blocker = _submit(researcher, published_demo, max_new_tokens=150)
@@ -246,3 +246,17 @@ def test_the_worker_checks_access_again_at_start(jobs_worker, published_demo, re
     assert queued.state == JobState.CANCELLED
     assert queued.error.startswith("Not run: Your access to LLaMA demo expired")
     assert queued.outputs == []
+
+
+def test_a_job_past_the_soft_time_limit_fails_cleanly(jobs_worker, published_demo, researcher):
+    from django.test import override_settings
+
+    with override_settings(JOBS_SOFT_TIME_LIMIT=1, JOBS_TIME_LIMIT=30):
+        job = _submit(researcher, published_demo, max_new_tokens=200)
+    wait_for_job(job, timeout=60)
+
+    assert job.state == JobState.FAILED
+    assert job.error == (
+        "The job ran past the time limit of 1 seconds and was stopped. Ask for fewer new tokens."
+    )
+    assert job.attempts == 1

@@ -1,0 +1,362 @@
+"""Generation jobs end to end: one Celery worker, the demo model, the real stack.
+
+    .venv/bin/python bench/jobs.py [--rounds 15] [--new-tokens 200]
+
+Sets up its own world and removes it afterwards: a fresh PostgreSQL database
+(`bench_portal_jobs`, on DATABASE_URL's server), a SeaweedFS S3 server on free ports, the
+demo checkpoint (built, then published to S3 with `variant_publish`), the portal's WSGI app
+on a local port, and one worker process (`-c 1`) serving `gpu.demo`. Redis is REDIS_URL's
+(default: db 7 of the machine's Redis; the bench flushes that db). Prints:
+
+1. submit -> start: POST /api/v1/jobs until the worker has claimed the job (its
+   `queue_wait`), median over `--rounds` jobs sent one after another to an idle worker;
+   and the whole round trip of a one-token job (POST to the stream's `end` event).
+2. overhead: the same greedy generation of `--new-tokens` tokens timed through the portal
+   (POST to `end` event) and by calling the engine directly in this process
+   (`Llama.generate`); medians, and their difference.
+3. batching: 8 jobs one after another vs 8 submitted at once; generated tokens over wall
+   time for each, and their ratio (target: at least 3x).
+
+The machine is shared: medians are reported, and every figure is printed with how it was
+measured. Nothing here asserts; it prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DB_NAME = "bench_portal_jobs"
+PROMPT = "The model"
+
+
+def _environment(tmp: Path) -> dict[str, str]:
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal")
+    parts = urlsplit(base)
+    env = {
+        "DATABASE_URL": urlunsplit(parts._replace(path=f"/{DB_NAME}")),
+        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/7"),
+        "DJANGO_SECRET_KEY": "bench-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECURE_SSL_REDIRECT": "0",
+        "DJANGO_SESSION_COOKIE_SECURE": "0",
+        "DJANGO_CSRF_COOKIE_SECURE": "0",
+        "DJANGO_SECURE_HSTS_SECONDS": "0",
+        "DJANGO_SECURE_PROXY_SSL_HEADER": "0",
+        "DJANGO_STATICFILES_MANIFEST": "0",
+        "DJANGO_LOG_LEVEL": "WARNING",
+        "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
+        "JOBS_MAX_ACTIVE_PER_USER": "16",
+        "JOBS_TOKENS_PER_DAY": "100000000",
+        "JOBS_MAX_BATCH_SIZE": "8",
+        "JOBS_STEP_DELAY_SECONDS": "0",
+        "JOBS_MODEL_CACHE_DIR": str(tmp / "models"),
+        "CELERY_BROKER_URL": "",
+    }
+    env["CELERY_BROKER_URL"] = env["REDIS_URL"]
+    return env
+
+
+def _recreate_database(url: str) -> None:
+    import psycopg
+
+    parts = urlsplit(url)
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+
+
+def _drop_database(url: str) -> None:
+    import psycopg
+
+    admin = urlunsplit(urlsplit(url)._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+
+
+class Portal:
+    """The WSGI app on a local port, in threads of this process."""
+
+    def __init__(self) -> None:
+        from django.core.handlers.wsgi import WSGIHandler
+        from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadedWSGIServer(("127.0.0.1", 0), Quiet)
+        self.server.set_app(WSGIHandler())
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    from portal.celery import app
+
+    name = f"bench-{uuid.uuid4().hex[:6]}@localhost"
+    command = [
+        sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", "gpu.demo", "-n", name,
+        "-c", "1", "-P", "prefork", "--without-gossip", "--without-mingle", "-l", "WARNING",
+    ]  # fmt: skip
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited:\n{log_path.read_text()[-2000:]}")
+        if app.control.ping(destination=[name], timeout=0.5):
+            return proc
+    raise TimeoutError("worker did not start")
+
+
+class Api:
+    def __init__(self, url: str, token: str) -> None:
+        import requests
+
+        self.url = url
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def submit(self, **body) -> dict:
+        response = self.session.post(f"{self.url}/api/v1/jobs", json={"model": "demo", **body})
+        response.raise_for_status()
+        return response.json()
+
+    def wait_end(self, job_id: str) -> dict:
+        """Read the job's SSE stream until its `end` event; returns the job."""
+        import requests
+
+        with requests.get(
+            f"{self.url}/api/v1/jobs/{job_id}/stream",
+            headers={**self.session.headers, "Accept": "text/event-stream"},
+            stream=True,
+            timeout=300,
+        ) as response:
+            event = None
+            for line in response.iter_lines(decode_unicode=True):
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "end":
+                    return json.loads(line[6:])
+        raise RuntimeError("stream ended without an end event")
+
+    def run(self, **body) -> tuple[dict, float]:
+        started = time.perf_counter()
+        job = self.submit(**body)
+        final = self.wait_end(job["id"])
+        return final, time.perf_counter() - started
+
+
+def _seconds_between(start: str, end: str) -> float:
+    from django.utils.dateparse import parse_datetime
+
+    return (parse_datetime(end) - parse_datetime(start)).total_seconds()
+
+
+def _max_overlap(jobs: list[dict]) -> int:
+    from django.utils.dateparse import parse_datetime
+
+    edges = []
+    for job in jobs:
+        edges.append((parse_datetime(job["started_at"]), 1))
+        edges.append((parse_datetime(job["finished_at"]), -1))
+    running = most = 0
+    for _, step in sorted(edges, key=lambda e: (e[0], e[1])):
+        running += step
+        most = max(most, running)
+    return most
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--new-tokens", type=int, default=200)
+    parser.add_argument("--checkpoint", type=Path, help="an existing demo checkpoint folder")
+    ns = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
+    env = _environment(tmp)
+    os.environ.update(env)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
+    _recreate_database(env["DATABASE_URL"])
+
+    from devtools.services import SeaweedConfig, start_seaweed, stop_process
+
+    s3_cfg = SeaweedConfig.on_free_ports(
+        tmp / "s3", access_key="bench", secret_key=uuid.uuid4().hex
+    )
+    seaweed = start_seaweed(s3_cfg, log_path=tmp / "weed.log", timeout=90)
+    os.environ.update(
+        {
+            "S3_ENDPOINT_URL": s3_cfg.endpoint,
+            "S3_ACCESS_KEY_ID": s3_cfg.access_key,
+            "S3_SECRET_ACCESS_KEY": s3_cfg.secret_key,
+            "S3_BUCKET": "bench",
+        }
+    )
+    worker = None
+    portal = None
+    try:
+        import django
+
+        django.setup()
+        import redis
+        from django.core.management import call_command
+
+        redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+        call_command("migrate", verbosity=0)
+
+        from accounts.services import token_create
+        from accounts.tests.factories import UserFactory, grant_access
+        from weights import storage
+        from weights.models import ModelVariant
+        from weights.services import variant_publish
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                storage.ensure_bucket()
+                break
+            except storage.S3Error:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        checkpoint = ns.checkpoint
+        if checkpoint is None:
+            from inference.llama.demo import build_demo_checkpoint
+
+            checkpoint = tmp / "demo"
+            print("building the demo checkpoint ...", flush=True)
+            build_demo_checkpoint(checkpoint)
+        variant = ModelVariant.objects.get(slug="demo")
+        variant_publish(variant=variant, directory=checkpoint)
+        user = UserFactory(email="bench@uni.example.edu")
+        grant_access(user, "demo")
+        token = token_create(user=user, name="bench", scopes=["generate"])[1]
+
+        portal = Portal()
+        worker = _start_worker(env, tmp / "worker.log")
+        api = Api(portal.url, token)
+        # Warm-up: the worker loads the model on its first job.
+        api.run(prompt=PROMPT, max_new_tokens=4, temperature=0)
+
+        # 1. submit -> start with an idle worker
+        waits, trips = [], []
+        for _ in range(ns.rounds):
+            final, wall = api.run(prompt=PROMPT, max_new_tokens=1, temperature=0)
+            waits.append(final["queue_wait"])
+            trips.append(wall)
+            time.sleep(0.2)  # idle again
+        print(f"\n1. submit -> start, idle worker, {ns.rounds} one-token jobs one at a time")
+        print(f"   median queue wait (POST to claimed): {statistics.median(waits) * 1000:7.1f} ms")
+        print(
+            f"   median round trip (POST to end event): {statistics.median(trips) * 1000:5.1f} ms"
+        )
+
+        # 2. overhead of portal + queue over the engine, same greedy generation
+        from inference.llama import Llama, SamplingParams
+
+        llama = Llama.load(checkpoint, max_seq_len=variant.context_length)
+        params = SamplingParams(max_new_tokens=ns.new_tokens, temperature=0.0)
+
+        def as_the_worker_does():
+            # The worker's decoder: JOBS_MAX_BATCH_SIZE rows, a cache of the whole context.
+            decoder = llama.decoder(max_batch_size=8, max_seq_len=variant.context_length)
+            decoder.add(PROMPT, params)
+            return decoder.run()
+
+        direct, worker_like, via_portal, in_worker, tokens = [], [], [], [], None
+        for _ in range(5):
+            started = time.perf_counter()
+            [completion] = llama.generate([PROMPT], params)
+            direct.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            as_the_worker_does()
+            worker_like.append(time.perf_counter() - started)
+            final, wall = api.run(prompt=PROMPT, max_new_tokens=ns.new_tokens, temperature=0)
+            via_portal.append(wall)
+            in_worker.append(_seconds_between(final["started_at"], final["finished_at"]))
+            assert final["outputs"][0]["token_ids"] == completion.tokens, "not the same work"
+            tokens = len(completion.tokens)
+        d, w, p = (statistics.median(x) for x in (direct, worker_like, via_portal))
+        print(f"\n2. the same greedy generation ({tokens} tokens), median of 5")
+        print(f"   engine, Llama.generate:                 {d * 1000:7.1f} ms")
+        print(f"   engine, BatchDecoder sized as a worker: {w * 1000:7.1f} ms")
+        print(f"   through the portal and the queue:       {p * 1000:7.1f} ms")
+        print(
+            "   of which in the worker (claim to result): "
+            f"{statistics.median(in_worker) * 1000:5.1f} ms"
+        )
+        print(f"   overhead over Llama.generate:           {(p - d) * 1000:7.1f} ms ({p / d:.2f}x)")
+        print(f"   overhead over the worker-sized decoder: {(p - w) * 1000:7.1f} ms")
+
+        # 3. aggregate tokens/s: 8 jobs one at a time vs 8 at once
+        bodies = [
+            {"prompt": PROMPT, "max_new_tokens": ns.new_tokens, "temperature": 0.8, "seed": i}
+            for i in range(8)
+        ]
+        started = time.perf_counter()
+        serial = [api.run(**body)[0] for body in bodies]
+        serial_wall = time.perf_counter() - started
+        serial_tokens = sum(j["completion_tokens"] for j in serial)
+        time.sleep(0.5)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda b: api.run(**b)[0], bodies))
+        together_wall = time.perf_counter() - started
+        together_tokens = sum(j["completion_tokens"] for j in together)
+        rate_1 = serial_tokens / serial_wall
+        rate_8 = together_tokens / together_wall
+        workers = {(j["worker"]) for j in together}
+        print("\n3. 8 jobs of up to", ns.new_tokens, "tokens (seeded sampling, same in both runs)")
+        print(
+            f"   one at a time: {serial_tokens} tokens in {serial_wall:6.2f} s = "
+            f"{rate_1:7.1f} tok/s"
+        )
+        print(
+            f"   8 at once:     {together_tokens} tokens in {together_wall:6.2f} s = "
+            f"{rate_8:7.1f} tok/s   (worker(s): {len(workers)})"
+        )
+        print(f"   ratio: {rate_8 / rate_1:.2f}x (target >= 3x)")
+        print(f"   most jobs running at once: {_max_overlap(together)} of 8")
+        return 0
+    finally:
+        if portal is not None:
+            portal.stop()
+        if worker is not None:
+            stop_process(worker, grace=5)
+        from django.db import connections
+
+        connections.close_all()
+        stop_process(seaweed, grace=1)
+        _drop_database(env["DATABASE_URL"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

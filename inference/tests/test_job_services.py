@@ -1,0 +1,238 @@
+"""Services of the jobs app without a worker process: claims, results, take-back, the sweep,
+revocation. The worker's own loop is exercised in test_worker_jobs.py."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from accounts.services import grant_revoke
+from accounts.tests.factories import ReviewerFactory
+from inference.models import TRANSITIONS, GenerationJob, JobState
+from inference.services import (
+    InvalidTransition,
+    WorkerIdentity,
+    job_cancel,
+    job_claim,
+    job_finish,
+    job_submit,
+    job_take_back,
+    jobs_claim_queued,
+    jobs_heartbeat,
+    jobs_sweep_stuck,
+)
+from portal.errors import Conflict
+from weights.models import ModelVariant
+
+WORKER = WorkerIdentity(node="w1@host", host="elsewhere.example", pid=12345)
+OTHER = WorkerIdentity(node="w2@host", host="elsewhere.example", pid=23456)
+
+
+@pytest.fixture
+def demo(db) -> ModelVariant:
+    return ModelVariant.objects.get(slug="demo")
+
+
+@pytest.fixture
+def job(researcher, demo) -> GenerationJob:
+    return job_submit(
+        user=researcher, variant=demo, prompts=["Hello"], params={"max_new_tokens": 4}
+    )
+
+
+def test_the_transition_table_has_no_way_out_of_a_final_state():
+    for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+        assert TRANSITIONS[state] == frozenset()
+    assert set(TRANSITIONS) == set(JobState.values)
+
+
+def test_only_one_claim_of_a_queued_job_succeeds(job):
+    first = job_claim(job_id=job.pk, worker=WORKER)
+    second = job_claim(job_id=job.pk, worker=OTHER)
+
+    assert first is not None and second is None
+    assert first.state == JobState.RUNNING and first.attempts == 1
+    assert first.worker == "w1@host" and first.worker_pid == 12345
+    assert first.claim_id is not None
+
+
+def test_a_cancelled_job_cannot_be_claimed(job):
+    job_cancel(job=job)
+    assert job_claim(job_id=job.pk, worker=WORKER) is None
+
+
+def test_the_result_is_written_once_and_only_by_the_claim_that_ran_it(job):
+    claimed = job_claim(job_id=job.pk, worker=WORKER)
+    assert job_take_back(job_id=job.pk, claim_id=claimed.claim_id, reason="test") == "queued"
+    rerun = job_claim(job_id=job.pk, worker=OTHER)
+
+    # The first process wakes up and reports: refused, the rerun owns the job now.
+    assert not job_finish(job=claimed, state=JobState.SUCCEEDED, outputs=[{"text": "old"}])
+    assert job_finish(job=rerun, state=JobState.SUCCEEDED, outputs=[{"text": "new"}])
+    assert not job_finish(job=rerun, state=JobState.FAILED, error="twice")
+
+    job.refresh_from_db()
+    assert job.state == JobState.SUCCEEDED
+    assert job.outputs == [{"text": "new"}]
+    assert job.attempts == 2
+    with pytest.raises(InvalidTransition):
+        job_finish(job=rerun, state=JobState.QUEUED)
+
+
+def test_take_back_fails_the_job_after_the_attempt_cap(job):
+    claimed = job_claim(job_id=job.pk, worker=WORKER)
+    with override_settings(JOBS_MAX_ATTEMPTS=1):
+        state = job_take_back(job_id=job.pk, claim_id=claimed.claim_id, reason="it died")
+
+    job.refresh_from_db()
+    assert state == job.state == JobState.FAILED
+    assert "stopped 1 time(s) (it died)" in job.error
+    assert job.token_charge == job.prompt_tokens
+
+
+def test_take_back_of_a_job_whose_owner_asked_to_cancel_cancels_it(job):
+    claimed = job_claim(job_id=job.pk, worker=WORKER)
+    job_cancel(job=claimed)
+
+    assert job_take_back(job_id=job.pk, claim_id=claimed.claim_id, reason="x") == "cancelled"
+
+
+def test_cancelling_a_running_job_sets_the_flag_the_heartbeat_reports(job):
+    claimed = job_claim(job_id=job.pk, worker=WORKER)
+
+    returned = job_cancel(job=claimed)
+
+    assert returned.state == JobState.RUNNING and returned.cancel_requested
+    assert jobs_heartbeat(claims={claimed.pk: claimed.claim_id}) == {claimed.pk}
+    # A stale claim (the job was taken back meanwhile) is not told to stop someone else's run.
+    assert jobs_heartbeat(claims={claimed.pk: uuid.uuid4()}) == set()
+    assert job_finish(job=claimed, state=JobState.CANCELLED, error="Cancelled by its owner.")
+    with pytest.raises(Conflict):
+        job_cancel(job=claimed)
+
+
+def test_batch_claims_take_the_oldest_queued_jobs_of_that_size(researcher, demo):
+    with override_settings(JOBS_MAX_ACTIVE_PER_USER=10):
+        jobs = [
+            job_submit(user=researcher, variant=demo, prompts=[f"p{i}"], params={})
+            for i in range(4)
+        ]
+    seven = ModelVariant.objects.get(slug="7b")
+    with override_settings(JOBS_MAX_ACTIVE_PER_USER=10):
+        other_size = job_submit(user=researcher, variant=seven, prompts=["x"], params={})
+
+    claimed = jobs_claim_queued(variant=demo, worker=WORKER, limit=3)
+
+    assert [j.pk for j in claimed] == [j.pk for j in jobs[:3]]
+    assert GenerationJob.objects.get(pk=other_size.pk).state == JobState.QUEUED
+
+
+def test_revoking_a_grant_cancels_queued_and_stops_running_jobs_of_that_size(
+    researcher, demo, django_capture_on_commit_callbacks
+):
+    with override_settings(JOBS_MAX_ACTIVE_PER_USER=10):
+        queued = job_submit(user=researcher, variant=demo, prompts=["a"], params={})
+        running = job_submit(user=researcher, variant=demo, prompts=["b"], params={})
+        seven = job_submit(
+            user=researcher, variant=ModelVariant.objects.get(slug="7b"), prompts=["c"], params={}
+        )
+    job_claim(job_id=running.pk, worker=WORKER)
+    grant = researcher.grants.get(variant=demo, status="active")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        grant_revoke(grant=grant, actor=ReviewerFactory(), reason="Broke the license.")
+
+    queued.refresh_from_db()
+    running.refresh_from_db()
+    seven.refresh_from_db()
+    assert queued.state == JobState.CANCELLED and "revoked" in queued.error
+    assert running.state == JobState.RUNNING and running.cancel_requested
+    assert seven.state == JobState.QUEUED
+
+
+def test_the_sweep_takes_back_jobs_whose_heartbeat_stopped(job, monkeypatch):
+    sent = []
+    monkeypatch.setattr(
+        "inference.tasks.run_generation.apply_async", lambda **kw: sent.append(kw["args"])
+    )
+    claimed = job_claim(job_id=job.pk, worker=WORKER)
+    GenerationJob.objects.filter(pk=job.pk).update(
+        heartbeat_at=timezone.now() - timedelta(minutes=5)
+    )
+
+    with override_settings(JOBS_STALE_SECONDS=60):
+        result = jobs_sweep_stuck()
+
+    job.refresh_from_db()
+    assert result.requeued == 1
+    assert job.state == JobState.QUEUED and job.claim_id is None
+    assert claimed.claim_id is not None
+    # A fresh heartbeat is left alone.
+    rerun = job_claim(job_id=job.pk, worker=OTHER)
+    assert jobs_sweep_stuck().requeued == 0
+    assert GenerationJob.objects.get(pk=rerun.pk).state == JobState.RUNNING
+
+
+def test_the_sweep_resends_old_queue_messages_and_expires_jobs_nobody_ran(
+    researcher, demo, django_capture_on_commit_callbacks, monkeypatch
+):
+    sent = []
+    monkeypatch.setattr(
+        "inference.tasks.run_generation.apply_async", lambda **kw: sent.append(kw["args"][0])
+    )
+    now = timezone.now()
+    with override_settings(JOBS_MAX_ACTIVE_PER_USER=10):
+        waiting = job_submit(user=researcher, variant=demo, prompts=["a"], params={})
+        ancient = job_submit(user=researcher, variant=demo, prompts=["b"], params={})
+    GenerationJob.objects.filter(pk=waiting.pk).update(queued_at=now - timedelta(minutes=10))
+    GenerationJob.objects.filter(pk=ancient.pk).update(
+        created_at=now - timedelta(hours=7), queued_at=now - timedelta(hours=7)
+    )
+
+    with (
+        override_settings(JOBS_RESEND_SECONDS=300, JOBS_QUEUED_EXPIRE_SECONDS=6 * 3600),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        result = jobs_sweep_stuck(now=now)
+
+    assert (result.resent, result.expired) == (1, 1)
+    assert sent == [str(waiting.pk)]
+    ancient.refresh_from_db()
+    assert ancient.state == JobState.FAILED
+    assert "No worker serving LLaMA demo" in ancient.error
+    assert ancient.token_charge == 0
+
+
+def test_a_redis_outage_at_submission_leaves_the_job_queued_for_the_sweep(
+    researcher, demo, django_capture_on_commit_callbacks, monkeypatch
+):
+    def broker_down(**kwargs):
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr("inference.tasks.run_generation.apply_async", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = job_submit(user=researcher, variant=demo, prompts=["a"], params={})
+
+    assert GenerationJob.objects.get(pk=job.pk).state == JobState.QUEUED
+
+
+def test_the_task_body_is_a_no_op_for_a_job_another_live_process_runs(job):
+    from inference.worker import job_run
+
+    GenerationJob.objects.filter(pk=job.pk).update(
+        state=JobState.RUNNING,
+        claim_id=uuid.uuid4(),
+        worker_host=__import__("socket").gethostname(),
+        worker_pid=os.getppid(),  # alive, and not this process
+        heartbeat_at=timezone.now(),
+    )
+
+    assert job_run(str(job.pk), node="test") == "running in another process"
+    assert job_run(str(uuid.uuid4()), node="test") == "no such job"
+    GenerationJob.objects.filter(pk=job.pk).update(state=JobState.SUCCEEDED)
+    assert job_run(str(job.pk), node="test") == "already succeeded"
