@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import struct
 import threading
 from collections.abc import Callable
@@ -113,56 +112,65 @@ class _Retryable(Exception):
 
 
 class _Hasher:
-    """SHA-256 of the file's contiguous prefix, computed by the main thread in order.
+    """SHA-256 of the file's contiguous prefix, fed in order.
 
-    A worker whose block extends the stream (it starts where the last offered block ended)
-    hands it over through a small queue, so hashing overlaps with the next receive; when
-    the queue is full, or for blocks that other workers wrote ahead, the main thread reads
-    the bytes back from the page cache once the frontier reaches them. Memory stays at
-    `queue_blocks` blocks.
+    The thread whose block lands exactly at the frontier hashes it from memory, right after
+    writing it; bytes that other threads wrote ahead are read back (from the page cache) by
+    `catch_up` once the frontier reaches them.
     """
 
-    def __init__(self, fd: int, queue_blocks: int = 16):
+    def __init__(self, fd: int):
         self.fd = fd
+        self.lock = threading.Lock()
         self.digest = hashlib.sha256()
-        self.hashed = 0  # main thread only
-        self._expected = 0  # end of the stream handed over so far
-        self._lock = threading.Lock()
-        self.queue: queue.Queue = queue.Queue(maxsize=queue_blocks)
+        self.hashed = 0
 
-    def offer(self, offset: int, block: bytes) -> None:
-        """From a worker, after the block is written: hash it from memory if it is next."""
-        if offset != self._expected:  # unlocked read: only a hint, checked again below
+    def feed(self, offset: int, block) -> None:
+        if offset != self.hashed:  # unlocked read: only a hint, checked again below
             return
-        with self._lock:
-            if offset != self._expected:
-                return
-            try:
-                self.queue.put_nowait((offset, block))
-            except queue.Full:
-                return  # hashed from disk later
-            self._expected = offset + len(block)
-
-    def take(self, offset: int, block: bytes) -> bool:
-        """Hash a handed-over block; False if it does not join the hashed prefix."""
-        if offset + len(block) <= self.hashed:
-            return True  # already read back from disk
-        if offset != self.hashed:
-            return False
-        self.digest.update(block)
-        self.hashed += len(block)
-        return True
+        with self.lock:
+            if offset == self.hashed:
+                self.digest.update(block)
+                self.hashed += len(block)
 
     def catch_up(self, ready: int, *, step: int = 4 * BLOCK) -> None:
-        """Hash what is recorded on disk up to `ready`."""
-        while self.hashed < ready:
-            data = os.pread(self.fd, min(step, ready - self.hashed), self.hashed)
-            if not data:
-                raise OSError("the partial file is shorter than recorded")
-            self.digest.update(data)
-            self.hashed += len(data)
-        with self._lock:
-            self._expected = max(self._expected, self.hashed)
+        """Hash what is on disk up to `ready`, one step per lock hold."""
+        while True:
+            with self.lock:
+                if self.hashed >= ready:
+                    return
+                data = os.pread(self.fd, min(step, ready - self.hashed), self.hashed)
+                if not data:
+                    raise OSError("the partial file is shorter than recorded")
+                self.digest.update(data)
+                self.hashed += len(data)
+
+
+def _body_blocks(response: requests.Response, remaining: int, buffer: memoryview):
+    """The response body in blocks of at most len(buffer) bytes, at most `remaining` in all.
+
+    Reads straight into `buffer` through the standard library's response when it is there
+    (no allocation per block: a third less CPU than iter_content); each block is only valid
+    until the next one is read.
+    """
+    raw = getattr(response.raw, "_fp", None)
+    if (
+        raw is None
+        or not hasattr(raw, "readinto")
+        or response.raw.headers.get("Content-Encoding", "identity") not in ("", "identity")
+    ):
+        for block in response.iter_content(len(buffer)):
+            yield block[:remaining]
+            remaining -= len(block)
+            if remaining <= 0:
+                return
+        return
+    while remaining > 0:
+        count = raw.readinto(buffer[: min(len(buffer), remaining)])
+        if not count:
+            return
+        yield buffer[:count]
+        remaining -= count
 
 
 def download_file(
@@ -213,6 +221,7 @@ def download_file(
 
     def fetch(index: int) -> None:
         start, end = bounds(index)
+        buffer = memoryview(bytearray(BLOCK))
         attempt, delay = 0, 1.0
         while not stop.is_set():
             with cond:
@@ -232,20 +241,19 @@ def download_file(
                         raise _Retryable(f"S3 refused the signed URL (HTTP {response.status_code})")
                     if response.status_code != 206:
                         raise _Retryable(f"S3 answered HTTP {response.status_code}")
-                    for block in response.iter_content(BLOCK):
+                    for block in _body_blocks(response, end - offset, buffer):
                         if stop.is_set():
                             return
-                        if len(block) > end - offset:  # a server sending past the range
-                            block = block[: end - offset]
                         if on_receive:
                             on_receive(len(block))
                         os.pwrite(fd, block, offset)
-                        hasher.offer(offset, block)
+                        hasher.feed(offset, block)
                         offset += len(block)
                         with cond:
                             done[index] = offset - start
                             state.record(index, done[index])
                             received[0] += len(block)
+                            cond.notify_all()
                         bar.update(len(block))
                         attempt, delay = 0, 1.0  # progress resets the retry budget
                         if offset >= end:
@@ -279,15 +287,6 @@ def download_file(
 
     try:
         while hasher.hashed < size:
-            try:
-                offset, block = hasher.queue.get(timeout=0.2)
-            except queue.Empty:
-                pass
-            else:
-                if not hasher.take(offset, block):
-                    hasher.catch_up(min(offset, recorded()))
-                    hasher.take(offset, block)
-                continue
             ready = recorded()
             if ready > hasher.hashed:
                 hasher.catch_up(ready)
@@ -295,8 +294,12 @@ def download_file(
             for future in futures:
                 if future.done() and future.exception():
                     raise future.exception()
-            if all(f.done() for f in futures) and hasher.queue.empty() and recorded() < size:
-                raise error_class(f"{dest.name}: the download stopped short.")
+            if all(f.done() for f in futures):
+                if recorded() < size:
+                    raise error_class(f"{dest.name}: the download stopped short.")
+                continue  # a worker hashed its last block after recording it
+            with cond:
+                cond.wait(0.2)
         for future in futures:
             future.result()
     except BaseException:
