@@ -7,6 +7,7 @@ POSIX sh reads without a JSON parser.
 from __future__ import annotations
 
 from django.urls import reverse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -32,44 +33,66 @@ class LinksTextRenderer(BaseRenderer):
         return ("\n".join(lines) + "\n").encode()
 
 
+class DownloadLinkOutput(serializers.Serializer):
+    path = serializers.CharField(source="file.path")
+    size = serializers.IntegerField(source="file.size")
+    sha256 = serializers.CharField(source="file.sha256")
+    md5 = serializers.CharField(source="file.md5")
+    url = serializers.SerializerMethodField()
+    expires_at = serializers.DateTimeField()
+    uses_left = serializers.SerializerMethodField()
+
+    def get_url(self, link) -> str:
+        return self.context["request"].build_absolute_uri(link.get_absolute_url())
+
+    def get_uses_left(self, link) -> int:
+        return max(link.max_uses - link.use_count, 0)
+
+
+class VariantLinksOutput(serializers.Serializer):
+    model = serializers.CharField()
+    size = serializers.CharField()
+    slug = serializers.CharField()
+    shard_count = serializers.IntegerField()
+    files = DownloadLinkOutput(many=True)
+    checklist_url = serializers.URLField()
+    manifest_url = serializers.URLField()
+
+
 class VariantLinksApi(APIView):
     """A usable download link for every file of a size, with its size and checksums."""
 
     authentication_classes = [TokenAuthentication, SessionAuthentication]
     renderer_classes = [JSONRenderer, LinksTextRenderer]
 
-    class FileOutput(serializers.Serializer):
-        path = serializers.CharField(source="file.path")
-        size = serializers.IntegerField(source="file.size")
-        sha256 = serializers.CharField(source="file.sha256")
-        md5 = serializers.CharField(source="file.md5")
-        url = serializers.SerializerMethodField()
-        expires_at = serializers.DateTimeField()
-        uses_left = serializers.SerializerMethodField()
-
-        def get_url(self, link) -> str:
-            return self.context["request"].build_absolute_uri(link.get_absolute_url())
-
-        def get_uses_left(self, link) -> int:
-            return max(link.max_uses - link.use_count, 0)
-
+    @extend_schema(
+        summary="Personal download links for every file of a model size",
+        parameters=[
+            OpenApiParameter(
+                "format", str, enum=["json", "txt"], description="txt: `sha256 size path url`"
+            )
+        ],
+        responses={200: VariantLinksOutput},
+    )
     def get(self, request: Request, slug: str) -> Response:
         require_scope(request, "download")
         variant = variant_get_published(slug=slug)
         links = download_links_issue(user=request.user, variant=variant)
-        files = self.FileOutput(links, many=True, context={"request": request}).data
         return Response(
-            {
-                "model": str(variant),
-                "size": variant.size,
-                "slug": variant.slug,
-                "shard_count": variant.shard_count,
-                "files": files,
-                "checklist_url": request.build_absolute_uri(
-                    reverse("weights:checklist", kwargs={"slug": variant.slug})
-                ),
-                "manifest_url": request.build_absolute_uri(
-                    reverse("weights:manifest", kwargs={"slug": variant.slug})
-                ),
-            }
+            VariantLinksOutput(
+                {
+                    "model": str(variant),
+                    "size": variant.size,
+                    "slug": variant.slug,
+                    "shard_count": variant.shard_count,
+                    "files": links,
+                    "checklist_url": request.build_absolute_uri(
+                        reverse("weights:checklist", kwargs={"slug": variant.slug})
+                    ),
+                    "manifest_url": request.build_absolute_uri(
+                        reverse("weights:manifest", kwargs={"slug": variant.slug})
+                    ),
+                },
+                context={"request": request},
+            ).data
         )
