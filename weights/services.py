@@ -105,8 +105,9 @@ def weightfile_upload(
     part_size: int | None = None,
 ) -> WeightFile:
     key = s3_prefix(variant) + local.path
-    # The old row goes first: while the object is replaced, nobody is offered it.
-    WeightFile.objects.filter(variant=variant, path=local.path).delete()
+    # An old row stays until the new object is complete: S3 swaps the object in one step
+    # when the multipart upload completes, and an interrupted upload leaves the old file
+    # (and its row, download links and download history) as they were.
     stored = storage.upload_file(
         local.source,
         key=key,

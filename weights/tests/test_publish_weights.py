@@ -116,6 +116,26 @@ def test_a_rerun_skips_everything_and_a_changed_file_is_uploaded_again(s3, tmp_p
     assert _stored_bytes(s3, row.s3_key) == (ckpt / "tokenizer.model").read_bytes()
 
 
+def test_republishing_a_changed_file_keeps_its_download_history(s3, tmp_path, v13b):
+    from accounts.tests.factories import UserFactory
+    from weights.models import DownloadEvent
+
+    _clear(v13b)
+    ckpt = write_checkpoint(tmp_path / "13B", v13b, checklist=False)
+    variant_publish(variant=v13b, directory=ckpt)
+    row = WeightFile.objects.get(variant=v13b, path="tokenizer.model")
+    DownloadEvent.objects.create(user=UserFactory(), file=row, ip="192.0.2.1")
+    (ckpt / "tokenizer.model").write_bytes(os.urandom(2000))
+
+    result = variant_publish(variant=v13b, directory=ckpt)
+
+    assert result.uploaded == ["tokenizer.model"]
+    row.refresh_from_db()
+    assert row.size == 2000
+    assert row.sha256 == hashlib.sha256((ckpt / "tokenizer.model").read_bytes()).hexdigest()
+    assert row.download_events.count() == 1
+
+
 def test_a_file_that_fails_checklist_chk_is_never_registered_or_stored(s3, tmp_path, v13b):
     _clear(v13b)
     ckpt = write_checkpoint(tmp_path / "13B", v13b)
