@@ -109,3 +109,34 @@ def test_a_researcher_watches_the_output_stream_in(
     assert final.startswith(partial) and len(partial) < len(final)
     assert "succeeded" in row and "demo" in row
     assert csp_errors == []
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs /usr/bin/chromium")
+def test_the_interactive_api_page_renders_under_the_csp(live_server, researcher, monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    csp_errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_context().new_page()
+        page.set_default_timeout(20_000)
+        page.on(
+            "console",
+            lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None,
+        )
+        requests_seen: list[str] = []
+        page.on("request", lambda r: requests_seen.append(r.url))
+        page.goto(f"{live_server.url}/accounts/login/")
+        page.fill("input[name=login]", researcher.email)
+        page.fill("input[name=password]", CAST_PASSWORD)
+        page.click("button[type=submit]")
+        page.goto(f"{live_server.url}/api/v1/docs/")
+        page.get_by_text("/api/v1/jobs/{job_id}/cancel").first.wait_for()
+        browser.close()
+    connections.close_all()
+
+    assert all(url.startswith(live_server.url) for url in requests_seen)  # no CDN
+    assert csp_errors == [], csp_errors
