@@ -284,7 +284,7 @@ def fill(n: int, seed: int = 7) -> dict:
     ):
         model.objects.bulk_create(rows, batch_size=BATCH)
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
+        cursor.execute("VACUUM ANALYZE")
     return {
         "seconds": time.perf_counter() - t0,
         "applications": len(apps),

@@ -125,8 +125,14 @@ def queue_applications(
     return qs.order_by(*ordering)
 
 
+def queue_page(ids: list[int]) -> list[Application]:
+    """One page of the queue, in the order of `ids`: three queries whatever the page size."""
+    by_id = {a.pk: a for a in queue_rows(Application.objects.filter(pk__in=ids))} if ids else {}
+    return [by_id[pk] for pk in ids if pk in by_id]
+
+
 def queue_rows(applications: QuerySet[Application]) -> QuerySet[Application]:
-    """What one page of the queue shows: three queries whatever the page size."""
+    """The rows with what the queue shows of each, fetched in bulk."""
     return applications.select_related("user", "review_claim__reviewer").prefetch_related(
         Prefetch(
             "decisions",

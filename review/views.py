@@ -90,7 +90,9 @@ def queue(request: HttpRequest) -> HttpResponse:
     form = QueueFilterForm(request.GET)
     filters = form.filters()
     applications = selectors.queue_applications(reviewer=request.user, now=now, **filters)
-    paginator = Paginator(selectors.queue_rows(applications), form.per_page_value())
+    # Page through ids first: PostgreSQL answers that from the queue index alone, even deep
+    # in the queue; then the page's rows are loaded with everything they show.
+    paginator = Paginator(applications.values_list("pk", flat=True), form.per_page_value())
     page = paginator.get_page(request.GET.get("page"))
     params = request.GET.copy()
     params.pop("page", None)
@@ -100,7 +102,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         {
             "form": form,
             "page": page,
-            "rows": selectors.queue_decorate(list(page.object_list), now=now),
+            "rows": selectors.queue_decorate(selectors.queue_page(list(page.object_list)), now=now),
             "query": params.urlencode(),
             "sla_days": selectors.sla_days(),
             "bulk_form": BulkForm(),
