@@ -15,8 +15,13 @@ from django.test import override_settings
 
 from weights.models import DownloadEvent, DownloadLink, WeightFile
 
-# Live-server tests commit for real; serialized_rollback brings the catalog rows back.
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+# Live-server tests commit for real: the catalog rows are put back before each one.
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def _catalog(migrated_rows):
+    pass
 
 
 @pytest.fixture
