@@ -178,7 +178,7 @@ class _StrOrList(serializers.JSONField):
 class CompletionsApi(_OpenAIView):
     class InputSerializer(serializers.Serializer):
         model = serializers.CharField()
-        prompt = _StrOrList(max_items=64, required=False, default="<|endoftext|>")
+        prompt = _StrOrList(max_items=64, required=False, default="")
         max_tokens = serializers.IntegerField(required=False, allow_null=True, default=16)
         temperature = serializers.FloatField(required=False, allow_null=True, default=1.0)
         top_p = serializers.FloatField(required=False, allow_null=True, default=1.0)

@@ -29,7 +29,7 @@ def job_events(
             batch = []
             time.sleep(POLL_MS / 1000)
         for entry_id, event, data in batch:
-            last = entry_id
+            last = entry_id or last
             yield entry_id, event, data
             if event == "end":
                 return
@@ -45,7 +45,7 @@ def job_events(
             except events.RedisError:
                 batch = []
             for entry_id, event, data in batch:
-                last = entry_id
+                last = entry_id or last
                 yield entry_id, event, data
                 if event == "end":
                     return

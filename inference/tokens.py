@@ -1,9 +1,9 @@
 """Counting prompt tokens in the web process, without torch.
 
 The web process validates "prompt too long for the context" before a job is queued. It
-loads the size's `tokenizer.model` with SentencePiece alone (no torch, no engine import)
-from the same local model cache the workers use, fetched from S3 and SHA-256 verified
-against the WeightFile manifest on first use; a few hundred KB, then cached in memory.
+loads the size's `tokenizer.model` with SentencePiece alone (no torch, no engine import),
+fetched from S3 into JOBS_MODEL_CACHE_DIR/web-tokenizers/ and SHA-256 verified against the
+WeightFile manifest on first use; a few hundred KB, then cached in memory.
 
 When the tokenizer cannot be had (the size is not stored yet, S3 is down), the count is an
 upper bound: LLaMA's tokenizer uses byte fallback, so a prompt never takes more tokens than
@@ -48,7 +48,9 @@ def _tokenizer_for(variant: ModelVariant):
     row = WeightFile.objects.filter(variant=variant, path=TOKENIZER_PATH).first()
     if row is None:
         return None
-    dest = Path(settings.JOBS_MODEL_CACHE_DIR) / variant.slug / TOKENIZER_PATH
+    # Beside, not inside, the workers' checkpoint folders: a worker on the same host fills
+    # those under a lock the web must not wait on.
+    dest = Path(settings.JOBS_MODEL_CACHE_DIR) / "web-tokenizers" / variant.slug / TOKENIZER_PATH
     try:
         storage.download_file(row.s3_key, dest, sha256=row.sha256, size=row.size)
     except (*storage.S3Error, storage.ChecksumMismatch, OSError) as exc:

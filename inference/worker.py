@@ -12,7 +12,7 @@
 - Cancellation reaches the loop two ways: a Redis pub/sub broadcast, which a listener
   thread turns into `BatchDecoder.cancel` at once (the sequence stops before its next
   token), and the `cancel_requested` column, read with every heartbeat (JOBS_HEARTBEAT_SECONDS).
-- Tokens go to each job's Redis stream after every decode step (one pipelined round trip);
+- Tokens go to each job's Redis stream at most every 10 ms (one pipelined round trip);
   the result goes to the database, then an `end` event.
 """
 
@@ -90,6 +90,10 @@ def model_for(variant: ModelVariant):
         from inference.llama import Llama  # torch: imported on first use, after the fork
         from weights.services import checkpoint_fetch
 
+        if settings.JOBS_TORCH_THREADS:
+            import torch
+
+            torch.set_num_threads(settings.JOBS_TORCH_THREADS)
         directory = Path(settings.JOBS_MODEL_CACHE_DIR) / variant.slug
         started = time.monotonic()
         with _cache_lock(directory):
@@ -321,7 +325,7 @@ class BatchRun:
             self.buffer.add(job.pk, "end", {"state": state, "error": error})
         else:
             logger.warning("job %s was taken back from this worker; its result is dropped", job.pk)
-        self.buffer.flush()
+        self.buffer.flush(force=True)
 
     def fail_all(self, error: str) -> None:
         for key in list(self.running):
@@ -347,6 +351,7 @@ class BatchRun:
                 if may_admit:
                     self._claim_more()  # one last look before the task returns
                 if not self.decoder.has_work():
+                    self.buffer.flush(force=True)
                     break
             if now - last_poll >= settings.JOBS_HEARTBEAT_SECONDS:
                 claims = {r.job.pk: r.job.claim_id for r in self.running.values()}
@@ -355,7 +360,7 @@ class BatchRun:
                 last_poll = now
             for completion in self.decoder.step():
                 self._complete(completion)
-            self.buffer.flush()
+            self.buffer.flush()  # at most every 10 ms; at once for `end` events
             if self.delay:
                 time.sleep(self.delay)
 
