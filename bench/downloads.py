@@ -158,7 +158,7 @@ def _killed_then_resumed(url: str, dest: Path, size: int, sha: str, workers: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shard-gib", type=float, default=1.5)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=None, help="default: the client's")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument(
@@ -173,6 +173,9 @@ def main() -> None:
         raise SystemExit(f"need {4.5 * shard / GiB:.1f} GiB free in {work}, have {free / GiB:.1f}")
     cfg = SeaweedConfig.on_free_ports(work / "seaweed", secret_key=os.urandom(8).hex())
     weed = start_seaweed(cfg, log_path=work / "weed.log", timeout=90)
+    from portal_client.client import default_workers
+
+    args.workers = args.workers or default_workers()
     results: dict = {"shard_bytes": shard, "workers": args.workers}
     try:
         env = _env(cfg, work)

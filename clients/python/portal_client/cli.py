@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     download = commands.add_parser("download", help="download a model size's files, verified")
     download.add_argument("size", help="model size: demo, 7B, 13B, 33B, 65B")
     download.add_argument("--dir", help="target folder (default ./llama-<size>)")
-    download.add_argument("--workers", type=int, default=4, help="parallel ranged requests")
+    download.add_argument(
+        "--workers", type=int, default=None, help="parallel ranged requests (default 2 to 4)"
+    )
     download.add_argument("--quiet", action="store_true", help="no progress bars")
     download.set_defaults(func=_download)
     for name in COMMAND_MODULES:
