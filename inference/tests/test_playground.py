@@ -140,3 +140,22 @@ def test_the_interactive_api_page_renders_under_the_csp(live_server, researcher,
 
     assert all(url.startswith(live_server.url) for url in requests_seen)  # no CDN
     assert csp_errors == [], csp_errors
+
+
+def test_the_web_process_never_imports_torch(tmp_path):
+    """Every URL module and view of the portal loads, and torch is not among the modules."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, django; django.setup();"
+        "from django.urls import get_resolver; get_resolver().url_patterns;"
+        "import inference.api, inference.openai_api, inference.views, inference.tasks;"
+        "import inference.services, inference.tokens, inference.streams;"
+        "print('torch' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"

@@ -260,3 +260,26 @@ def test_a_job_past_the_soft_time_limit_fails_cleanly(jobs_worker, published_dem
         "The job ran past the time limit of 1 seconds and was stopped. Ask for fewer new tokens."
     )
     assert job.attempts == 1
+
+
+def test_a_job_whose_queue_message_was_lost_runs_after_the_sweep(
+    jobs_worker, published_demo, researcher, monkeypatch
+):
+    from django.test import override_settings
+    from django.utils import timezone
+
+    from inference import tasks
+    from inference.services import jobs_sweep_stuck
+
+    with monkeypatch.context() as m:
+        m.setattr(tasks.run_generation, "apply_async", lambda **kwargs: None)  # Redis lost it
+        job = _submit(researcher, published_demo)
+    time.sleep(1)
+    assert GenerationJob.objects.get(pk=job.pk).state == JobState.QUEUED
+
+    with override_settings(JOBS_RESEND_SECONDS=60):
+        result = jobs_sweep_stuck(now=timezone.now() + timedelta(minutes=2))
+    wait_for_job(job)
+
+    assert result.resent == 1
+    assert job.state == JobState.SUCCEEDED and job.attempts == 1
