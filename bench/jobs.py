@@ -1,6 +1,7 @@
 """Generation jobs end to end: one Celery worker, the demo model, the real stack.
 
     .venv/bin/python bench/jobs.py [--rounds 15] [--new-tokens 200] [--repeats 5]
+                                   [--temperature 0.8] [--checkpoint DIR]
 
 Sets up its own world and removes it afterwards: a fresh PostgreSQL database
 (`bench_portal_jobs`, on DATABASE_URL's server), a SeaweedFS S3 server on free ports, the
@@ -44,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 DB_NAME = "bench_portal_jobs"
 PROMPT = "The model"
+WORDS = ["was", "of", "and", "in", "the", "is", "a", "to"]  # eight different prompts
 
 
 def _environment(tmp: Path) -> dict[str, str]:
@@ -217,6 +219,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--temperature", type=float, default=0.8, help="of the 8 jobs in part 3 (0: greedy)"
+    )
     parser.add_argument("--checkpoint", type=Path, help="an existing demo checkpoint folder")
     ns = parser.parse_args()
 
@@ -345,7 +350,12 @@ def main() -> int:
 
         # 3. aggregate tokens/s: 8 jobs one at a time vs 8 at once
         bodies = [
-            {"prompt": PROMPT, "max_new_tokens": ns.new_tokens, "temperature": 0.8, "seed": i}
+            {
+                "prompt": f"{PROMPT} {WORDS[i]}",
+                "max_new_tokens": ns.new_tokens,
+                "temperature": ns.temperature,
+                "seed": i,
+            }
             for i in range(8)
         ]
         serial_rates, together_rates, overlaps = [], [], []
@@ -369,8 +379,8 @@ def main() -> int:
         rate_8 = statistics.median(together_rates)
         workers = {(j["worker"]) for j in together}
         print(
-            f"\n3. 8 jobs of up to {ns.new_tokens} tokens (seeded sampling, same in both), "
-            f"{ns.repeats} rounds, medians"
+            f"\n3. 8 jobs of up to {ns.new_tokens} tokens, temperature {ns.temperature} "
+            f"(seeded, the same 8 in both), {ns.repeats} rounds, medians"
         )
         print(f"   one at a time: {rate_1:7.1f} tok/s  ({serial_tokens} tokens per round)")
         print(f"   8 at once:     {rate_8:7.1f} tok/s  (worker(s): {len(workers)})")
