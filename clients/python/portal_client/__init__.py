@@ -1,6 +1,30 @@
 """Client for the LLaMA research access portal."""
 
 from portal_client.client import Client, DownloadReport, PortalClientError
+from portal_client.jobs import (
+    AuthenticationFailed,
+    BadParameters,
+    Generation,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    LicensePending,
+    NoAccess,
+    QuotaExceeded,
+)
 
-__all__ = ["Client", "DownloadReport", "PortalClientError"]
+__all__ = [
+    "AuthenticationFailed",
+    "BadParameters",
+    "Client",
+    "DownloadReport",
+    "Generation",
+    "JobCancelled",
+    "JobFailed",
+    "JobNotFound",
+    "LicensePending",
+    "NoAccess",
+    "PortalClientError",
+    "QuotaExceeded",
+]
 __version__ = "0.1.0"
