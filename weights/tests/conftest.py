@@ -37,9 +37,8 @@ def download_token(researcher) -> str:
     return key
 
 
-# Rows the migrations create. A transactional test may start from tables that an earlier one
-# flushed; putting them back (idempotently) works whatever ran before, where
-# serialized_rollback clashes with the content types that a plain flush recreates.
+# Rows the migrations create, put back (idempotently) at the start of a transactional test:
+# serialized_rollback restores them too, this keeps the tests right if it is ever dropped.
 _DATA_MIGRATIONS = [
     "accounts.migrations.0003_license_and_reviewers",
     "weights.migrations.0002_catalog",

@@ -15,8 +15,9 @@ from django.test import override_settings
 
 from weights.models import DownloadEvent, DownloadLink, WeightFile
 
-# Live-server tests commit for real: the catalog rows are put back before each one.
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+# Live-server tests commit for real. serialized_rollback, as every transactional test of the
+# suite uses: a plain flush would recreate content types and break the next serialized test.
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
 
 @pytest.fixture(autouse=True)
