@@ -273,3 +273,31 @@ def test_download_sh_explains_a_refusal(live_server, published_13b, token_13b, t
     assert DownloadEvent.objects.count() == 0
     assert no_token.returncode == 2
     assert "set PORTAL_TOKEN" in no_token.stderr
+
+
+def test_download_sh_verifies_with_shasum_where_there_is_no_sha256sum(
+    live_server, published_13b, token_13b, tmp_path
+):
+    # macOS has `shasum -a 256` and no sha256sum: a PATH with every tool but sha256sum.
+    import shutil
+
+    tools = tmp_path / "macos-like-bin"
+    tools.mkdir()
+    for name in ("sh", "curl", "shasum", "perl", "mktemp", "cut", "awk", "sed", "head", "wc",
+                 "tr", "mkdir", "mv", "rm", "cp", "cat", "dirname", "sleep", "printf"):  # fmt: skip
+        found = shutil.which(name)
+        if found:
+            (tools / name).symlink_to(found)
+    assert shutil.which("sha256sum", path=str(tools)) is None
+    script = tmp_path / "download.sh"
+    script.write_text(_script(live_server, token_13b))
+    target = tmp_path / "llama-13b"
+
+    run = subprocess.run(
+        [str(tools / "sh"), str(script), str(target)],
+        env={"PATH": str(tools), "PORTAL_TOKEN": token_13b, "HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert run.returncode == 0, run.stderr
+    _assert_checkpoint(target, published_13b)
