@@ -25,6 +25,7 @@ from portal.errors import ServiceUnavailable
 
 S3Error = (BotoCoreError, ClientError)
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every part but the last
+MAX_PARTS = 10_000
 
 
 @functools.lru_cache(maxsize=1)
@@ -126,6 +127,9 @@ def upload_file(
     part_size = part_size or settings.WEIGHTS_UPLOAD_PART_SIZE
     if part_size < MIN_PART_SIZE:
         raise ValueError(f"S3 parts must be at least {MIN_PART_SIZE} bytes")
+    # S3 takes at most 10,000 parts: a file too big for the part size gets bigger parts.
+    needed = -(-os.stat(path).st_size // MAX_PARTS)
+    part_size = max(part_size, -(-needed // MIN_PART_SIZE) * MIN_PART_SIZE)
     s3 = client()
     sha256, md5 = hashlib.sha256(), hashlib.md5()  # noqa: S324 - checklist.chk compatibility
     buffer = bytearray(part_size)

@@ -200,3 +200,15 @@ def test_two_processes_filling_the_same_cache_take_turns(s3, tmp_path):
 
     assert errors == []
     assert dest.read_bytes() == data
+
+
+def test_a_file_too_big_for_ten_thousand_parts_gets_bigger_parts(s3, tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "MAX_PARTS", 2)  # stands in for 10,000 parts of a huge file
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(11 * MiB))
+    parts: list[int] = []
+
+    stored = storage.upload_file(path, key=_key(), part_size=5 * MiB, on_progress=parts.append)
+
+    assert parts == [10 * MiB, MiB]
+    assert stored.size == 11 * MiB
