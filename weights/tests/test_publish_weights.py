@@ -239,3 +239,20 @@ def test_ctrl_c_on_the_command_aborts_the_file_in_flight_and_a_rerun_resumes(
 
     assert "consolidated.00.pth" in result.skipped
     assert WeightFile.objects.filter(variant=variant).count() == 4
+
+
+def test_it_says_so_when_s3_cannot_be_reached(tmp_path, v13b):
+    from django.test import override_settings
+
+    from devtools.services import free_port
+
+    ckpt = write_checkpoint(tmp_path / "13B", v13b)
+    with override_settings(S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}"):
+        storage.reset_client()
+        try:
+            with pytest.raises(CommandError, match="The file store is unreachable"):
+                call_command("publish_weights", str(ckpt), "--size", "13B", "--no-progress")
+        finally:
+            storage.reset_client()
+
+    assert not WeightFile.objects.filter(variant=v13b).exists()
