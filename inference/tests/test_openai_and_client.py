@@ -13,7 +13,8 @@ from inference.models import GenerationJob, JobState
 pytestmark = [
     pytest.mark.worker,
     pytest.mark.slow,
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("seeded"),
 ]
 
 

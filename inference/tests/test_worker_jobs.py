@@ -19,7 +19,8 @@ from inference.tests.conftest import wait_for_job
 pytestmark = [
     pytest.mark.worker,
     pytest.mark.slow,
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("seeded"),
 ]
 
 
