@@ -186,7 +186,12 @@ class Api:
                 last = entry_id or last
                 if event == "end":
                     return GenerationJob.objects.filter(pk=job_id).values(
-                        "state", "completion_tokens", "started_at", "finished_at", "worker"
+                        "state",
+                        "completion_tokens",
+                        "created_at",
+                        "started_at",
+                        "finished_at",
+                        "worker",
                     )[0]
 
     def run(self, **body) -> tuple[dict, float]:
@@ -389,6 +394,13 @@ def main() -> int:
             + ", ".join(f"{r:.2f}x" for r in ratios)
         )
         print(f"   most jobs running at once: {min(overlaps)}-{max(overlaps)} of 8")
+        arrival = max(j["created_at"] for j in together) - min(j["created_at"] for j in together)
+        span = max(j["finished_at"] for j in together) - min(j["started_at"] for j in together)
+        print(
+            f"   last round: submissions spread over {arrival.total_seconds() * 1000:.0f} ms; "
+            f"the worker ran the 8 within {span.total_seconds() * 1000:.0f} ms "
+            f"(wall {together_wall * 1000:.0f} ms)"
+        )
         return 0
     finally:
         if portal is not None:
