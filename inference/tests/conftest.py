@@ -28,10 +28,9 @@ def demo_checkpoint(tmp_path_factory) -> Path:
     return directory
 
 
-# Rows the migrations seed (catalog, license, the variants' license). A transactional test
-# flushes every table at its end, so each transactional test here seeds them again first
-# (serialized_rollback would too, but clashes with content types re-created by the flush of
-# another app's transactional test that ran before).
+# Rows the migrations seed (catalog, license, the variants' license). The transactional
+# tests here use serialized_rollback like the rest of the suite, which restores them; this
+# puts them back idempotently all the same, in case a plain flush ran before.
 SEED_MIGRATIONS = [
     "weights.migrations.0002_catalog",
     "accounts.migrations.0003_license_and_reviewers",

@@ -62,7 +62,7 @@ def test_someone_without_access_is_told_where_to_apply(client, outsider):
 @pytest.mark.browser
 @pytest.mark.worker
 @pytest.mark.slow
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 @pytest.mark.usefixtures("seeded")
 @pytest.mark.skipif(not shutil.which("chromium"), reason="needs /usr/bin/chromium")
 def test_a_researcher_watches_the_output_stream_in(
@@ -113,7 +113,7 @@ def test_a_researcher_watches_the_output_stream_in(
 
 
 @pytest.mark.browser
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 @pytest.mark.usefixtures("seeded")
 @pytest.mark.skipif(not shutil.which("chromium"), reason="needs /usr/bin/chromium")
 def test_the_interactive_api_page_renders_under_the_csp(live_server, researcher, monkeypatch):
