@@ -410,11 +410,13 @@ class BatchDecoder:
             logits = torch.cat(parts) if len(parts) > 1 else parts[0]
             if self.par.is_leader:
                 tokens, logprobs = self._sample(seqs, logits)
-        except Exception as exc:
+        except RuntimeError as exc:
             if self.par.enabled:
                 raise  # the other ranks are inside the same collectives: nothing to save
-            # Out of memory for a long prompt, say: the requests of this pass fail, the
-            # decoder stays usable for the next ones.
+            # Out of memory for a long prompt, say (torch's errors are RuntimeErrors): the
+            # requests of this pass fail, the decoder stays usable for the next ones. Any
+            # other exception is the caller's (a time limit raised from a signal handler,
+            # an interrupt) and goes up to it untouched.
             log.exception("decode step failed for %d requests", len(seqs))
             for seq in seqs:
                 seq.error = f"{type(exc).__name__}: {exc}"

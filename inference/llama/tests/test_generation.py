@@ -306,6 +306,21 @@ def test_a_decode_loop_thread_serves_requests_from_other_threads(llama, alone):
     assert [results[i].tokens for i in ids] == [c.tokens for c in alone]
 
 
+def test_an_interruption_during_a_step_reaches_the_caller(llama, monkeypatch):
+    class TimeLimit(Exception):  # what Celery's soft time limit raises from a signal handler
+        pass
+
+    def interrupted(*args, **kwargs):
+        raise TimeLimit
+
+    decoder = llama.decoder(max_batch_size=2)
+    monkeypatch.setattr(llama.model, "prefill", interrupted)
+    decoder.add(PROMPTS[0], GREEDY, request_id="slow")
+
+    with pytest.raises(TimeLimit):
+        decoder.step()
+
+
 def test_a_failing_forward_fails_its_requests_and_the_decoder_goes_on(llama, alone, monkeypatch):
     decoder = llama.decoder(max_batch_size=2)
     real_prefill = llama.model.prefill
