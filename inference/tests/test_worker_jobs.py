@@ -19,11 +19,7 @@ from inference.tests.conftest import wait_for_job
 pytestmark = [
     pytest.mark.worker,
     pytest.mark.slow,
-    # serialized_rollback, as every transactional test of the suite: a plain flush would
-    # re-create content types under the next serialized test. `seeded` puts the migrations'
-    # rows back all the same (idempotent), should a plain flush have run before.
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.usefixtures("seeded"),
+    pytest.mark.django_db(transaction=True),
 ]
 
 
@@ -207,8 +203,9 @@ def test_a_job_that_keeps_killing_its_worker_fails_with_a_message(
 def test_a_revoked_users_queued_job_is_cancelled_and_never_run(
     jobs_worker, published_demo, researcher
 ):
-    # The worker is busy with a long job, so the next one waits in the queue.
-    blocker = _submit(researcher, published_demo, max_new_tokens=150)
+    # The worker is busy with a long job that fills its whole batch (8 sequences), so the
+    # next one waits in the queue instead of joining the batch.
+    blocker = _submit(researcher, published_demo, max_new_tokens=150, n=8)
     wait_for_job(blocker, states=("running",))
     from accounts.tests.factories import UserFactory, grant_access
 
@@ -232,7 +229,7 @@ def test_a_revoked_users_queued_job_is_cancelled_and_never_run(
 def test_the_worker_checks_access_again_at_start(jobs_worker, published_demo, researcher):
     from accounts.models import Grant
 
-    blocker = _submit(researcher, published_demo, max_new_tokens=100)
+    blocker = _submit(researcher, published_demo, max_new_tokens=100, n=8)  # a full batch
     wait_for_job(blocker, states=("running",))
     from accounts.tests.factories import UserFactory, grant_access
 
