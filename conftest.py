@@ -9,21 +9,81 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.test.utils import override_settings
 
 from devtools.services import SeaweedConfig, start_seaweed, stop_process
+from portal.tests.workers import WorkerProcess, start_worker_process
 
 ROOT = Path(__file__).resolve().parent
 
 pytest_plugins = ["accounts.tests.cast"]
+
+PROJECT_APPS = ("portal", "accounts", "weights", "inference", "review")
+
+
+def restore_data_migration_rows() -> None:
+    """Re-run the project's data migrations (each is idempotent), in migration order.
+
+    A transactional test (live server, worker process) ends by flushing every table, which
+    also removes the rows the data migrations made: the catalog, the license, the reviewers
+    group, reason templates. Putting them back before each transactional test works whatever
+    ran before; Django's serialized_rollback does not (it re-inserts content types that the
+    flush's post_migrate already recreated).
+    """
+    from django.apps import apps
+    from django.db import connection
+    from django.db.migrations.loader import MigrationLoader
+    from django.db.migrations.operations.special import RunPython
+
+    graph = MigrationLoader(connection, ignore_no_migrations=True).graph
+    done: set[tuple[str, str]] = set()
+    for leaf in sorted(graph.leaf_nodes()):
+        for key in graph.forwards_plan(leaf):
+            if key in done or key[0] not in PROJECT_APPS:
+                continue
+            done.add(key)
+            for operation in graph.nodes[key].operations:
+                if isinstance(operation, RunPython):
+                    operation.code(apps, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _end_stray_db_sessions(django_db_setup, django_db_blocker) -> Iterator[None]:
+    """Before the test database is dropped, end the sessions still connected to it.
+
+    ORM calls made while Playwright's sync API runs (it switches greenlets, and asgiref
+    gives each its own connection) leave a connection that nothing in the test can reach
+    to close; dropping the database would then fail.
+    """
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+
+@pytest.fixture(autouse=True)
+def _data_migration_rows(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("django_db")
+    transactional = (
+        "transactional_db" in request.fixturenames
+        or "live_server" in request.fixturenames
+        or bool(marker and marker.kwargs.get("transaction"))
+    )
+    if transactional:
+        request.getfixturevalue("transactional_db")
+        restore_data_migration_rows()
 
 
 class S3Server:
@@ -81,86 +141,46 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         stop_process(proc, grace=1)
 
 
-class WorkerProcess:
-    def __init__(self, proc: subprocess.Popen, log_path: Path, name: str):
-        self.proc = proc
-        self.log_path = log_path
-        self.name = name
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch):
+    """Headless Chromium (the system's: Playwright's own download does not work offline)."""
+    import shutil
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    from django.db import connections
+    from playwright.sync_api import sync_playwright
 
-    def stop(self) -> None:
-        stop_process(self.proc, grace=5)
+    from portal.tests.browser import CHROMIUM_ARGS
 
-
-def _worker_env(s3_server: S3Server | None, extra: dict[str, str] | None) -> dict[str, str]:
-    from django.db import connection
-
-    db = connection.settings_dict
-    env = dict(os.environ)
-    env.update(
-        {
-            "DATABASE_URL": (
-                f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/"
-                f"{db['NAME']}"
-            ),
-            "REDIS_URL": settings.REDIS_URL,
-            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-            "PYTHONUNBUFFERED": "1",
-        }
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
+    # still plain synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    executable = (
+        os.environ.get("PORTAL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     )
-    if s3_server is not None:
-        env.update(s3_server.env())
-    env.update(extra or {})
-    return env
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=executable or "/usr/bin/chromium", args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+    # ORM calls made while Playwright's loop ran got their own connection (asgiref
+    # context): close it, or the test database cannot be dropped.
+    connections.close_all()
 
 
 @pytest.fixture
-def celery_worker(request: pytest.FixtureRequest, tmp_path: Path):
+def celery_worker(tmp_path: Path):
     """Start real Celery worker processes: `celery_worker(queues=["default"])`.
 
     The test must use the `transactional_db` fixture so the worker sees committed rows.
     Workers are killed at the end of the test.
     """
-    from portal.celery import app
-
     started: list[WorkerProcess] = []
 
-    def start(
-        *,
-        queues: list[str] | None = None,
-        concurrency: int = 1,
-        env: dict[str, str] | None = None,
-        s3_server: S3Server | None = None,
-        timeout: float = 60,
-    ) -> WorkerProcess:
-        name = f"test-{uuid.uuid4().hex[:8]}@localhost"
-        log_path = tmp_path / f"{name}.log"
-        command = [
-            sys.executable, "-m", "celery", "-A", "portal", "worker",
-            "-Q", ",".join(queues or ["default"]),
-            "-n", name, "-c", str(concurrency), "-P", "prefork",
-            "--without-gossip", "--without-mingle", "-l", "INFO",
-        ]  # fmt: skip
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=_worker_env(s3_server, env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        worker = WorkerProcess(proc, log_path, name)
+    def start(**kwargs) -> WorkerProcess:
+        worker = start_worker_process(log_dir=tmp_path, **kwargs)
         started.append(worker)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{worker.log()[-3000:]}")
-            if app.control.ping(destination=[name], timeout=0.5):
-                return worker
-        raise TimeoutError(f"worker did not answer within {timeout}s:\n{worker.log()[-3000:]}")
+        return worker
 
     yield start
     for worker in started:

@@ -20,20 +20,7 @@ from accounts.tests.factories import (
     UserFactory,
     application_fill,
     grant_access,
-    seed_data_ensure,
 )
-
-
-@pytest.fixture
-def seed_data(transactional_db):
-    """The data migrations' rows, re-created if a flush removed them."""
-    seed_data_ensure()
-
-
-@pytest.fixture(autouse=True)
-def _seed_data_for_live_server(request):
-    if "live_server" in request.fixturenames:
-        request.getfixturevalue("seed_data")
 
 
 @pytest.fixture

@@ -126,18 +126,3 @@ def grant_access(user: User, *slugs: str, accept_license: bool = True) -> list[G
             "variant"
         )
     )
-
-
-def seed_data_ensure() -> None:
-    """Re-create what the data migrations put in the database: the catalog, the license and
-    the reviewers group. A transactional test flushes the database when it ends, so a later
-    transactional test (a browser test) would otherwise find none of it."""
-    import importlib
-
-    from django.apps import apps
-
-    for module in (
-        "weights.migrations.0002_catalog",
-        "accounts.migrations.0003_license_and_reviewers",
-    ):
-        importlib.import_module(module).forwards(apps, None)

@@ -4,58 +4,26 @@ an application with a mistake corrected, the license, and the status page."""
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 from django.core import mail
-from django.db import connections
 
 from accounts import services
 from accounts.models import Application, ApplicationState, LicenseAcceptance
 from accounts.tests.factories import USE_CASE, ReviewerFactory
+from portal.tests.browser import open_page
 from weights.models import ModelVariant
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not shutil.which("chromium"), reason="needs /usr/bin/chromium"),
 ]
 
 
 @pytest.fixture
-def page(monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls
-    # are still plain synchronous code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        context = browser.new_context()
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        errors: list[str] = []
-        # 400s of forms with errors are expected; a blocked script or style is not.
-        page.on(
-            "console",
-            lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
-        )
-        yield page
-        browser.close()
-        # ORM calls made while Playwright's loop runs get their own connection (asgiref
-        # context): close it, or the test database cannot be dropped.
-        connections.close_all()
-        assert not errors, f"CSP violations: {errors}"
+def page(browser):
+    page, errors = open_page(browser)
+    yield page
+    assert not errors, f"CSP violations: {errors}"
 
 
 def test_a_researcher_signs_up_applies_accepts_the_license_and_sees_their_status(live_server, page):

@@ -13,11 +13,7 @@ from inference.models import GenerationJob, JobState
 pytestmark = [
     pytest.mark.worker,
     pytest.mark.slow,
-    # serialized_rollback, as every transactional test of the suite: a plain flush would
-    # re-create content types under the next serialized test. `seeded` puts the migrations'
-    # rows back all the same (idempotent), should a plain flush have run before.
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.usefixtures("seeded"),
+    pytest.mark.django_db(transaction=True),
 ]
 
 

@@ -3,26 +3,13 @@ whose output streams in token by token, then lands in the history with its timin
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
-from django.db import connections
 
 from accounts.tests.factories import CAST_PASSWORD
 from inference.models import GenerationJob
 from inference.services import job_submit
+from portal.tests.browser import open_page, sign_in
 from weights.models import ModelVariant
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def test_the_playground_needs_a_signed_in_user(client, db):
@@ -62,47 +49,29 @@ def test_someone_without_access_is_told_where_to_apply(client, outsider):
 @pytest.mark.browser
 @pytest.mark.worker
 @pytest.mark.slow
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
-@pytest.mark.usefixtures("seeded")
-@pytest.mark.skipif(not shutil.which("chromium"), reason="needs /usr/bin/chromium")
+@pytest.mark.django_db(transaction=True)
 def test_a_researcher_watches_the_output_stream_in(
-    live_server, jobs_worker, published_demo, researcher, monkeypatch, tmp_path
+    live_server, jobs_worker, published_demo, researcher, browser, tmp_path
 ):
-    from playwright.sync_api import sync_playwright
+    page, csp_errors = open_page(browser, timeout_ms=20_000)
+    sign_in(page, live_server.url, researcher.email, CAST_PASSWORD)
+    page.goto(f"{live_server.url}/playground/")
+    page.fill("#pg-prompt", "The model")
+    page.fill("input[name=max_new_tokens]", "60")
+    page.fill("input[name=seed]", "5")
 
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    csp_errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_context().new_page()
-        page.set_default_timeout(20_000)
-        page.on(
-            "console",
-            lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None,
-        )
-        page.goto(f"{live_server.url}/accounts/login/")
-        page.fill("input[name=login]", researcher.email)
-        page.fill("input[name=password]", CAST_PASSWORD)
-        page.click("button[type=submit]")
-        page.goto(f"{live_server.url}/playground/")
-        page.fill("#pg-prompt", "The model")
-        page.fill("input[name=max_new_tokens]", "60")
-        page.fill("input[name=seed]", "5")
-
-        page.click("#pg-run")
-        # The worker slows every step to 30 ms: text appears before the job ends.
-        # (polled from here: wait_for_function evaluates a string, which the CSP forbids)
+    page.click("#pg-run")
+    # The worker slows every step to 30 ms: text appears before the job ends.
+    # (polled from here: wait_for_function evaluates a string, which the CSP forbids)
+    partial = page.text_content("#pg-output")
+    while partial == "The model":
+        page.wait_for_timeout(20)
         partial = page.text_content("#pg-output")
-        while partial == "The model":
-            page.wait_for_timeout(20)
-            partial = page.text_content("#pg-output")
-        assert page.text_content("#pg-status") != "Done: succeeded"
-        page.wait_for_selector("#pg-status:has-text('Done: succeeded')")
-        final = page.text_content("#pg-output")
-        row = page.text_content("#pg-history tbody tr:first-child")
-        page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
-        browser.close()
-    connections.close_all()
+    assert page.text_content("#pg-status") != "Done: succeeded"
+    page.wait_for_selector("#pg-status:has-text('Done: succeeded')")
+    final = page.text_content("#pg-output")
+    row = page.text_content("#pg-history tbody tr:first-child")
+    page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
 
     job = GenerationJob.objects.get()
     assert job.source == "playground" and job.params["seed"] == 5
@@ -113,32 +82,14 @@ def test_a_researcher_watches_the_output_stream_in(
 
 
 @pytest.mark.browser
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
-@pytest.mark.usefixtures("seeded")
-@pytest.mark.skipif(not shutil.which("chromium"), reason="needs /usr/bin/chromium")
-def test_the_interactive_api_page_renders_under_the_csp(live_server, researcher, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    csp_errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_context().new_page()
-        page.set_default_timeout(20_000)
-        page.on(
-            "console",
-            lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None,
-        )
-        requests_seen: list[str] = []
-        page.on("request", lambda r: requests_seen.append(r.url))
-        page.goto(f"{live_server.url}/accounts/login/")
-        page.fill("input[name=login]", researcher.email)
-        page.fill("input[name=password]", CAST_PASSWORD)
-        page.click("button[type=submit]")
-        page.goto(f"{live_server.url}/api/v1/docs/")
-        page.get_by_text("/api/v1/jobs/{job_id}/cancel").first.wait_for()
-        browser.close()
-    connections.close_all()
+@pytest.mark.django_db(transaction=True)
+def test_the_interactive_api_page_renders_under_the_csp(live_server, researcher, browser):
+    page, csp_errors = open_page(browser, timeout_ms=20_000)
+    requests_seen: list[str] = []
+    page.on("request", lambda r: requests_seen.append(r.url))
+    sign_in(page, live_server.url, researcher.email, CAST_PASSWORD)
+    page.goto(f"{live_server.url}/api/v1/docs/")
+    page.get_by_text("/api/v1/jobs/{job_id}/cancel").first.wait_for()
 
     assert all(url.startswith(live_server.url) for url in requests_seen)  # no CDN
     assert csp_errors == [], csp_errors

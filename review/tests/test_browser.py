@@ -3,76 +3,29 @@ size and reject another with a template reason; the applicant then sees both dec
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
-from django.db import connections
 
 from accounts.tests.factories import CAST_PASSWORD, UserFactory
+from portal.tests.browser import open_page, sign_in
 from review.models import ReasonTemplate
 from review.tests.helpers import submit
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 pytestmark = [
     pytest.mark.browser,
-    # live_server commits for real; serialized_rollback brings back the rows migrations
-    # seed (catalog, license, reason templates) and keeps the flush from recreating content
-    # types under the next serialized test, as the other apps' live tests do.
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.skipif(not shutil.which("chromium"), reason="needs /usr/bin/chromium"),
+    # live_server commits for real; the root conftest puts the migrations' rows back.
+    pytest.mark.django_db(transaction=True),
 ]
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
-        connections.close_all()
-
-
-def open_page(browser, csp_errors: list[str]):
-    page = browser.new_context().new_page()
-    page.set_default_timeout(15_000)
-    page.on(
-        "console",
-        lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None,
-    )
-    return page
-
-
-def sign_in(page, base: str, email: str) -> None:
-    page.goto(f"{base}/accounts/login/")
-    page.fill("input[name=login]", email)
-    page.fill("input[name=password]", CAST_PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_load_state()
 
 
 def test_a_reviewer_decides_two_sizes_and_the_applicant_sees_both(live_server, browser, reviewer):
     base = live_server.url
-    csp_errors: list[str] = []
     applicant = UserFactory(email="grace@cs.ox.ac.uk", first_name="Grace", last_name="Hopper")
     application = submit(applicant, "7b", "13b", full_name="Grace Hopper")
     submit(None, "7b", organization_type="government", full_name="Someone Else")
     template = ReasonTemplate.objects.get(kind="reject", title="Size not justified")
 
-    page = open_page(browser, csp_errors)
-    sign_in(page, base, reviewer.email)
+    page, csp_errors = open_page(browser)
+    sign_in(page, base, reviewer.email, CAST_PASSWORD)
     page.goto(f"{base}/review/")
     assert page.locator("table.queue tbody tr").count() == 2
 
@@ -107,12 +60,12 @@ def test_a_reviewer_decides_two_sizes_and_the_applicant_sees_both(live_server, b
     assert "LLaMA 13B rejected" in page.content()
 
     # The applicant's status page shows both decisions and the reason.
-    own = open_page(browser, csp_errors)
-    sign_in(own, base, applicant.email)
+    own, own_csp_errors = open_page(browser)
+    sign_in(own, base, applicant.email, CAST_PASSWORD)
     own.goto(f"{base}/access/")
     decisions = own.locator("table.decisions")
     text = decisions.inner_text()
     assert "LLaMA 7B" in text and "Approved" in text
     assert "LLaMA 13B" in text and "Rejected" in text
     assert template.text in text
-    assert not csp_errors, csp_errors
+    assert not csp_errors + own_csp_errors, csp_errors + own_csp_errors

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import importlib
-
 import pytest
 
 from weights.models import ModelVariant
@@ -35,24 +33,3 @@ def download_token(researcher) -> str:
 
     _, key = token_create(user=researcher, name="laptop", scopes=["download"])
     return key
-
-
-# Rows the migrations create, put back (idempotently) at the start of a transactional test:
-# serialized_rollback restores them too, this keeps the tests right if it is ever dropped.
-_DATA_MIGRATIONS = [
-    "accounts.migrations.0003_license_and_reviewers",
-    "weights.migrations.0002_catalog",
-    "weights.migrations.0004_variant_license",
-]
-
-
-def restore_migrated_rows() -> None:
-    from django.apps import apps
-
-    for name in _DATA_MIGRATIONS:
-        importlib.import_module(name).forwards(apps, None)
-
-
-@pytest.fixture
-def migrated_rows(transactional_db) -> None:
-    restore_migrated_rows()

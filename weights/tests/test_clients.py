@@ -15,14 +15,8 @@ from django.test import override_settings
 
 from weights.models import DownloadEvent, DownloadLink, WeightFile
 
-# Live-server tests commit for real. serialized_rollback, as every transactional test of the
-# suite uses: a plain flush would recreate content types and break the next serialized test.
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
-
-
-@pytest.fixture(autouse=True)
-def _catalog(migrated_rows):
-    pass
+# Live-server tests commit for real (the root conftest puts the migrations' rows back).
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from weights.models import WeightFile
@@ -9,10 +7,6 @@ from weights.models import WeightFile
 pytestmark = pytest.mark.django_db
 
 
-@pytest.mark.skipif(
-    not (Path(__file__).resolve().parents[2] / "inference/llama/demo.py").exists(),
-    reason="the demo checkpoint builder is not there",
-)
 def test_publish_demo_builds_and_publishes_once_then_changes_nothing(s3, tmp_path):
     from weights.demo import publish_demo
 

@@ -192,10 +192,8 @@ def test_it_accepts_the_tokenizer_one_level_up_as_in_the_original_release(s3, tm
 
 
 @pytest.mark.slow
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_ctrl_c_on_the_command_aborts_the_file_in_flight_and_a_rerun_resumes(
-    s3, tmp_path, migrated_rows
-):
+@pytest.mark.django_db(transaction=True)
+def test_ctrl_c_on_the_command_aborts_the_file_in_flight_and_a_rerun_resumes(s3, tmp_path):
     import signal
     import subprocess
     import sys

@@ -78,6 +78,7 @@ def demo_tokenizer(demo_dir: Path) -> Tokenizer:
 
 @pytest.fixture(scope="session")
 def llama_tokenizer() -> Tokenizer:
-    if not LLAMA_TOKENIZER.is_file():
-        pytest.skip(f"original LLaMA tokenizer not found at {LLAMA_TOKENIZER}")
+    assert LLAMA_TOKENIZER.is_file(), (
+        f"the original LLaMA tokenizer must be at {LLAMA_TOKENIZER} (the shared test data)"
+    )
     return Tokenizer(LLAMA_TOKENIZER)
