@@ -82,4 +82,81 @@ def seed_demo_accounts() -> list[tuple[str, str]]:
     version = license_current_version(license)
     if version is not None:
         services.license_accept(user=researcher, version=version, typed_name="Rosa Researcher")
+    _seed_waiting_applications()
     return [(REVIEWER, DEMO_PASSWORD), (RESEARCHER, DEMO_PASSWORD), (ADMIN, DEMO_PASSWORD)]
+
+
+# Applicants waiting in the review queue, so the console has work to show: a clean case,
+# a webmail address, and one asking for the two-reviewer sizes.
+_WAITING = [
+    (
+        "grace.hopper@cs.example.edu",
+        "Grace",
+        "Hopper",
+        "Example Institute of Technology",
+        "academic",
+        "US",
+        "Associate professor",
+        "https://cs.example.edu/~hopper",
+        ["7b", "13b"],
+        "We study how the size of a language model changes its calibration on question "
+        "answering in low-resource languages. We will run the 7B and 13B models on public "
+        "benchmarks we translate ourselves, measure calibration error, and publish the "
+        "evaluation code and results. No model outputs will be used commercially.",
+    ),
+    (
+        "alan.t.researcher@gmail.com",
+        "Alan",
+        "Turing",
+        "Independent researcher",
+        "other",
+        "GB",
+        "Independent researcher",
+        "",
+        ["7b"],
+        "I want to reproduce published results on in-context learning with a 7B model and "
+        "extend them to arithmetic tasks of growing length, to see where the model's "
+        "accuracy breaks down. I will share notebooks with the community under an open "
+        "license and not use the model for any product or service.",
+    ),
+    (
+        "k.johnson@policy.example.gov",
+        "Katherine",
+        "Johnson",
+        "Example Office of AI Policy",
+        "government",
+        "US",
+        "Senior analyst",
+        "https://policy.example.gov/staff/johnson",
+        ["33b", "65b"],
+        "Our office assesses risks of large language models for public-sector use. We will "
+        "red-team the 33B and 65B models for misinformation and privacy leakage on "
+        "controlled prompts, write a public report, and keep all weights on an air-gapped "
+        "research cluster with access limited to our evaluation team.",
+    ),
+]
+
+
+def _seed_waiting_applications() -> None:
+    from weights.models import ModelVariant
+
+    for email, first, last, org, kind, country, position, page, sizes, use_case in _WAITING:
+        user = _user(email, first, last)
+        if user.applications.exists():
+            continue
+        application = services.application_start(user=user)
+        services.application_save_draft(
+            application=application,
+            user=user,
+            data={
+                "full_name": f"{first} {last}",
+                "affiliation": org,
+                "organization_type": kind,
+                "country": country,
+                "position": position,
+                "web_page": page,
+                "use_case": use_case,
+            },
+            variants=list(ModelVariant.objects.filter(slug__in=sizes)),
+        )
+        services.application_submit(application=application, user=user)

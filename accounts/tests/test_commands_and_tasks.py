@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts import tasks
 from accounts.demo import DEMO_PASSWORD, seed_demo_accounts
-from accounts.models import AuditEntry, Grant, User
+from accounts.models import Application, ApplicationState, AuditEntry, Grant, User
 from accounts.selectors import access_check, user_is_reviewer
 from weights.models import ModelVariant
 
@@ -61,6 +61,9 @@ def test_demo_accounts_are_seeded_once(client):
     assert Grant.objects.filter(user=researcher).count() == 1
     assert user_is_reviewer(User.objects.get(email="reviewer@example.org"))
     assert User.objects.get(email="admin@example.org").is_superuser
+    waiting = Application.objects.filter(state=ApplicationState.SUBMITTED)
+    assert waiting.count() == 3  # the reviewer's queue has work, once
+    assert {a.user.email for a in waiting} >= {"alan.t.researcher@gmail.com"}
     response = client.post(
         "/accounts/login/", {"login": "researcher@example.org", "password": DEMO_PASSWORD}
     )
