@@ -53,9 +53,10 @@ def restore_data_migration_rows() -> None:
                     operation.code(apps, None)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _end_stray_db_sessions(django_db_setup, django_db_blocker) -> Iterator[None]:
-    """Before the test database is dropped, end the sessions still connected to it.
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker) -> Iterator[None]:
+    """pytest-django's test database, and before it is dropped, an end to the sessions
+    still connected to it.
 
     ORM calls made while Playwright's sync API runs (it switches greenlets, and asgiref
     gives each its own connection) leave a connection that nothing in the test can reach
