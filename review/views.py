@@ -34,7 +34,7 @@ from review.forms import (
     end_of_day,
 )
 from review.models import ReasonKind
-from weights.models import ModelVariant
+from weights.selectors import variant_get
 
 
 def _detail_url(application_id: int) -> str:
@@ -277,13 +277,6 @@ def add_note(request: HttpRequest, application_id: int) -> HttpResponse:
     return redirect(_detail_url(application.pk) + "#notes")
 
 
-def _variant(slug: str) -> ModelVariant:
-    variant = ModelVariant.objects.filter(slug=slug).first()
-    if variant is None:
-        raise NotFound(f"There is no model size {slug!r}.")
-    return variant
-
-
 @require_POST
 @reviewer_required
 def approve(request: HttpRequest, application_id: int) -> HttpResponse:
@@ -292,7 +285,7 @@ def approve(request: HttpRequest, application_id: int) -> HttpResponse:
     if not form.is_valid():
         raise _invalid(form)
     data = form.cleaned_data
-    variant = _variant(data["size"])
+    variant = variant_get(size=data["size"])
     asked = _confirm(
         request,
         form,
@@ -333,7 +326,7 @@ def reject(request: HttpRequest, application_id: int) -> HttpResponse:
     if not form.is_valid():
         raise _invalid(form)
     data = form.cleaned_data
-    variant = _variant(data["size"])
+    variant = variant_get(size=data["size"])
     asked = _confirm(
         request,
         form,
