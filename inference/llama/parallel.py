@@ -108,6 +108,11 @@ def init(
 
 def shutdown() -> None:
     if dist.is_initialized():
+        # Every rank reaches this point before any tears its group down: a rank that
+        # destroyed the group while a peer's last messages were still in flight aborted
+        # now and then in gloo's I/O threads ("terminate called without an active
+        # exception", SIGABRT).
+        dist.barrier()
         dist.destroy_process_group()
 
 
