@@ -8,7 +8,6 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.core.exceptions import FieldDoesNotExist
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -60,17 +59,9 @@ def user_is_reviewer(user) -> bool:
 # --- Licenses --------------------------------------------------------------------------
 
 
-def _variant_has_license_field() -> bool:
-    try:
-        ModelVariant._meta.get_field("license")
-    except FieldDoesNotExist:
-        return False
-    return True
-
-
 def license_for_variant(variant: ModelVariant) -> License | None:
     """The license that governs a size: the catalog's, else the portal's default license."""
-    if _variant_has_license_field() and getattr(variant, "license_id", None):
+    if variant.license_id:
         return variant.license
     return License.objects.filter(slug=DEFAULT_LICENSE_SLUG).first()
 
@@ -99,7 +90,7 @@ def _current_versions_for(
     default = None
     license_of: dict[int, int] = {}
     for variant in variants:
-        license_id = getattr(variant, "license_id", None) if _variant_has_license_field() else None
+        license_id = variant.license_id
         if license_id is None:
             if default is None:
                 default = License.objects.filter(slug=DEFAULT_LICENSE_SLUG).first() or False
@@ -145,14 +136,10 @@ def license_versions_pending(*, user) -> list[LicenseVersion]:
 
 
 def variants_governed_by(license: License) -> QuerySet[ModelVariant]:
-    if _variant_has_license_field():
-        condition = Q(license=license)
-        if license.slug == DEFAULT_LICENSE_SLUG:
-            condition |= Q(license__isnull=True)
-        return ModelVariant.objects.filter(condition)
+    condition = Q(license=license)
     if license.slug == DEFAULT_LICENSE_SLUG:
-        return ModelVariant.objects.all()
-    return ModelVariant.objects.none()
+        condition |= Q(license__isnull=True)
+    return ModelVariant.objects.filter(condition)
 
 
 # --- The access decision -------------------------------------------------------------
