@@ -100,7 +100,8 @@ class _ReasonMixin:
     reason_field = "reason"
     reason_kind = ReasonKind.REJECT
 
-    def _setup_template(self):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.fields["template"].queryset = ReasonTemplate.objects.filter(
             kind=self.reason_kind, is_active=True
         )
@@ -150,10 +151,6 @@ class RejectForm(_ReasonMixin, forms.Form):
         label="Internal note (optional)", required=False, widget=forms.Textarea(attrs={"rows": 3})
     )
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._setup_template()
-
 
 class ReturnForm(_ReasonMixin, forms.Form):
     reason_field = "message"
@@ -170,10 +167,6 @@ class ReturnForm(_ReasonMixin, forms.Form):
         label="Internal note (optional)", required=False, widget=forms.Textarea(attrs={"rows": 3})
     )
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._setup_template()
-
 
 class RevokeForm(_ReasonMixin, forms.Form):
     reason_kind = ReasonKind.REVOKE
@@ -185,10 +178,6 @@ class RevokeForm(_ReasonMixin, forms.Form):
         required=False,
         widget=forms.Textarea(attrs={"rows": 4}),
     )
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._setup_template()
 
 
 class NoteForm(forms.Form):
@@ -226,7 +215,6 @@ class BulkForm(_ReasonMixin, forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._setup_template()
         # Any id parses; the view loads only those in the queue.
         raw = self.data.getlist("ids") if hasattr(self.data, "getlist") else []
         self.fields["ids"].choices = [(value, value) for value in raw]
