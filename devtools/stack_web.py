@@ -52,12 +52,12 @@ def main() -> None:
     from django.conf import settings
     from django.core.management import call_command
 
-    from portal.health import _redis_client
+    from portal.health import redis_client
     from weights import storage
 
     call_command("migrate", interactive=False, verbosity=0)
     call_command("createcachetable", verbosity=0)
-    _wait("Redis", lambda: _redis_client().ping())
+    _wait("Redis", lambda: redis_client().ping())
     _wait("S3", storage.ensure_bucket)
     call_command("seed_demo", only=["accounts"])
     print(f"\n  The portal is up: http://127.0.0.1:{port}/   (health: /healthz)\n", flush=True)

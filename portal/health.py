@@ -23,7 +23,7 @@ def _check_database() -> str | None:
     return None
 
 
-def _redis_client():
+def redis_client():
     import redis
 
     return redis.Redis.from_url(
@@ -32,7 +32,7 @@ def _redis_client():
 
 
 def _check_redis() -> str | None:
-    _redis_client().ping()
+    redis_client().ping()
     return None
 
 
@@ -47,7 +47,7 @@ def _check_worker() -> str | None:
     from portal.celery import app
 
     # The broker must answer first: Celery's ping would otherwise retry the connection.
-    _redis_client().ping()
+    redis_client().ping()
     replies = app.control.ping(timeout=settings.HEALTHZ_WORKER_TIMEOUT) or []
     if not replies:
         raise RuntimeError("no Celery worker answered a ping")
