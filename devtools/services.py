@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,17 +34,30 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def _ephemeral_port_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; macOS starts at 49152, above it
+
+
 def free_port(*, with_grpc_twin: bool = False) -> int:
-    """A free TCP port; with_grpc_twin also needs port+10000 free (SeaweedFS opens both)."""
-    for _ in range(200):
+    """A free TCP port; with_grpc_twin also needs port+10000 free (SeaweedFS opens both).
+
+    Twin pairs are picked below the ephemeral range: a port the kernel handed out as free
+    (bind to 0) is in that range, and any outgoing connection, weed's own among them,
+    could take its twin before weed binds it ("address already in use", seen in the suite).
+    """
+    if not with_grpc_twin:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if not with_grpc_twin:
+            return sock.getsockname()[1]
+    top = _ephemeral_port_start() - 10000
+    for _ in range(500):
+        port = random.randrange(10000, top)  # noqa: S311 - a port number, not a secret
+        if port_is_free(port) and port_is_free(port + 10000):
             return port
-        if port + 10000 < 65536 and port_is_free(port + 10000):
-            return port
-    raise RuntimeError("could not find a free port")
+    raise RuntimeError("could not find a free port pair")
 
 
 def wait_for_port(port: int, *, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -71,10 +85,13 @@ class SeaweedConfig:
 
     @classmethod
     def on_free_ports(cls, data_dir: Path, **kwargs) -> SeaweedConfig:
-        ports: set[int] = set()
+        ports: list[int] = []
         while len(ports) < 4:
-            ports.add(free_port(with_grpc_twin=True))
-        s3, master, volume, filer = sorted(ports)
+            port = free_port(with_grpc_twin=True)
+            taken = {p + twin for p in ports for twin in (0, 10000)}
+            if port not in taken and port + 10000 not in taken:
+                ports.append(port)
+        s3, master, volume, filer = ports
         return cls(data_dir, s3, master, volume, filer, **kwargs)
 
     @property

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.services import free_port
+from devtools.services import SeaweedConfig, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,13 +26,14 @@ def _stack_env(var: Path) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("DJANGO_", "DATABASE_", "REDIS_", "CELERY_", "S3_", "PORTAL_"))
     }
+    s3 = SeaweedConfig.on_free_ports(var / "s3")
     ports = {
         "PORTAL_PORT": free_port(),
         "PORTAL_REDIS_PORT": free_port(),
-        "PORTAL_S3_PORT": free_port(with_grpc_twin=True),
-        "PORTAL_S3_MASTER_PORT": free_port(with_grpc_twin=True),
-        "PORTAL_S3_VOLUME_PORT": free_port(with_grpc_twin=True),
-        "PORTAL_S3_FILER_PORT": free_port(with_grpc_twin=True),
+        "PORTAL_S3_PORT": s3.s3_port,
+        "PORTAL_S3_MASTER_PORT": s3.master_port,
+        "PORTAL_S3_VOLUME_PORT": s3.volume_port,
+        "PORTAL_S3_FILER_PORT": s3.filer_port,
     }
     env.update({k: str(v) for k, v in ports.items()})
     env["PORTAL_VAR_DIR"] = str(var)
