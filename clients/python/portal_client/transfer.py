@@ -11,7 +11,6 @@ the file as it fills in, so the SHA-256 is known as soon as the last byte lands.
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import struct
 import threading
@@ -123,31 +122,35 @@ class _Retryable(Exception):
 class _Hasher:
     """SHA-256 of the file's contiguous prefix, fed in order by the thread that waits.
 
-    It reads the file through a shared memory map, so the bytes are hashed straight from the
-    page cache where the workers' writes put them: no copy and no allocation, and hashlib
-    lets go of the GIL while it works, so the hashing runs beside the network threads.
+    It reads the bytes back from the page cache into one reused buffer (no allocation per
+    read), and hashlib lets go of the GIL while it works, so the hashing runs beside the
+    network threads. A read-only memory map would save the copy, and was faster for 1 GiB
+    files, but from 2 GiB on, once the kernel starts writing dirty pages back during the
+    download, every mapped page costs the write-back work: 1.5x slower in all.
     """
 
-    STEP = 8 * MiB
+    STEP = MiB  # fits the CPU cache, where the bytes just written still are
 
-    def __init__(self, fd: int, size: int):
+    def __init__(self, fd: int):
+        self.fd = fd
         self.digest = hashlib.sha256()
         self.hashed = 0
-        self._map = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+        self._buffer = memoryview(bytearray(self.STEP))
 
     def catch_up(self, ready: int) -> None:
         """Hash what is on disk up to `ready`."""
-        if self._map is None:
-            return
-        with memoryview(self._map) as view:
-            while self.hashed < ready:
-                end = min(ready, self.hashed + self.STEP)
-                self.digest.update(view[self.hashed : end])
-                self.hashed = end
-
-    def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
+        while self.hashed < ready:
+            want = self._buffer[: min(self.STEP, ready - self.hashed)]
+            if hasattr(os, "preadv"):
+                count = os.preadv(self.fd, [want], self.hashed)
+                block = want[:count]
+            else:  # Windows
+                block = os.pread(self.fd, len(want), self.hashed)
+                count = len(block)
+            if not count:
+                raise OSError("the partial file is shorter than recorded")
+            self.digest.update(block)
+            self.hashed += count
 
 
 def _body_blocks(response: requests.Response, remaining: int, buffer: memoryview):
@@ -248,9 +251,13 @@ class _Download:
         self.pending = [i for i in range(self.state.chunks) if not self._complete(i)]
         self.workers = max(1, min(workers, len(self.pending) or 1))
         self.cond = threading.Condition()
+        # One pwrite at a time: the kernel serializes writes to a file anyway, and a waiter
+        # on its inode lock spins on a core (measured: 1.3x slower with 2 workers) where one
+        # on this lock sleeps.
+        self.write_lock = threading.Lock()
         self.stop = threading.Event()
         self.url = _SignedUrl(fresh_url)
-        self.hasher = _Hasher(self.fd, size)
+        self.hasher = _Hasher(self.fd)
         self.received = 0
         self.frontier_chunk = 0  # the first chunk not complete yet
         self.local = threading.local()
@@ -354,9 +361,10 @@ class _Download:
                     return True
                 if self.on_receive:
                     self.on_receive(len(block))
-                while block:  # a regular file may take less than asked
-                    written = os.pwrite(self.fd, block, offset)
-                    block, offset = block[written:], offset + written
+                with self.write_lock:
+                    while block:  # a regular file may take less than asked
+                        written = os.pwrite(self.fd, block, offset)
+                        block, offset = block[written:], offset + written
                 if offset - told >= MiB or offset >= end:
                     self._commit(index, offset)
                     told = offset
@@ -412,7 +420,6 @@ class _Download:
 
     def _close(self) -> None:
         self.bar.close()
-        self.hasher.close()
         os.close(self.fd)
         self.state.close()
         for session in self.sessions:
