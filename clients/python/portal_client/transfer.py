@@ -131,11 +131,16 @@ class _Hasher:
 
     STEP = MiB  # fits the CPU cache, where the bytes just written still are
 
+    # Hashed bytes leave the page cache in windows of this size, written back first: see
+    # _drop_behind.
+    DROP = 32 * MiB
+
     def __init__(self, fd: int):
         self.fd = fd
         self.digest = hashlib.sha256()
         self.hashed = 0
         self._buffer = memoryview(bytearray(self.STEP))
+        self._next_drop = self.DROP
 
     def catch_up(self, ready: int) -> None:
         """Hash what is on disk up to `ready`."""
@@ -151,6 +156,26 @@ class _Hasher:
                 raise OSError("the partial file is shorter than recorded")
             self.digest.update(block)
             self.hashed += count
+            self._drop_behind()
+
+    def _drop_behind(self) -> None:
+        """Ask the kernel to write back, then forget, what was hashed a while ago.
+
+        A download of many GB otherwise fills the page cache with dirty pages until the
+        kernel's background write-back starts, and from then on every write costs several
+        times more (writing 4 GiB took 3 to 5.7 s of CPU instead of 1.7 s here). The first
+        POSIX_FADV_DONTNEED on a window three windows behind starts its write-back; the
+        second, three windows later, drops its pages, clean by then, so the next writes
+        reuse them. The hashed bytes are not needed again; nothing unwritten is lost.
+        """
+        if not hasattr(os, "posix_fadvise"):  # macOS, Windows
+            return
+        while self.hashed >= self._next_drop:
+            for windows_back in (3, 6):
+                start = self._next_drop - windows_back * self.DROP
+                if start >= 0:
+                    os.posix_fadvise(self.fd, start, self.DROP, os.POSIX_FADV_DONTNEED)
+            self._next_drop += self.DROP
 
 
 def _body_blocks(response: requests.Response, remaining: int, buffer: memoryview):
