@@ -103,3 +103,35 @@ def test_bytes_that_do_not_match_the_checksum_are_removed(stored, tmp_path):
 
     assert not dest.exists()
     assert not list(tmp_path.glob("out.bin.part*"))
+
+
+def test_hashed_bytes_are_written_back_and_dropped_behind_the_hashing(
+    stored, tmp_path, monkeypatch
+):
+    url, data, sha256 = stored
+    dest = tmp_path / "out.bin"
+    window, keep = 128 * KiB, 512 * KiB
+    monkeypatch.setattr(transfer._Hasher, "DROP", window)
+    monkeypatch.setattr(transfer._Hasher, "KEEP_CACHED", keep)
+    calls = []
+    real_fadvise = os.posix_fadvise
+
+    def spy(fd, offset, length, advice):
+        calls.append((offset, length, advice))
+        return real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+
+    _download(url, data, sha256, dest, workers=2, chunk_size=256 * KiB)
+
+    assert dest.read_bytes() == data
+    # Each window ending `keep` or more behind the end is written back (first call), and the
+    # one three windows before it dropped (second call); nothing closer to the end is touched.
+    ends = range(window, len(data) - keep + 1, window)
+    expected = []
+    for end in ends:
+        expected.append((end - window, window, os.POSIX_FADV_DONTNEED))
+        if end - window >= 3 * window:
+            expected.append((end - 4 * window, window, os.POSIX_FADV_DONTNEED))
+    assert len(ends) == 20
+    assert calls == expected
