@@ -7,9 +7,8 @@
    read from wait4()'s rusage (target < 300 MB).
 2. Throughput: the Python client's transfer engine (parallel ranged GETs, SHA-256 while
    streaming) against one `curl` stream of the same presigned URL, alternated, same run
-   (target ratio >= 0.9). On a 2-core machine the ratio depends on the file size: once
-   the kernel's background write-back starts (see the README), the client pays for it and
-   curl does not. Compare --shard-gib 1.0 and 2.0.
+   (target ratio >= 0.9). Runs vary a lot on a small VM: compare the medians, and try
+   --shard-gib 1.0 and 2.0 too (the kernel's write-back starts mid-run from about 1.5).
 3. Resume: the client is SIGKILLed at about 40 % of the file and run again; bytes received
    by both runs minus the file size is what was downloaded twice (target < 1 %).
 
