@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 
 from django.conf import settings
@@ -36,13 +37,31 @@ def _authenticate(request: HttpRequest, scope: str = "download") -> None:
     require_scope(request, scope)
 
 
-def _refuse(request: HttpRequest, exc: PortalError, *, token_client: bool) -> HttpResponse:
-    # Scripts get JSON (they cannot read a page); people get the page, which says the same.
-    if token_client:
+def _refuse(request: HttpRequest, exc: PortalError) -> HttpResponse:
+    # Scripts (they send a token) get JSON, since they cannot read a page; people get the
+    # page, which says the same.
+    if "Authorization" in request.headers:
         return JsonResponse(exc.as_dict(), status=exc.status_code)
     if exc.code == "anonymous" and "application/json" not in request.headers.get("Accept", ""):
         return redirect_to_login(request.get_full_path())
     return render_error(request, exc)
+
+
+def _for_downloaders(view):
+    """A view that serves files: authenticated by session or download-scoped token, never
+    cached, and any refusal answered in the form its client reads."""
+
+    @never_cache
+    @require_GET
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        try:
+            _authenticate(request)
+            return view(request, *args, **kwargs)
+        except PortalError as exc:
+            return _refuse(request, exc)
+
+    return wrapper
 
 
 @require_GET
@@ -67,20 +86,15 @@ def variant_detail(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, "weights/variant_detail.html", context)
 
 
-@never_cache
-@require_GET
+@_for_downloaders
 def download(request: HttpRequest, link_id: str) -> HttpResponse:
     """`/dl/<id>`: check again, record, and redirect to a fresh short-lived S3 URL."""
-    try:
-        _authenticate(request)
-        redirect = download_link_use(
-            link_id=link_id,
-            user=request.user,
-            ip=_client_ip(request),
-            user_agent=request.headers.get("User-Agent", ""),
-        )
-    except PortalError as exc:
-        return _refuse(request, exc, token_client="Authorization" in request.headers)
+    redirect = download_link_use(
+        link_id=link_id,
+        user=request.user,
+        ip=_client_ip(request),
+        user_agent=request.headers.get("User-Agent", ""),
+    )
     response = HttpResponseRedirect(redirect.url)
     # The signed URL must not leak to another site through a Referer header.
     response["Referrer-Policy"] = "no-referrer"
@@ -101,27 +115,17 @@ def _attachment(body: str, *, filename: str, content_type: str) -> HttpResponse:
     return response
 
 
-@never_cache
-@require_GET
+@_for_downloaders
 def checklist(request: HttpRequest, slug: str) -> HttpResponse:
-    try:
-        _authenticate(request)
-        variant = _variant_for_download(request, slug)
-    except PortalError as exc:
-        return _refuse(request, exc, token_client="Authorization" in request.headers)
+    variant = _variant_for_download(request, slug)
     return _attachment(
         variant_checklist(variant), filename="checklist.chk", content_type="text/plain"
     )
 
 
-@never_cache
-@require_GET
+@_for_downloaders
 def manifest(request: HttpRequest, slug: str) -> HttpResponse:
-    try:
-        _authenticate(request)
-        variant = _variant_for_download(request, slug)
-    except PortalError as exc:
-        return _refuse(request, exc, token_client="Authorization" in request.headers)
+    variant = _variant_for_download(request, slug)
     return _attachment(
         json.dumps(variant_manifest(variant), indent=2) + "\n",
         filename="manifest.json",
@@ -129,16 +133,11 @@ def manifest(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
-@never_cache
-@require_GET
+@_for_downloaders
 def download_script(request: HttpRequest, slug: str) -> HttpResponse:
     """download.sh for this researcher and size, with their current links in it."""
-    try:
-        _authenticate(request)
-        variant = _variant_for_download(request, slug)
-        links = download_links_issue(user=request.user, variant=variant)
-    except PortalError as exc:
-        return _refuse(request, exc, token_client="Authorization" in request.headers)
+    variant = _variant_for_download(request, slug)
+    links = download_links_issue(user=request.user, variant=variant)
     base = request.build_absolute_uri("/").rstrip("/")
     body = render_to_string(
         "weights/download.sh",
