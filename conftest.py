@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,16 +123,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     )
     overrides.enable()
     storage.reset_client()
-    # The gateway can answer before the filer behind it takes writes: retry the first one.
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            storage.ensure_bucket()
-            break
-        except storage.S3Error:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    storage.ensure_bucket(wait=60)
     try:
         yield server
     finally:

@@ -189,15 +189,7 @@ def main() -> None:
         from weights import storage
         from weights.models import ModelVariant, WeightFile
 
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                storage.ensure_bucket()
-                break
-            except storage.S3Error:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        storage.ensure_bucket(wait=60)
 
         ckpt = work / "13B"
         ckpt.mkdir()

@@ -268,15 +268,7 @@ def main() -> int:
         from weights.models import ModelVariant
         from weights.services import variant_publish
 
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                storage.ensure_bucket()
-                break
-            except storage.S3Error:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        storage.ensure_bucket(wait=60)
         checkpoint = ns.checkpoint
         if checkpoint is None:
             from inference.llama.demo import build_demo_checkpoint

@@ -11,6 +11,7 @@ import fcntl
 import functools
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,21 @@ def ping() -> None:
     client().head_bucket(Bucket=bucket())
 
 
-def ensure_bucket() -> None:
+def ensure_bucket(*, wait: float = 0) -> None:
+    """Create the bucket if it is missing. With `wait`, keep trying for that many seconds
+    while S3 fails: a SeaweedFS just started answers before the filer behind it takes writes."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            _ensure_bucket_once()
+            return
+        except S3Error:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _ensure_bucket_once() -> None:
     try:
         client().head_bucket(Bucket=bucket())
     except ClientError as exc:
