@@ -150,7 +150,7 @@ class _Hasher:
             if hasattr(os, "preadv"):
                 count = os.preadv(self.fd, [want], self.hashed)
                 block = want[:count]
-            else:  # Windows
+            else:  # no preadv: macOS before 11
                 block = os.pread(self.fd, len(want), self.hashed)
                 count = len(block)
             if not count:
