@@ -109,7 +109,7 @@ class S3Server:
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A SeaweedFS S3 server with signature checking, and the portal's settings pointed at it."""
-    from weights import storage
+    from core import storage
 
     data_dir = tmp_path_factory.mktemp("seaweedfs")
     cfg = SeaweedConfig.on_free_ports(data_dir, access_key="test-key", secret_key=uuid.uuid4().hex)

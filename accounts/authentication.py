@@ -12,7 +12,7 @@ from rest_framework.authentication import BaseAuthentication
 
 from accounts.models import TOKEN_PREFIX, AccessToken, User
 from accounts.services import token_find, token_touch
-from portal.errors import PermissionDenied
+from core.errors import PermissionDenied
 
 
 def _bearer(request: HttpRequest) -> str | None:

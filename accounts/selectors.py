@@ -23,7 +23,7 @@ from accounts.models import (
     LicenseAcceptance,
     LicenseVersion,
 )
-from portal.errors import PermissionDenied
+from core.errors import PermissionDenied
 from weights.models import ModelVariant
 
 REVIEWER_GROUP = "reviewers"
@@ -262,7 +262,7 @@ def application_latest_for_user(*, user) -> Application | None:
 
 
 def application_get_for_user(*, user, application_id: int) -> Application:
-    from portal.errors import NotFound
+    from core.errors import NotFound
 
     application = Application.objects.filter(pk=application_id, user=user).first()
     if application is None:
@@ -418,7 +418,7 @@ def token_list_for_user(*, user):
 
 def token_get_for_user(*, user, token_id: int):
     from accounts.models import AccessToken
-    from portal.errors import NotFound
+    from core.errors import NotFound
 
     token = AccessToken.objects.filter(pk=token_id, user=user).first()
     if token is None:

@@ -51,7 +51,7 @@ from accounts.selectors import (
 )
 from accounts.signals import application_submitted, grant_revoked
 from accounts.validators import orcid_error, orcid_normalize
-from portal.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from weights.models import AccessPolicy, ModelVariant
 
 

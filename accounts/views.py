@@ -12,7 +12,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts import selectors, services
 from accounts.forms import ApplicationForm, LicenseAcceptForm, TokenCreateForm
 from accounts.models import DEFAULT_LICENSE_SLUG, ApplicationState, License, LicenseVersion
-from portal.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound
 
 
 def _ip(request: HttpRequest) -> str | None:

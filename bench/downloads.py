@@ -186,7 +186,7 @@ def main() -> None:
         import django
 
         django.setup()
-        from weights import storage
+        from core import storage
         from weights.models import ModelVariant, WeightFile
 
         storage.ensure_bucket(wait=60)

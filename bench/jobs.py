@@ -264,7 +264,7 @@ def main() -> int:
 
         from accounts.services import token_create
         from accounts.tests.factories import UserFactory, grant_access
-        from weights import storage
+        from core import storage
         from weights.models import ModelVariant
         from weights.services import variant_publish
 

@@ -32,7 +32,7 @@ def _wait(what: str, check, timeout: float = 90) -> None:
 def beat(args: list[str]) -> None:
     from django.core.management import call_command
 
-    from weights import storage
+    from core import storage
 
     _wait("S3", storage.ensure_bucket)
     try:
@@ -52,8 +52,8 @@ def main() -> None:
     from django.conf import settings
     from django.core.management import call_command
 
+    from core import storage
     from portal.health import redis_client
-    from weights import storage
 
     call_command("migrate", interactive=False, verbosity=0)
     call_command("createcachetable", verbosity=0)

@@ -30,10 +30,10 @@ from rest_framework.views import APIView
 
 from accounts.authentication import TokenAuthentication, require_scope
 from accounts.selectors import variants_accessible
+from core.errors import PortalError, RateLimited
 from inference import streams
 from inference.models import GenerationJob, JobSource, JobState
 from inference.services import job_cancel, job_submit
-from portal.errors import PortalError, RateLimited
 from weights.models import ModelVariant
 
 _TYPES = {

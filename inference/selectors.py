@@ -7,8 +7,8 @@ import uuid
 
 from django.db.models import QuerySet
 
+from core.errors import InvalidInput, NotFound
 from inference.models import GenerationJob, JobState
-from portal.errors import InvalidInput, NotFound
 
 
 def job_get_for_user(*, user, job_id) -> GenerationJob:

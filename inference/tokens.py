@@ -43,7 +43,7 @@ def _processor(path: str, sha256: str):
 
 
 def _tokenizer_for(variant: ModelVariant):
-    from weights import storage
+    from core import storage
 
     row = WeightFile.objects.filter(variant=variant, path=TOKENIZER_PATH).first()
     if row is None:

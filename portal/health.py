@@ -37,7 +37,7 @@ def _check_redis() -> str | None:
 
 
 def _check_s3() -> str | None:
-    from weights import storage
+    from core import storage
 
     storage.ping()
     return None

@@ -43,7 +43,7 @@ def error_500(request: HttpRequest) -> HttpResponse:
 
 
 def _error_page(request: HttpRequest, status: int, message: str) -> HttpResponse:
-    from portal.errors import wants_json
+    from core.errors import wants_json
 
     if wants_json(request):
         return JsonResponse({"error": {"code": str(status), "message": message}}, status=status)

@@ -10,7 +10,7 @@ from functools import wraps
 
 from accounts.models import Application
 from accounts.selectors import user_is_reviewer
-from portal.errors import NotFound, PermissionDenied
+from core.errors import NotFound, PermissionDenied
 
 
 def review_require(user) -> None:

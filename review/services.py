@@ -24,7 +24,7 @@ from accounts.models import (
     SizeOutcome,
 )
 from accounts.selectors import user_is_reviewer
-from portal.errors import Conflict, InvalidInput, PermissionDenied, PortalError
+from core.errors import Conflict, InvalidInput, PermissionDenied, PortalError
 from review.flags import flags_compute
 from review.models import Claim, Flag, InternalNote, NoteKind
 from weights.models import ModelVariant

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts import services as accounts_services
 from accounts.models import Application, Grant, SizeOutcome
-from portal.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound
 from review import charts, selectors, services, stats
 from review.access import application_get_for_review, reviewer_required
 from review.forms import (

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from portal.errors import InvalidInput
+from core.errors import InvalidInput
 from weights.models import ModelVariant
 
 PARAMS = "params.json"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from weights import storage
+from core import storage
 from weights.models import ModelVariant
 from weights.services import PublishResult, variant_publish
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
-from portal.errors import NotFound
+from core.errors import NotFound
 from weights.checkpoints import checklist_render
 from weights.models import ModelVariant, WeightFile
 
@@ -33,7 +33,7 @@ def variant_get(*, size: str) -> ModelVariant:
 
 def variant_files(variant: ModelVariant) -> list[WeightFile]:
     """The variant's manifest: every stored file, in path order. The job worker fills its
-    cache from this with `weights.storage.download_file` (SHA-256 verified)."""
+    cache from this with `core.storage.download_file` (SHA-256 verified)."""
     return list(WeightFile.objects.filter(variant=variant).order_by("path"))
 
 

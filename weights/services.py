@@ -14,8 +14,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from portal.errors import InvalidInput, NotFound, PermissionDenied, ServiceUnavailable
-from weights import storage
+from core import storage
+from core.errors import InvalidInput, NotFound, PermissionDenied, ServiceUnavailable
 from weights.checkpoints import LocalFile, checkpoint_inspect
 from weights.models import DownloadEvent, DownloadLink, ModelVariant, WeightFile
 

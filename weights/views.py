@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from portal.errors import PortalError, render_error
+from core.errors import PortalError, render_error
 from weights.selectors import (
     variant_checklist,
     variant_get_published,

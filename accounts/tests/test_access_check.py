@@ -13,7 +13,7 @@ from accounts import services
 from accounts.models import DEFAULT_LICENSE_SLUG, Grant, License
 from accounts.selectors import access_check, access_require, variants_accessible
 from accounts.tests.factories import UserFactory, application_fill, grant_access
-from portal.errors import PermissionDenied
+from core.errors import PermissionDenied
 from weights.models import ModelVariant
 
 pytestmark = pytest.mark.django_db

@@ -92,7 +92,7 @@ def test_an_invalid_move_says_what_the_state_is_and_what_it_could_become():
 @pytest.mark.django_db
 def test_the_applicant_only_touches_their_own_application(outsider):
     app = build(S.SUBMITTED)
-    from portal.errors import NotFound
+    from core.errors import NotFound
 
     with pytest.raises(NotFound):
         services.application_withdraw(application=app, user=outsider)

@@ -10,7 +10,7 @@ from accounts import services
 from accounts.models import DEFAULT_LICENSE_SLUG, Grant, GrantStatus, License, LicenseAcceptance
 from accounts.selectors import license_current_version
 from accounts.signals import grant_revoked
-from portal.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput
 
 pytestmark = pytest.mark.django_db
 

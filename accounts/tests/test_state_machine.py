@@ -15,7 +15,7 @@ from accounts import services
 from accounts.models import TRANSITIONS, Application, Grant, SizeOutcome
 from accounts.selectors import audit_first_broken
 from accounts.tests.factories import ReviewerFactory, UserFactory, application_fill
-from portal.errors import Conflict
+from core.errors import Conflict
 from weights.models import ModelVariant
 
 SIZES = ("7b", "33b")  # one reviewer; two reviewers

@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from accounts import services
 from accounts.authentication import TokenAuthentication, require_scope, token_authenticate
 from accounts.models import AccessToken, Grant
-from portal.errors import InvalidInput, NotFound, PermissionDenied
+from core.errors import InvalidInput, NotFound, PermissionDenied
 
 pytestmark = pytest.mark.django_db
 

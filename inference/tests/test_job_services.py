@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from accounts.services import grant_revoke
 from accounts.tests.factories import ReviewerFactory
+from core.errors import Conflict
 from inference.models import TRANSITIONS, GenerationJob, JobState
 from inference.services import (
     InvalidTransition,
@@ -26,7 +27,6 @@ from inference.services import (
     jobs_heartbeat,
     jobs_sweep_stuck,
 )
-from portal.errors import Conflict
 from weights.models import ModelVariant
 
 WORKER = WorkerIdentity(node="w1@host", host="elsewhere.example", pid=12345)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from django.test import override_settings
 
-from weights import storage
+from core import storage
 
 
 def _dead_port() -> int:

@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from accounts.models import AuditEntry, SizeOutcome
-from portal.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput
 from review import services
 from review.models import Claim, InternalNote
 from review.tests.helpers import submit

@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from weights import storage
+from core import storage
 from weights.models import ModelVariant, WeightFile
 from weights.selectors import variant_files
 from weights.services import checkpoint_fetch
@@ -40,7 +40,7 @@ def test_a_file_that_arrives_damaged_is_refused(published_7b, tmp_path):
 
 
 def test_a_size_with_nothing_stored_says_so(db, tmp_path):
-    from portal.errors import NotFound
+    from core.errors import NotFound
 
     with pytest.raises(NotFound, match="no published files"):
         checkpoint_fetch(variant=ModelVariant.objects.get(slug="65b"), directory=tmp_path)

@@ -224,7 +224,7 @@ def test_download_sh_resumes_a_partial_file(live_server, published_13b, token_13
     target = tmp_path / "llama-13b"
     target.mkdir()
     shard = WeightFile.objects.get(variant=published_13b, path="consolidated.00.pth")
-    from weights import storage
+    from core import storage
 
     body = storage.client().get_object(Bucket=storage.bucket(), Key=shard.s3_key)["Body"].read()
     (target / "consolidated.00.pth.part").write_bytes(body[: shard.size // 2])

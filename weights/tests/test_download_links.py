@@ -9,7 +9,7 @@ from datetime import timedelta
 from django.test import override_settings
 from django.utils import timezone
 
-from weights import storage
+from core import storage
 from weights.models import DownloadEvent, DownloadLink, WeightFile
 from weights.services import download_link_revoke, download_links_issue
 

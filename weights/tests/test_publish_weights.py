@@ -7,7 +7,7 @@ import os
 import pytest
 from django.core.management import CommandError, call_command
 
-from weights import storage
+from core import storage
 from weights.models import ModelVariant, WeightFile
 from weights.services import s3_prefix, variant_publish
 from weights.tests.checkpoints import write_checkpoint

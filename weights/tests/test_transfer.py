@@ -11,7 +11,7 @@ import pytest
 import requests
 from portal_client import transfer
 
-from weights import storage
+from core import storage
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -12,7 +12,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from portal.errors import PortalError
+from core.errors import PortalError
 from weights.selectors import variant_get
 from weights.services import variant_publish
 

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from weights import storage
+from core import storage
 
 MiB = 1024 * 1024
 

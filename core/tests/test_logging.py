@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 
-from portal.logging import RedactSecretsFilter, redact
+from core.logging import RedactSecretsFilter, redact
 
 PRESIGNED = (
     "http://127.0.0.1:8333/llama/7B/consolidated.00.pth?X-Amz-Algorithm=AWS4-HMAC-SHA256"

@@ -22,7 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
-from portal.errors import ServiceUnavailable
+from core.errors import ServiceUnavailable
 
 S3Error = (BotoCoreError, ClientError)
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every part but the last
