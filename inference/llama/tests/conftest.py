@@ -14,7 +14,7 @@ from inference.llama.model import ModelArgs, Transformer, init_weights
 from inference.llama.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[3]
-LLAMA_TOKENIZER = ROOT / ".." / "shared" / "testdata" / "llama-tokenizer" / "tokenizer.model"
+LLAMA_TOKENIZER = ROOT / "testdata" / "llama-tokenizer" / "tokenizer.model"
 
 # Tiny shapes that still split over 4 ranks: 8 heads, 4 kv heads (grouped-query),
 # ffn hidden 176, vocab 256.
@@ -79,6 +79,6 @@ def demo_tokenizer(demo_dir: Path) -> Tokenizer:
 @pytest.fixture(scope="session")
 def llama_tokenizer() -> Tokenizer:
     assert LLAMA_TOKENIZER.is_file(), (
-        f"the original LLaMA tokenizer must be at {LLAMA_TOKENIZER} (the shared test data)"
+        f"the original LLaMA tokenizer must be at {LLAMA_TOKENIZER} (the repository's test data)"
     )
     return Tokenizer(LLAMA_TOKENIZER)

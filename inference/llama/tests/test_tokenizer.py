@@ -1,8 +1,22 @@
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
+from inference.llama.tests.conftest import LLAMA_TOKENIZER
 from inference.llama.tokenizer import Tokenizer
+
+
+def test_the_tokenizer_in_the_test_data_is_the_released_one():
+    data = LLAMA_TOKENIZER.read_bytes()
+    # The MD5 of the original release's tokenizer_checklist.chk (testdata/llama-tokenizer/).
+    assert (
+        hashlib.md5(data, usedforsecurity=False).hexdigest() == "eeec4125e9c7560836b4873b6f8e3025"
+    )
+    assert hashlib.sha256(data).hexdigest() == (
+        "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
+    )
 
 
 @pytest.mark.parametrize(
