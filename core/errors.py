@@ -3,12 +3,19 @@
 Services raise `PortalError` subclasses with a message meant for a person. The DRF exception
 handler renders them (and DRF's own errors) in one JSON shape; `DomainErrorMiddleware` does
 the same for plain Django views, as HTML or JSON depending on what the client asked for.
+
+A database that cannot answer now (SQLite busy past its timeout, PostgreSQL restarting)
+is a passing condition, not a bug: both paths turn `OperationalError` into a 503 with
+Retry-After, so a client retries instead of seeing a 500 page.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any
 
+from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from rest_framework import exceptions as drf_exceptions
@@ -71,14 +78,38 @@ class ServiceUnavailable(PortalError):
     status_code = 503
     code = "unavailable"
 
+    def __init__(self, message: str, *, retry_after: int | None = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+logger = logging.getLogger(__name__)
+
+# Seconds a client is asked to wait after the database was busy: long enough for the
+# writers ahead of it to commit.
+DATABASE_RETRY_AFTER = 2
+
+
+def database_unavailable(exc: OperationalError) -> ServiceUnavailable:
+    """The answer to a database error: logged in full, told to the client in one sentence."""
+    logger.warning("Database unavailable, answering 503: %s", exc)
+    return ServiceUnavailable(
+        "The database is busy or unreachable; please retry in a moment.",
+        code="database_unavailable",
+        retry_after=DATABASE_RETRY_AFTER,
+    )
+
 
 def _headers_for(exc: PortalError) -> dict[str, str]:
-    if isinstance(exc, RateLimited):
-        return {"Retry-After": str(exc.retry_after)}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        return {"Retry-After": str(retry_after)}
     return {}
 
 
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, OperationalError):
+        exc = database_unavailable(exc)
     if isinstance(exc, PortalError):
         return Response(exc.as_dict(), status=exc.status_code, headers=_headers_for(exc))
     response = drf_default_handler(exc, context)
@@ -123,7 +154,9 @@ def render_error(request: HttpRequest, exc: PortalError) -> HttpResponse:
 
 
 class DomainErrorMiddleware:
-    """Renders a `PortalError` raised by a plain Django view instead of a 500."""
+    """Renders a `PortalError` or a database error raised by a plain Django view instead of
+    a 500. (An error raised by a middleware, e.g. while saving the session, reaches
+    `handler500`, which calls `server_error_response`.)"""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -132,6 +165,16 @@ class DomainErrorMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
+        if isinstance(exc, OperationalError):
+            exc = database_unavailable(exc)
         if isinstance(exc, PortalError):
             return render_error(request, exc)
         return None
+
+
+def server_error_response(request: HttpRequest) -> HttpResponse | None:
+    """For `handler500`: the 503 answer when the error being handled is the database's."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, OperationalError):
+        return render_error(request, database_unavailable(exc))
+    return None

@@ -101,6 +101,21 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded database serves concurrent requests (threaded server, worker, beat):
+    # - WAL lets readers go on while one writer commits;
+    # - IMMEDIATE takes the write lock when a transaction starts, so two transactions never
+    #   both read and then both try to upgrade to writing (SQLite fails one of them at once
+    #   with "database is locked", whatever the busy timeout); it also serializes the
+    #   check-then-change of every state transition, as select_for_update does elsewhere;
+    # - the busy timeout makes a writer wait its turn instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": env_float("SQLITE_BUSY_TIMEOUT", 20.0),
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        }
+    )
 # Several test runs may share one PostgreSQL server: each can name its own test database.
 DATABASES["default"]["TEST"] = {"NAME": env_str("PORTAL_TEST_DB_NAME") or None}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -5,6 +5,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from core.errors import server_error_response
 from portal.health import run_checks
 
 
@@ -37,6 +38,10 @@ def error_400(request: HttpRequest, exception: Exception | None = None) -> HttpR
 
 
 def error_500(request: HttpRequest) -> HttpResponse:
+    # A database error raised outside a view (a middleware saving the session) lands here.
+    busy = server_error_response(request)
+    if busy is not None:
+        return busy
     return _error_page(
         request, 500, "Something went wrong on our side. It has been logged; please try again."
     )
