@@ -16,7 +16,7 @@ import os
 import sys
 
 from portal_client.client import Client, PortalClientError
-from portal_client.transfer import human
+from portal_client.transfer import human, redact
 
 COMMAND_MODULES = ["portal_client.jobs_cli"]
 
@@ -65,7 +65,7 @@ def main(argv: list | None = None) -> int:
     try:
         return args.func(args)
     except PortalClientError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"error: {redact(exc.message)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume.", file=sys.stderr)

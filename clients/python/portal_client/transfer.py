@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 import threading
 from collections.abc import Callable
@@ -33,6 +34,20 @@ CHUNK = 64 * MiB
 _MAGIC = b"PORTALDL1"
 _HEADER = 128
 _COUNTER = struct.Struct("<Q")
+
+
+# A presigned URL is a bearer credential until it expires, and requests' errors quote the
+# URL they failed on: what the client prints names the object, never its signed query.
+_SIGNED_QUERY = re.compile(
+    r"\?[^\s'\"<>]*(?:X-Amz-|Signature=|AWSAccessKeyId=|token=)[^\s'\"<>]*", re.I
+)
+_PORTAL_TOKEN = re.compile(r"\bllp_[A-Za-z0-9_-]{4,}")
+
+
+def redact(text: str) -> str:
+    """`text` without signed query strings or portal access tokens."""
+    text = _SIGNED_QUERY.sub("?[signed query removed]", text)
+    return _PORTAL_TOKEN.sub("llp_[removed]", text)
 
 
 def human(count: float) -> str:
@@ -374,7 +389,7 @@ class _Download:
                 if attempt > self.retries:
                     raise self.error_class(
                         f"{self.dest.name}: download failed after {self.retries} retries "
-                        f"({exc}). Run the same command again to resume."
+                        f"({redact(str(exc))}). Run the same command again to resume."
                     ) from None
                 self.stop.wait(delay)
                 delay = min(delay * 2, 30)
