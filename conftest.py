@@ -23,7 +23,39 @@ ROOT = Path(__file__).resolve().parent
 
 pytest_plugins = ["accounts.tests.cast"]
 
-PROJECT_APPS = ("portal", "accounts", "weights", "inference", "review")
+PROJECT_APPS = ("portal", "catalog", "accounts", "weights", "inference", "review")
+
+
+_DATA_MIGRATIONS: list[tuple[object, object]] | None = None
+
+
+def _data_migrations() -> list[tuple[object, object]]:
+    """Each data migration of the project's apps with the historical models it was written
+    against (the models it names may have moved since: License lived in accounts, ModelVariant
+    in weights). Computed once per run: building migration states is slow."""
+    global _DATA_MIGRATIONS
+    if _DATA_MIGRATIONS is None:
+        from django.db import connection
+        from django.db.migrations.loader import MigrationLoader
+        from django.db.migrations.operations.special import RunPython
+
+        loader = MigrationLoader(connection, ignore_no_migrations=True)
+        graph = loader.graph
+        found: list[tuple[object, object]] = []
+        done: set[tuple[str, str]] = set()
+        for leaf in sorted(graph.leaf_nodes()):
+            for key in graph.forwards_plan(leaf):
+                if key in done or key[0] not in PROJECT_APPS:
+                    continue
+                done.add(key)
+                codes = [
+                    op.code for op in graph.nodes[key].operations if isinstance(op, RunPython)
+                ]
+                if codes:
+                    state_apps = loader.project_state(key, at_end=True).apps
+                    found.extend((code, state_apps) for code in codes)
+        _DATA_MIGRATIONS = found
+    return _DATA_MIGRATIONS
 
 
 def restore_data_migration_rows() -> None:
@@ -35,21 +67,8 @@ def restore_data_migration_rows() -> None:
     ran before; Django's serialized_rollback does not (it re-inserts content types that the
     flush's post_migrate already recreated).
     """
-    from django.apps import apps
-    from django.db import connection
-    from django.db.migrations.loader import MigrationLoader
-    from django.db.migrations.operations.special import RunPython
-
-    graph = MigrationLoader(connection, ignore_no_migrations=True).graph
-    done: set[tuple[str, str]] = set()
-    for leaf in sorted(graph.leaf_nodes()):
-        for key in graph.forwards_plan(leaf):
-            if key in done or key[0] not in PROJECT_APPS:
-                continue
-            done.add(key)
-            for operation in graph.nodes[key].operations:
-                if isinstance(operation, RunPython):
-                    operation.code(apps, None)
+    for code, state_apps in _data_migrations():
+        code(state_apps, None)
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,7 @@ from accounts.models import (
     ApplicationEvent,
     AuditEntry,
     Grant,
-    License,
     LicenseAcceptance,
-    LicenseVersion,
     SizeDecision,
     User,
 )
@@ -96,16 +94,6 @@ class AccessTokenAdmin(ReadOnlyAdmin):
     search_fields = ["user__email", "prefix"]
     exclude = ["key_hash"]
     list_select_related = ["user"]
-
-
-@admin.register(License)
-class LicenseAdmin(ReadOnlyAdmin):
-    list_display = ["slug", "title"]
-
-
-@admin.register(LicenseVersion)
-class LicenseVersionAdmin(ReadOnlyAdmin):
-    list_display = ["license", "version", "title", "effective_at", "sha256"]
 
 
 @admin.register(LicenseAcceptance)

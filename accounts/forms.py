@@ -7,7 +7,7 @@ from django import forms
 from django_countries import countries
 
 from accounts.models import OrganizationType, TokenScope
-from weights.models import ModelVariant
+from catalog.models import ModelVariant
 
 
 class ApplicationForm(forms.Form):

@@ -64,45 +64,7 @@ class User(AbstractUser):
         return self.get_full_name() or self.email
 
 
-# --- The noncommercial license ----------------------------------------------------------
-
-# The license that governs a model size when the catalog names none.
-DEFAULT_LICENSE_SLUG = "llama-noncommercial"
-
-
-class License(models.Model):
-    """A license document; its text lives in numbered versions."""
-
-    slug = models.SlugField(max_length=64, unique=True)
-    title = models.CharField(max_length=200)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["slug"]
-
-    def __str__(self) -> str:
-        return self.title
-
-
-class LicenseVersion(models.Model):
-    """One published text of a license. Versions are never edited: a change is a new one."""
-
-    license = models.ForeignKey(License, on_delete=models.PROTECT, related_name="versions")
-    version = models.PositiveIntegerField()
-    title = models.CharField(max_length=200)
-    text = models.TextField()
-    sha256 = models.CharField(max_length=64, help_text="SHA-256 of the UTF-8 text")
-    effective_at = models.DateTimeField()
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["license", "-version"]
-        constraints = [
-            models.UniqueConstraint(fields=["license", "version"], name="license_version_unique")
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.title} (version {self.version})"
+# --- License acceptance (the licenses themselves are in the catalog) -----------------
 
 
 class LicenseAcceptance(models.Model):
@@ -112,7 +74,7 @@ class LicenseAcceptance(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="license_acceptances"
     )
     version = models.ForeignKey(
-        LicenseVersion, on_delete=models.PROTECT, related_name="acceptances"
+        "catalog.LicenseVersion", on_delete=models.PROTECT, related_name="acceptances"
     )
     text_sha256 = models.CharField(max_length=64)
     typed_name = models.CharField(max_length=200)
@@ -199,7 +161,7 @@ class Application(models.Model):
     publications = models.TextField("relevant publications", blank=True)
     use_case = models.TextField("intended research use", blank=True)
     requested_variants = models.ManyToManyField(
-        "weights.ModelVariant", blank=True, related_name="+"
+        "catalog.ModelVariant", blank=True, related_name="+"
     )
     submitted_ip = models.GenericIPAddressField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -251,7 +213,7 @@ class ApplicationEvent(models.Model):
     from_state = models.CharField(max_length=16, choices=ApplicationState.choices, blank=True)
     to_state = models.CharField(max_length=16, choices=ApplicationState.choices)
     variant = models.ForeignKey(
-        "weights.ModelVariant",
+        "catalog.ModelVariant",
         null=True,
         blank=True,
         on_delete=models.PROTECT,
@@ -284,7 +246,7 @@ class SizeDecision(models.Model):
     """The decision on one requested model size of an application."""
 
     application = models.ForeignKey(Application, on_delete=models.CASCADE, related_name="decisions")
-    variant = models.ForeignKey("weights.ModelVariant", on_delete=models.PROTECT, related_name="+")
+    variant = models.ForeignKey("catalog.ModelVariant", on_delete=models.PROTECT, related_name="+")
     outcome = models.CharField(
         max_length=16, choices=SizeOutcome.choices, default=SizeOutcome.PENDING
     )
@@ -338,7 +300,7 @@ class Grant(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="grants"
     )
     variant = models.ForeignKey(
-        "weights.ModelVariant", on_delete=models.PROTECT, related_name="grants"
+        "catalog.ModelVariant", on_delete=models.PROTECT, related_name="grants"
     )
     application = models.ForeignKey(
         Application, null=True, blank=True, on_delete=models.SET_NULL, related_name="grants"

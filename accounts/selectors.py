@@ -12,19 +12,16 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import (
-    DEFAULT_LICENSE_SLUG,
     Application,
     ApplicationEvent,
     ApplicationState,
     AuditEntry,
     Grant,
     GrantStatus,
-    License,
     LicenseAcceptance,
-    LicenseVersion,
 )
+from catalog.models import DEFAULT_LICENSE_SLUG, License, LicenseVersion, ModelVariant
 from core.errors import PermissionDenied
-from weights.models import ModelVariant
 
 REVIEWER_GROUP = "reviewers"
 PURPOSES = ("download", "generate")

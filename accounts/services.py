@@ -35,9 +35,7 @@ from accounts.models import (
     AuditEntry,
     Grant,
     GrantStatus,
-    License,
     LicenseAcceptance,
-    LicenseVersion,
     SizeDecision,
     SizeOutcome,
     TokenScope,
@@ -51,8 +49,8 @@ from accounts.selectors import (
 )
 from accounts.signals import application_submitted, grant_revoked
 from accounts.validators import orcid_error, orcid_normalize
+from catalog.models import AccessPolicy, License, LicenseVersion, ModelVariant
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from weights.models import AccessPolicy, ModelVariant
 
 
 class InvalidTransition(Conflict):

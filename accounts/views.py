@@ -11,7 +11,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import selectors, services
 from accounts.forms import ApplicationForm, LicenseAcceptForm, TokenCreateForm
-from accounts.models import DEFAULT_LICENSE_SLUG, ApplicationState, License, LicenseVersion
+from accounts.models import ApplicationState
+from catalog.models import DEFAULT_LICENSE_SLUG, License, LicenseVersion
 from core.errors import InvalidInput, NotFound
 
 

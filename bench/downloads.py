@@ -186,8 +186,8 @@ def main() -> None:
         import django
 
         django.setup()
+        from catalog.models import ModelVariant, WeightFile
         from core import storage
-        from weights.models import ModelVariant, WeightFile
 
         storage.ensure_bucket(wait=60)
 

@@ -264,8 +264,8 @@ def main() -> int:
 
         from accounts.services import token_create
         from accounts.tests.factories import UserFactory, grant_access
+        from catalog.models import ModelVariant
         from core import storage
-        from weights.models import ModelVariant
         from weights.services import variant_publish
 
         storage.ensure_bucket(wait=60)

@@ -88,8 +88,8 @@ def fill(n: int, seed: int = 7) -> dict:
         User,
     )
     from accounts.selectors import REVIEWER_GROUP
+    from catalog.models import ModelVariant
     from review.models import Claim, Flag, FlagCode, InternalNote
-    from weights.models import ModelVariant
 
     rng = random.Random(seed)
     now = timezone.now()

@@ -53,7 +53,7 @@ class GenerationJob(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generation_jobs"
     )
     variant = models.ForeignKey(
-        "weights.ModelVariant", on_delete=models.PROTECT, related_name="generation_jobs"
+        "catalog.ModelVariant", on_delete=models.PROTECT, related_name="generation_jobs"
     )
     token = models.ForeignKey(
         "accounts.AccessToken",

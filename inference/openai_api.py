@@ -30,11 +30,11 @@ from rest_framework.views import APIView
 
 from accounts.authentication import TokenAuthentication, require_scope
 from accounts.selectors import variants_accessible
+from catalog.models import ModelVariant
 from core.errors import PortalError, RateLimited
 from inference import streams
 from inference.models import GenerationJob, JobSource, JobState
 from inference.services import job_cancel, job_submit
-from weights.models import ModelVariant
 
 _TYPES = {
     400: "invalid_request_error",

@@ -24,6 +24,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from accounts.selectors import access_require
+from catalog.models import ModelVariant
 from core.errors import Conflict, InvalidInput, RateLimited
 from inference import events
 from inference.models import (
@@ -35,7 +36,6 @@ from inference.models import (
     can_move,
 )
 from inference.tokens import prompt_token_counts
-from weights.models import ModelVariant
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from weights.models import ModelVariant, WeightFile
+from catalog.models import ModelVariant, WeightFile
 
 logger = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from accounts.selectors import access_check
+from catalog.models import ModelVariant
 from inference import events
 from inference.models import GenerationJob, JobState
 from inference.services import (
@@ -45,7 +46,6 @@ from inference.services import (
     jobs_claim_queued,
     jobs_heartbeat,
 )
-from weights.models import ModelVariant
 
 logger = logging.getLogger(__name__)
 

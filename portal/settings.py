@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "portal",
+    "catalog",
     "accounts",
     "weights",
     "inference",

@@ -10,9 +10,9 @@ from django_countries import countries
 
 from accounts.models import ApplicationState, OrganizationType, User
 from accounts.selectors import REVIEWER_GROUP
+from catalog.models import ModelVariant
 from review.models import FlagCode, ReasonKind, ReasonTemplate
 from review.selectors import AWAITING_SECOND
-from weights.models import ModelVariant
 
 PAGE_SIZES = (25, 50, 100)
 AGE_CHOICES = [

@@ -20,10 +20,10 @@ from accounts.models import (
     ApplicationState,
     Grant,
     LicenseAcceptance,
-    LicenseVersion,
     SizeDecision,
     SizeOutcome,
 )
+from catalog.models import LicenseVersion
 from review.models import Claim, Flag, InternalNote, ReasonTemplate
 
 QUEUE_STATES = (ApplicationState.SUBMITTED, ApplicationState.RETURNED)

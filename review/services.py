@@ -24,10 +24,10 @@ from accounts.models import (
     SizeOutcome,
 )
 from accounts.selectors import user_is_reviewer
+from catalog.models import ModelVariant
 from core.errors import Conflict, InvalidInput, PermissionDenied, PortalError
 from review.flags import flags_compute
 from review.models import Claim, Flag, InternalNote, NoteKind
-from weights.models import ModelVariant
 
 logger = logging.getLogger(__name__)
 

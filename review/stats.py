@@ -18,7 +18,8 @@ from accounts.models import (
     Grant,
     GrantStatus,
 )
-from weights.models import DownloadEvent, ModelVariant
+from catalog.models import ModelVariant
+from weights.models import DownloadEvent
 
 DOWNLOAD_DAYS = 30
 _QUEUE = [ApplicationState.SUBMITTED, ApplicationState.RETURNED]

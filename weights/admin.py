@@ -1,26 +1,6 @@
 from django.contrib import admin
 
-from weights.models import DownloadEvent, DownloadLink, ModelVariant, WeightFile
-
-
-@admin.register(ModelVariant)
-class ModelVariantAdmin(admin.ModelAdmin):
-    list_display = [
-        "size", "family", "shard_count", "license", "access_policy", "grant_days", "is_published",
-    ]  # fmt: skip
-    list_filter = ["family", "access_policy", "is_published"]
-
-
-@admin.register(WeightFile)
-class WeightFileAdmin(admin.ModelAdmin):
-    """The manifest is written by `publish_weights` only."""
-
-    list_display = ["variant", "path", "size", "sha256", "uploaded_at"]
-    list_filter = ["variant"]
-    readonly_fields = ["variant", "path", "size", "sha256", "md5", "s3_key", "uploaded_at"]
-
-    def has_add_permission(self, request) -> bool:
-        return False
+from weights.models import DownloadEvent, DownloadLink
 
 
 @admin.register(DownloadLink)

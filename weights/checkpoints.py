@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog.models import ModelVariant
 from core.errors import InvalidInput
-from weights.models import ModelVariant
 
 PARAMS = "params.json"
 TOKENIZER = "tokenizer.model"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from catalog.models import ModelVariant
 from core import storage
-from weights.models import ModelVariant
 from weights.services import PublishResult, variant_publish
 
 

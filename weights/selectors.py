@@ -3,9 +3,9 @@ from __future__ import annotations
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
+from catalog.models import ModelVariant, WeightFile
 from core.errors import NotFound
 from weights.checkpoints import checklist_render
-from weights.models import ModelVariant, WeightFile
 
 
 def variant_list_published() -> QuerySet[ModelVariant]:

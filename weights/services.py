@@ -14,10 +14,11 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from catalog.models import ModelVariant, WeightFile
 from core import storage
 from core.errors import InvalidInput, NotFound, PermissionDenied, ServiceUnavailable
 from weights.checkpoints import LocalFile, checkpoint_inspect
-from weights.models import DownloadEvent, DownloadLink, ModelVariant, WeightFile
+from weights.models import DownloadEvent, DownloadLink
 
 logger = logging.getLogger(__name__)
 

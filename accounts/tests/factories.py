@@ -64,7 +64,7 @@ class ReviewerFactory(UserFactory):
 def application_fill(user: User, *slugs: str, submit: bool = True) -> Application:
     """An application for these sizes, complete, submitted unless `submit=False`."""
     from accounts import services
-    from weights.models import ModelVariant
+    from catalog.models import ModelVariant
 
     application = services.application_start(user=user)
     services.application_save_draft(
@@ -93,7 +93,7 @@ def grant_access(user: User, *slugs: str, accept_license: bool = True) -> list[G
     from accounts import services
     from accounts.models import ApplicationState, SizeOutcome
     from accounts.selectors import license_current_version, license_for_variant
-    from weights.models import ModelVariant
+    from catalog.models import ModelVariant
 
     application = application_fill(user, *slugs)
     pending = [

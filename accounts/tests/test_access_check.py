@@ -10,11 +10,11 @@ from django.contrib.auth.models import AnonymousUser
 from django.utils import timezone
 
 from accounts import services
-from accounts.models import DEFAULT_LICENSE_SLUG, Grant, License
+from accounts.models import Grant
 from accounts.selectors import access_check, access_require, variants_accessible
 from accounts.tests.factories import UserFactory, application_fill, grant_access
+from catalog.models import DEFAULT_LICENSE_SLUG, License, ModelVariant
 from core.errors import PermissionDenied
-from weights.models import ModelVariant
 
 pytestmark = pytest.mark.django_db
 

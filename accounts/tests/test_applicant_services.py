@@ -12,8 +12,8 @@ from accounts import services
 from accounts.models import Application, ApplicationState, SizeOutcome
 from accounts.selectors import application_queue_position, decision_median_time
 from accounts.tests.factories import UserFactory, application_fill
+from catalog.models import ModelVariant
 from core.errors import InvalidInput
-from weights.models import ModelVariant
 
 pytestmark = pytest.mark.django_db
 

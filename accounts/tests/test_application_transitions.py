@@ -7,7 +7,7 @@ import pytest
 from accounts import services
 from accounts.models import TRANSITIONS, ApplicationEvent, ApplicationState
 from accounts.tests.factories import ReviewerFactory, UserFactory, application_fill
-from weights.models import ModelVariant
+from catalog.models import ModelVariant
 
 S = ApplicationState
 

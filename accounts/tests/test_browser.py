@@ -11,8 +11,8 @@ from django.core import mail
 from accounts import services
 from accounts.models import Application, ApplicationState, LicenseAcceptance
 from accounts.tests.factories import USE_CASE, ReviewerFactory
+from catalog.models import ModelVariant
 from portal.tests.browser import open_page
-from weights.models import ModelVariant
 
 pytestmark = [
     pytest.mark.browser,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from accounts.models import ApplicationState, GrantStatus
 from accounts.selectors import access_check, user_is_reviewer
-from weights.models import ModelVariant
+from catalog.models import ModelVariant
 
 
 def test_the_cast_is_who_it_says(applicant, researcher, revoked_researcher, reviewer, outsider):

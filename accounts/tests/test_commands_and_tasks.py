@@ -11,7 +11,7 @@ from accounts import tasks
 from accounts.demo import DEMO_PASSWORD, seed_demo_accounts
 from accounts.models import Application, ApplicationState, AuditEntry, Grant, User
 from accounts.selectors import access_check, user_is_reviewer
-from weights.models import ModelVariant
+from catalog.models import ModelVariant
 
 pytestmark = pytest.mark.django_db
 

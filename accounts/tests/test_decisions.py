@@ -11,8 +11,8 @@ from accounts import services
 from accounts.models import ApplicationState, Grant, SizeOutcome
 from accounts.signals import application_submitted
 from accounts.tests.factories import UserFactory, application_fill
+from catalog.models import ModelVariant
 from core.errors import Conflict, InvalidInput, PermissionDenied
-from weights.models import ModelVariant
 
 pytestmark = pytest.mark.django_db
 

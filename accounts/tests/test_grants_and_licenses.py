@@ -7,9 +7,10 @@ import pytest
 from django.utils import timezone
 
 from accounts import services
-from accounts.models import DEFAULT_LICENSE_SLUG, Grant, GrantStatus, License, LicenseAcceptance
+from accounts.models import Grant, GrantStatus, LicenseAcceptance
 from accounts.selectors import license_current_version
 from accounts.signals import grant_revoked
+from catalog.models import DEFAULT_LICENSE_SLUG, License
 from core.errors import Conflict, InvalidInput
 
 pytestmark = pytest.mark.django_db

@@ -15,8 +15,8 @@ from accounts import services
 from accounts.models import TRANSITIONS, Application, Grant, SizeOutcome
 from accounts.selectors import audit_first_broken
 from accounts.tests.factories import ReviewerFactory, UserFactory, application_fill
+from catalog.models import ModelVariant
 from core.errors import Conflict
-from weights.models import ModelVariant
 
 SIZES = ("7b", "33b")  # one reviewer; two reviewers
 UNDECIDED = {SizeOutcome.PENDING, SizeOutcome.AWAITING_SECOND}

@@ -22,7 +22,7 @@ def test_unknown_api_paths_answer_json(client):
 
 @pytest.mark.django_db
 def test_an_unpublished_model_is_not_found(client):
-    from weights.models import ModelVariant
+    from catalog.models import ModelVariant
 
     ModelVariant.objects.filter(slug="65b").update(is_published=False)
 

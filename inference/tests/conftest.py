@@ -27,7 +27,7 @@ def demo_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture
 def published_demo(s3, demo_checkpoint, db):
     """The demo size with its checkpoint stored in S3 and its manifest rows written."""
-    from weights.models import ModelVariant
+    from catalog.models import ModelVariant
     from weights.services import variant_publish
 
     variant = ModelVariant.objects.get(slug="demo")

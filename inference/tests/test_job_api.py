@@ -179,7 +179,7 @@ def test_a_job_bigger_than_the_whole_quota_is_a_400_not_a_429(researcher_client)
 
 
 def _demo_id() -> int:
-    from weights.models import ModelVariant
+    from catalog.models import ModelVariant
 
     return ModelVariant.objects.get(slug="demo").pk
 

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from accounts.services import grant_revoke
 from accounts.tests.factories import ReviewerFactory
+from catalog.models import ModelVariant
 from core.errors import Conflict
 from inference.models import TRANSITIONS, GenerationJob, JobState
 from inference.services import (
@@ -27,7 +28,6 @@ from inference.services import (
     jobs_heartbeat,
     jobs_sweep_stuck,
 )
-from weights.models import ModelVariant
 
 WORKER = WorkerIdentity(node="w1@host", host="elsewhere.example", pid=12345)
 OTHER = WorkerIdentity(node="w2@host", host="elsewhere.example", pid=23456)

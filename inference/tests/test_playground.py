@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from accounts.tests.factories import CAST_PASSWORD
+from catalog.models import ModelVariant
 from inference.models import GenerationJob
 from inference.services import job_submit
 from portal.tests.browser import open_page, sign_in
-from weights.models import ModelVariant
 
 
 def test_the_playground_needs_a_signed_in_user(client, db):

@@ -7,7 +7,7 @@ import itertools
 from accounts import services
 from accounts.models import Application, OrganizationType
 from accounts.tests.factories import UserFactory
-from weights.models import ModelVariant
+from catalog.models import ModelVariant
 
 _counter = itertools.count(1)
 

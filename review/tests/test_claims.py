@@ -6,11 +6,11 @@ import pytest
 from django.urls import reverse
 
 from accounts.models import AuditEntry, SizeOutcome
+from catalog.models import ModelVariant
 from core.errors import Conflict, InvalidInput
 from review import services
 from review.models import Claim, InternalNote
 from review.tests.helpers import submit
-from weights.models import ModelVariant
 
 pytestmark = pytest.mark.django_db
 

@@ -12,9 +12,9 @@ from django.utils import timezone
 
 from accounts import services as accounts_services
 from accounts.models import Application, AuditEntry, SizeDecision
+from catalog.models import ModelVariant
 from review import charts, stats
 from review.tests.helpers import submit
-from weights.models import ModelVariant
 
 pytestmark = pytest.mark.django_db
 

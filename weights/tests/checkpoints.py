@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from weights.models import ModelVariant
+from catalog.models import ModelVariant
 
 
 def write_checkpoint(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from weights.models import ModelVariant
+from catalog.models import ModelVariant
 from weights.services import variant_publish
 from weights.tests.checkpoints import write_checkpoint
 

@@ -4,8 +4,8 @@ import hashlib
 
 import pytest
 
+from catalog.models import ModelVariant, WeightFile
 from core import storage
-from weights.models import ModelVariant, WeightFile
 from weights.selectors import variant_files
 from weights.services import checkpoint_fetch
 

@@ -13,7 +13,8 @@ import pytest
 import requests
 from django.test import override_settings
 
-from weights.models import DownloadEvent, DownloadLink, WeightFile
+from catalog.models import WeightFile
+from weights.models import DownloadEvent, DownloadLink
 
 # Live-server tests commit for real (the root conftest puts the migrations' rows back).
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from weights.models import WeightFile
+from catalog.models import WeightFile
 
 pytestmark = pytest.mark.django_db
 

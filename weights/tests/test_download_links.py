@@ -9,8 +9,9 @@ from datetime import timedelta
 from django.test import override_settings
 from django.utils import timezone
 
+from catalog.models import WeightFile
 from core import storage
-from weights.models import DownloadEvent, DownloadLink, WeightFile
+from weights.models import DownloadEvent, DownloadLink
 from weights.services import download_link_revoke, download_links_issue
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from weights.models import DownloadLink, WeightFile
+from catalog.models import WeightFile
+from weights.models import DownloadLink
 
 
 def test_it_lists_a_link_and_the_checksums_of_every_file(client, published_7b, download_token):

@@ -7,8 +7,8 @@ import os
 import pytest
 from django.core.management import CommandError, call_command
 
+from catalog.models import ModelVariant, WeightFile
 from core import storage
-from weights.models import ModelVariant, WeightFile
 from weights.services import s3_prefix, variant_publish
 from weights.tests.checkpoints import write_checkpoint
 

@@ -4,7 +4,8 @@ import hashlib
 
 import pytest
 
-from weights.models import DownloadLink, WeightFile
+from catalog.models import WeightFile
+from weights.models import DownloadLink
 
 
 def test_the_public_sees_the_model_card_but_no_files(client, published_7b):
