@@ -13,9 +13,13 @@ MOVED = {"accounts": ["license", "licenseversion"], "weights": ["modelvariant", 
 def content_types_forwards(apps, schema_editor):
     ContentType = apps.get_model("contenttypes", "ContentType")
     for app_label, models_ in MOVED.items():
-        ContentType.objects.filter(app_label=app_label, model__in=models_).update(
-            app_label="catalog"
-        )
+        for model in models_:
+            moved = ContentType.objects.filter(app_label=app_label, model=model)
+            if moved.exists():
+                # A catalog type made by an earlier post_migrate holds only the default
+                # permissions; the old one carries the granted permissions and admin history.
+                ContentType.objects.filter(app_label="catalog", model=model).delete()
+                moved.update(app_label="catalog")
 
 
 def content_types_backwards(apps, schema_editor):
