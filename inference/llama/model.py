@@ -15,6 +15,15 @@ Three entry points share the layers:
 Under tensor parallelism (`parallel.Parallel` with world_size > 1) every module holds its
 rank's slice of the weights, exactly the slice of the original model-parallel shard; the
 two collectives per layer are in `Attention.forward` / `FeedForward.forward`.
+
+Inference runs on a prepared form of the weights (`Transformer.prepare`, done lazily on
+the first call without gradients): q/k/v fused into one matrix and gate/up into another,
+optionally quantized to int8 (`kernels.Proj`), RoPE as a precomputed cos/sin table, the
+keys and values of a layer in one cache tensor, so a decode step is a few kernels per
+layer. In float32 and half precision the original parameters become views of the fused
+matrices (no second copy, state_dict unchanged); quantized, they are released. The
+module-by-module code (`fused = False`, or any pass that records gradients, as training
+the demo does) is the reference the fused path is tested against.
 """
 
 from __future__ import annotations
@@ -27,38 +36,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import SMALL_ROWS, Proj, small_linear
 from .parallel import Parallel
 
 _SINGLE = Parallel()
 
-# Decode passes with at most this many rows use `small_linear` on the CPU.
-_SMALL_ROWS = 16
-
-
-def small_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """`F.linear(x, w)` for a few rows of x, fast on a multi-core CPU.
-
-    With a handful of rows a linear layer is a matrix-vector product bound by reading w,
-    and the BLAS call behind F.linear reads it from one core (measured here: 17 GB/s with
-    1 or 2 threads). Viewing w as T row blocks and multiplying them as a batch lets ATen
-    give each thread its own block: 31 GB/s on 2 cores, the same dot products in the same
-    order (the results are bitwise equal). Elsewhere (GPU, half precision, one thread,
-    many rows) it is plain F.linear.
-    """
-    threads = torch.get_num_threads()
-    rows = x.numel() // x.shape[-1]
-    out_f, in_f = w.shape
-    if (
-        threads < 2
-        or rows > _SMALL_ROWS
-        or x.device.type != "cpu"
-        or w.dtype != torch.float32
-        or out_f % threads
-    ):
-        return F.linear(x, w)
-    x2 = x.reshape(1, rows, in_f).expand(threads, rows, in_f)
-    out = torch.bmm(x2, w.view(threads, out_f // threads, in_f).transpose(1, 2))
-    return out.transpose(0, 1).reshape(*x.shape[:-1], out_f)
+__all__ = [
+    "SMALL_ROWS",
+    "KVCache",
+    "ModelArgs",
+    "Transformer",
+    "apply_rope",
+    "init_weights",
+    "rope_table",
+    "small_linear",
+]
 
 
 def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None = None) -> int:
@@ -159,11 +151,33 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     return out.type_as(x)
 
 
+def rope_cos_sin(
+    head_dim: int, max_seq_len: int, theta: float, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotations of `rope_table` as two real tables `[max_seq_len, head_dim]`, for
+    `x * cos + pair_swap(x) * sin`: cos repeated over each pair, sin as (-s, +s)."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+    angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float32), inv)
+    cos = angles.cos().repeat_interleave(2, dim=-1)
+    sin = torch.stack([-angles.sin(), angles.sin()], dim=-1).flatten(-2)
+    return cos, sin
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Interleaved-pair rotation with real tables: 3 kernels (flip, mul, addcmul), no
+    complex view. The result has the tables' dtype (float32), as the original rotates
+    in float32."""
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.addcmul(x * cos, swapped, sin)
+
+
 class KVCache:
     """Preallocated keys and values, `[rows, kv_heads, max_seq_len, head_dim]` per layer.
 
     Rows are the "slots" of a batch decoder; the layout keeps one row's positions contiguous
-    so decode attention reads `k[:B, :, :T]` as a view, without copying the cache.
+    so decode attention reads `k[:B, :, :T]` as a view, without copying the cache. A
+    layer's keys and values are the two halves of one tensor `kv[layer]`, so a decode step
+    writes both with one indexed copy.
     """
 
     def __init__(
@@ -177,24 +191,28 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device | str,
     ):
-        shape = (max_batch_size, kv_heads, max_seq_len, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        shape = (2, max_batch_size, kv_heads, max_seq_len, head_dim)
+        self.kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.k = [t[0] for t in self.kv]
+        self.v = [t[1] for t in self.kv]
         self.max_batch_size = max_batch_size
         self.max_seq_len = max_seq_len
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+        return sum(t.numel() * t.element_size() for t in self.kv)
 
 
 class _Step:
     """What one forward pass needs besides the activations (shared by all layers)."""
 
-    __slots__ = ("cache", "freqs", "mask", "mode", "positions", "rows", "slots", "span")
+    __slots__ = ("cache", "cos", "freqs", "mask", "mode", "positions", "rows", "sin", "slots")
+    __slots__ += ("span",)
 
-    def __init__(self, mode: str, freqs: torch.Tensor, **kw: Any):
+    def __init__(self, mode: str, **kw: Any):
         self.mode = mode
-        self.freqs = freqs
+        self.freqs: torch.Tensor | None = kw.get("freqs")  # complex, reference path
+        self.cos: torch.Tensor | None = kw.get("cos")  # real tables, fused path
+        self.sin: torch.Tensor | None = kw.get("sin")
         self.cache: KVCache | None = kw.get("cache")
         self.slots: torch.Tensor | slice | None = kw.get("slots")
         self.positions: torch.Tensor | None = kw.get("positions")
@@ -222,7 +240,45 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, self.n_kv * self.head_dim, bias=False)
         # Row-parallel (input dim split): partial sums, reduced across ranks.
         self.wo = nn.Linear(self.n_heads * self.head_dim, args.dim, bias=False)
+        self.qkv: Proj | None = None  # the prepared form (Transformer.prepare)
+        self.o: Proj | None = None
 
+    # -- the prepared (fused) path -----------------------------------------------------
+    def fused_forward(self, x: torch.Tensor, layer: int, step: _Step) -> torch.Tensor:
+        assert self.qkv is not None and self.o is not None
+        bsz, seqlen, _ = x.shape
+        hq, hkv, hd = self.n_heads, self.n_kv, self.head_dim
+        qkv = self.qkv(x).view(bsz, seqlen, hq + 2 * hkv, hd)
+        if step.mode == "decode":
+            # One rotation over all heads: the step's tables carry cos 1, sin 0 for the
+            # value heads and the attention scale folded into the query heads.
+            qkv = rotate(qkv, step.cos, step.sin).to(x.dtype)[:, 0]  # [B, H, D]
+            cache = step.cache
+            assert cache is not None
+            kv = cache.kv[layer]  # [2, rows, KV, S, D]
+            kv[:, step.rows, :, step.positions] = qkv[:, hq:].view(bsz, 2, hkv, hd)
+            q = qkv[:, :hq].view(bsz, hkv, self.rep, hd)
+            keys = kv[0, :bsz, :, : step.span]
+            values = kv[1, :bsz, :, : step.span]
+            # Grouped-query attention without repeating the cache: the `rep` query heads
+            # of a group share one key head, so they are that group's rows of queries.
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask, scale=1.0)
+            out = out.reshape(bsz, 1, hq * hd)
+        else:
+            qk = rotate(qkv[:, :, : hq + hkv], step.cos, step.sin).to(x.dtype)
+            q = qk[:, :, :hq].transpose(1, 2)
+            k = qk[:, :, hq:].transpose(1, 2)
+            v = qkv[:, :, hq + hkv :].transpose(1, 2)
+            if step.mode == "prefill":
+                cache = step.cache
+                assert cache is not None and step.slots is not None
+                cache.k[layer][step.slots, :, :seqlen] = k
+                cache.v[layer][step.slots, :, :seqlen] = v
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.rep > 1)
+            out = out.transpose(1, 2).reshape(bsz, seqlen, -1)
+        return self.par.all_reduce(self.o(out))
+
+    # -- the reference path: module by module, as the original code ----------------------
     def forward(self, x: torch.Tensor, layer: int, step: _Step) -> torch.Tensor:
         if step.mode == "decode":
             return self._decode(x, layer, step)
@@ -258,11 +314,11 @@ class Attention(nn.Module):
         cv[step.rows, :, step.positions] = v[:, 0]
         keys = ck[:bsz, :, : step.span]  # views: [B, KV, T, D]
         values = cv[:bsz, :, : step.span]
-        # Grouped-query attention without repeating the cache: the `rep` query heads of a
-        # group share one key head, so fold them into the matmul's row dimension.
         q = q.view(bsz, self.n_kv, self.rep, self.head_dim)
         scores = torch.matmul(q, keys.transpose(-1, -2)).float()
-        scores = scores * (1.0 / math.sqrt(self.head_dim)) + step.mask
+        scores = scores * (1.0 / math.sqrt(self.head_dim))
+        if step.mask is not None:
+            scores = scores.masked_fill(~step.mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1).type_as(q)
         out = torch.matmul(probs, values).reshape(bsz, 1, self.n_heads * self.head_dim)
         return self.par.all_reduce(small_linear(out, self.wo.weight))
@@ -279,6 +335,13 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(args.dim, local, bias=False)  # gate, column-parallel
         self.w2 = nn.Linear(local, args.dim, bias=False)  # down, row-parallel
         self.w3 = nn.Linear(args.dim, local, bias=False)  # up, column-parallel
+        self.w13: Proj | None = None  # the prepared form: gate and up in one matrix
+        self.down: Proj | None = None
+
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.w13 is not None and self.down is not None
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.par.all_reduce(self.down(F.silu(gate).mul_(up)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] == 1:  # a decode step: few rows
@@ -300,6 +363,39 @@ class TransformerBlock(nn.Module):
         h = x + self.attention(self.attention_norm(x), self.layer_id, step)
         return h + self.feed_forward(self.ffn_norm(h))
 
+    def fused_forward(self, x: torch.Tensor, step: _Step) -> torch.Tensor:
+        an, fn = self.attention_norm, self.ffn_norm
+        h = x + self.attention.fused_forward(
+            F.rms_norm(x, an.weight.shape, an.weight, an.eps), self.layer_id, step
+        )
+        return h + self.feed_forward.fused_forward(
+            F.rms_norm(h, fn.weight.shape, fn.weight, fn.eps)
+        )
+
+
+def _fuse(linears: list[nn.Linear]) -> torch.Tensor:
+    """One matrix stacking the linears' weights; each weight becomes a view into it, so the
+    parameters (and state_dict) stay as they were and no second copy is kept."""
+    weights = [lin.weight for lin in linears]
+    if len(weights) == 1:
+        return weights[0].detach()
+    fused = torch.cat([w.detach() for w in weights])
+    offset = 0
+    for lin, w in zip(linears, weights, strict=True):
+        n = w.shape[0]
+        lin.weight.data = fused[offset : offset + n]
+        offset += n
+    return fused
+
+
+def _release(linears: list[nn.Linear]) -> None:
+    """Drop float weights that a quantized copy replaces (keeps shapes, on `meta`)."""
+    for lin in linears:
+        lin.weight = nn.Parameter(
+            torch.empty(lin.weight.shape, dtype=lin.weight.dtype, device="meta"),
+            requires_grad=False,
+        )
+
 
 class Transformer(nn.Module):
     def __init__(self, args: ModelArgs, parallel: Parallel | None = None):
@@ -316,19 +412,26 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(i, args, par) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size // par.world_size, bias=False)
-        # The RoPE table is derived data, not a parameter: built lazily on the weights'
+        # The RoPE tables are derived data, not parameters: built lazily on the weights'
         # device so a model made on the meta device and loaded with assign=True needs no
-        # extra step, and it never enters state_dict.
+        # extra step, and they never enter state_dict.
         self._freqs: torch.Tensor | None = None
+        self._cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Inference takes the fused path (see `prepare`); False forces the reference.
+        self.fused = True
+        self.quantize: str | None = None
+        self._out: Proj | None = None
+        self._prepared_for: tuple | None = None
 
     # -- helpers -----------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.output.weight.device
+        return self.tok_embeddings.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.output.weight.dtype
+        # The embedding is never quantized: its dtype is the activations' dtype.
+        return self.tok_embeddings.weight.dtype
 
     def freqs(self) -> torch.Tensor:
         dev = self.device
@@ -337,6 +440,80 @@ class Transformer(nn.Module):
                 self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=dev
             )
         return self._freqs
+
+    def cos_sin(self) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.device
+        if self._cos_sin is None or self._cos_sin[0].device != dev:
+            self._cos_sin = rope_cos_sin(
+                self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=dev
+            )
+        return self._cos_sin
+
+    def _signature(self) -> tuple:
+        # What the prepared weights were built from: if a parameter was replaced (.to(),
+        # load_state_dict) since, they are rebuilt. In-place updates need nothing: the
+        # parameters are views of the fused matrices.
+        first = self.layers[0].attention.wq.weight
+        return (first.data_ptr(), first.dtype, first.device, self.output.weight.data_ptr())
+
+    def prepare(self, quantize: str | None = None) -> Transformer:
+        """Build the inference form of the weights: fused q/k/v and gate/up matrices (the
+        parameters become views of them), optionally weight-only int8 (`quantize="int8"`,
+        which releases the float weights: the model is then for inference only).
+
+        Called lazily on the first inference pass; call it yourself to quantize.
+        """
+        if self.quantize is not None:
+            if quantize not in (None, self.quantize):
+                raise ValueError(f"already quantized to {self.quantize}")
+            return self
+        act = self.dtype
+        if quantize is not None and act == torch.float32 and self.device.type == "cpu":
+            # ATen's int8 kernel is vectorised for bfloat16 activations on the CPU.
+            self.to(torch.bfloat16)
+            act = torch.bfloat16
+        with torch.no_grad():
+            for block in self.layers:
+                a, f = block.attention, block.feed_forward
+                widths = (a.wq.out_features, a.wk.out_features, a.wv.out_features)
+                qkv = [a.wq, a.wk, a.wv]
+                a.qkv = Proj(_fuse(qkv), quantize=quantize, act_dtype=act, splits=widths)
+                a.o = Proj(_fuse([a.wo]), quantize=quantize, act_dtype=act)
+                w13 = [f.w1, f.w3]
+                f.w13 = Proj(
+                    _fuse(w13), quantize=quantize, act_dtype=act, splits=(f.w1.out_features,) * 2
+                )
+                f.down = Proj(_fuse([f.w2]), quantize=quantize, act_dtype=act)
+                if quantize is not None:
+                    _release([*qkv, a.wo, *w13, f.w2])
+            self._out = Proj(_fuse([self.output]), quantize=quantize, act_dtype=act)
+            if quantize is not None:
+                _release([self.output])
+        self.quantize = quantize
+        self._prepared_for = self._signature()
+        return self
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights a decode step reads (all but the embedding table)."""
+        if self._prepared_for is None:
+            self.prepare()
+        projs = [self._out]
+        for block in self.layers:
+            projs += [block.attention.qkv, block.attention.o]
+            projs += [block.feed_forward.w13, block.feed_forward.down]
+        norms = sum(p.numel() * p.element_size() for n, p in self.named_parameters() if "norm" in n)
+        return sum(p.nbytes() for p in projs) + norms
+
+    def _use_fused(self) -> bool:
+        if self.quantize is not None:
+            if torch.is_grad_enabled() and self.training and self.norm.weight.requires_grad:
+                raise RuntimeError("a quantized model is for inference only")
+            return True
+        if not self.fused or (torch.is_grad_enabled() and self.output.weight.requires_grad):
+            return False
+        if self._prepared_for != self._signature():
+            self.prepare()
+        return True
 
     def new_cache(
         self, max_batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None
@@ -358,8 +535,14 @@ class Transformer(nn.Module):
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.par.all_gather_last(self.tok_embeddings(tokens))
 
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.par.all_gather_last(small_linear(self.norm(h), self.output.weight)).float()
+    def _logits(self, h: torch.Tensor, fused: bool) -> torch.Tensor:
+        if fused:
+            assert self._out is not None
+            n = self.norm
+            out = self._out(F.rms_norm(h, n.weight.shape, n.weight, n.eps))
+        else:
+            out = small_linear(self.norm(h), self.output.weight)
+        return self.par.all_gather_last(out).float()
 
     def _check_len(self, seqlen: int) -> None:
         if seqlen > self.args.max_seq_len:
@@ -367,16 +550,30 @@ class Transformer(nn.Module):
                 f"{seqlen} positions exceed the model's context length {self.args.max_seq_len}"
             )
 
+    def _run(self, h: torch.Tensor, step: _Step, fused: bool) -> torch.Tensor:
+        if fused:
+            for layer in self.layers:
+                h = layer.fused_forward(h, step)
+        else:
+            for layer in self.layers:
+                h = layer(h, step)
+        return h
+
+    def _sequence_step(self, mode: str, seqlen: int, fused: bool, **kw: Any) -> _Step:
+        if fused:
+            cos, sin = self.cos_sin()
+            # [T, 1, D]: broadcast over the heads of [B, T, H, D]
+            return _Step(mode, cos=cos[:seqlen, None], sin=sin[:seqlen, None], **kw)
+        return _Step(mode, freqs=self.freqs()[:seqlen], **kw)
+
     # -- entry points ------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, vocab] (float32) for whole sequences starting at position 0."""
         seqlen = tokens.shape[1]
         self._check_len(seqlen)
-        step = _Step("full", self.freqs()[:seqlen])
-        h = self._embed(tokens)
-        for layer in self.layers:
-            h = layer(h, step)
-        return self._logits(h)
+        fused = self._use_fused()
+        step = self._sequence_step("full", seqlen, fused)
+        return self._logits(self._run(self._embed(tokens), step, fused), fused)
 
     def prefill(
         self,
@@ -393,15 +590,14 @@ class Transformer(nn.Module):
         bsz, seqlen = tokens.shape
         if seqlen > cache.max_seq_len:
             raise ValueError(f"prompt of {seqlen} tokens exceeds the cache ({cache.max_seq_len})")
-        step = _Step("prefill", self.freqs()[:seqlen], cache=cache, slots=slots)
-        h = self._embed(tokens)
-        for layer in self.layers:
-            h = layer(h, step)
+        fused = self._use_fused()
+        step = self._sequence_step("prefill", seqlen, fused, cache=cache, slots=slots)
+        h = self._run(self._embed(tokens), step, fused)
         if last is not None:
             # Only the last prompt position is needed to sample: skip the vocab projection
             # (the largest matmul) for the rest.
             h = h[torch.arange(bsz, device=h.device), last]
-        return self._logits(h)
+        return self._logits(h, fused)
 
     def decode(
         self,
@@ -420,23 +616,48 @@ class Transformer(nn.Module):
             span = int(positions.max()) + 1
         if span > cache.max_seq_len:
             raise ValueError(f"position {span - 1} is beyond the cache ({cache.max_seq_len})")
-        ar = torch.arange(span, device=tokens.device)
-        # Additive mask: row b sees keys 0..positions[b]; shared by every layer.
-        mask = torch.zeros(bsz, 1, 1, span, device=tokens.device)
-        mask.masked_fill_(ar.view(1, 1, 1, span) > positions.view(bsz, 1, 1, 1), float("-inf"))
-        step = _Step(
-            "decode",
-            self.freqs()[positions].unsqueeze(1),  # [B, 1, D/2]
-            cache=cache,
-            rows=torch.arange(bsz, device=tokens.device),
-            positions=positions,
-            mask=mask,
-            span=span,
-        )
-        h = self._embed(tokens.view(bsz, 1))
-        for layer in self.layers:
-            h = layer(h, step)
-        return self._logits(h[:, 0])
+        dev = tokens.device
+        # Row b sees keys 0..positions[b]; shared by every layer. A single row sees the
+        # whole span (the caller's span is its position + 1): no mask at all.
+        mask = None
+        if bsz > 1:
+            ar = torch.arange(span, device=dev)
+            mask = (ar.view(1, 1, 1, span) <= positions.view(bsz, 1, 1, 1)).contiguous()
+        rows = torch.arange(bsz, device=dev)
+        fused = self._use_fused()
+        if fused:
+            step = _Step(
+                "decode", cache=cache, rows=rows, positions=positions, mask=mask, span=span
+            )
+            step.cos, step.sin = self._decode_tables(positions)
+        else:
+            freqs = self.freqs()[positions].unsqueeze(1)  # [B, 1, D/2]
+            step = _Step(
+                "decode",
+                freqs=freqs,
+                cache=cache,
+                rows=rows,
+                positions=positions,
+                mask=mask,
+                span=span,
+            )
+        h = self._run(self._embed(tokens.view(bsz, 1)), step, fused)
+        return self._logits(h[:, 0], fused)
+
+    def _decode_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin `[B, 1, H, D]` for one rotation over a decode step's q, k and v heads:
+        the query heads carry the attention scale 1/sqrt(D), the value heads cos 1, sin 0."""
+        attn = self.layers[0].attention
+        hq, hkv, hd = attn.n_heads, attn.n_kv, attn.head_dim
+        cos, sin = self.cos_sin()
+        c, s = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)  # [B, 1, D]
+        bsz = positions.shape[0]
+        scale = 1.0 / math.sqrt(hd)
+        ones = torch.ones(bsz, hkv, hd, device=c.device)
+        zeros = torch.zeros(bsz, hkv, hd, device=c.device)
+        cos_all = torch.cat([(c * scale).expand(-1, hq, -1), c.expand(-1, hkv, -1), ones], 1)
+        sin_all = torch.cat([(s * scale).expand(-1, hq, -1), s.expand(-1, hkv, -1), zeros], 1)
+        return cos_all.unsqueeze(1), sin_all.unsqueeze(1)
 
 
 def init_weights(model: Transformer, seed: int = 0, std: float = 0.02) -> Transformer:
