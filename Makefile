@@ -4,12 +4,13 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format install install-dev services test-deps clean-data help
+.PHONY: run test test-fast lint layers format install install-dev services test-deps clean-data help
 
 help:
 	@echo "make run    - the whole portal on this machine (web, Redis, S3, worker, beat), demo data"
 	@echo "make test   - the full test suite against PostgreSQL, Redis, SeaweedFS and Chromium"
-	@echo "make lint   - ruff lint and format check"
+	@echo "make test-fast - the suite without browsers and worker processes (a few minutes)"
+	@echo "make lint   - ruff lint and format check, and the layer order (import-linter)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +39,20 @@ services:
 test-deps:
 	@bash devtools/ensure_chromium.sh
 
-test: install-dev services test-deps
+# The layer order in pyproject.toml ([tool.importlinter]): a module never imports from a
+# layer above it.
+layers: install-dev
+	$(BIN)/lint-imports
+
+test: install-dev services test-deps layers
 	$(BIN)/pytest
 
-lint: install-dev
+# Everything but headless Chromium and real Celery worker processes: the quick loop while
+# editing. `make test` stays the full suite.
+test-fast: install-dev services layers
+	$(BIN)/pytest -m "not browser and not worker"
+
+lint: install-dev layers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

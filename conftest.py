@@ -48,9 +48,7 @@ def _data_migrations() -> list[tuple[object, object]]:
                 if key in done or key[0] not in PROJECT_APPS:
                     continue
                 done.add(key)
-                codes = [
-                    op.code for op in graph.nodes[key].operations if isinstance(op, RunPython)
-                ]
+                codes = [op.code for op in graph.nodes[key].operations if isinstance(op, RunPython)]
                 if codes:
                     state_apps = loader.project_state(key, at_end=True).apps
                     found.extend((code, state_apps) for code in codes)

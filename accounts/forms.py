@@ -59,7 +59,7 @@ class ApplicationForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        from weights.selectors import variant_list_published
+        from catalog.selectors import variant_list_published
 
         self.fields["country"].choices = [("", "Choose a country"), *list(countries)]
         self.fields["requested_variants"].queryset = variant_list_published()

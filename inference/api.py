@@ -22,11 +22,11 @@ from rest_framework.views import APIView
 
 from accounts.authentication import TokenAuthentication, require_scope
 from accounts.selectors import variants_accessible
+from catalog.selectors import variant_get
 from inference import streams
 from inference.models import GenerationJob, JobSource
 from inference.selectors import job_get_for_user, jobs_for_user
 from inference.services import job_cancel, job_submit
-from weights.selectors import variant_get
 
 
 class EventStreamRenderer(BaseRenderer):

@@ -127,7 +127,7 @@ def _model_object(variant: ModelVariant) -> dict:
 
 
 def _variant_for(model: str) -> ModelVariant:
-    from weights.selectors import variant_get
+    from catalog.selectors import variant_get
 
     name = (model or "").strip().lower().removeprefix("llama-")
     return variant_get(size=name)

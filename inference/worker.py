@@ -87,8 +87,8 @@ def model_for(variant: ModelVariant):
         llama = _models.get(variant.slug)
         if llama is not None:
             return llama
+        from inference.checkpoints import checkpoint_fetch
         from inference.llama import Llama  # torch: imported on first use, after the fork
-        from weights.services import checkpoint_fetch
 
         if settings.JOBS_TORCH_THREADS:
             import torch

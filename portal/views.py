@@ -11,7 +11,7 @@ from portal.health import run_checks
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    from weights.selectors import variant_list_published
+    from catalog.selectors import variant_list_published
 
     return render(request, "portal/home.html", {"variants": variant_list_published()})
 

@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts import services as accounts_services
 from accounts.models import Application, Grant, SizeOutcome
+from catalog.selectors import variant_get
 from core.errors import InvalidInput, NotFound
 from review import charts, selectors, services, stats
 from review.access import application_get_for_review, reviewer_required
@@ -34,7 +35,6 @@ from review.forms import (
     end_of_day,
 )
 from review.models import ReasonKind
-from weights.selectors import variant_get
 
 
 def _detail_url(application_id: int) -> str:

@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import TokenAuthentication, require_scope
-from weights.selectors import variant_get_published
+from catalog.selectors import variant_get_published
 from weights.services import download_links_issue
 
 

@@ -272,31 +272,3 @@ def download_link_use(*, link_id: str, user, ip: str | None, user_agent: str) ->
             user=user, file=link.file, link=link, ip=ip, user_agent=user_agent[:512]
         )
     return Redirect(url=url, event=event)
-
-
-# --- The job worker's local copy ----------------------------------------------------------
-
-
-def checkpoint_fetch(
-    *, variant: ModelVariant, directory: Path, on_progress: Callable[[int], None] | None = None
-) -> Path:
-    """Make `directory` hold the variant's stored checkpoint, every file SHA-256 verified.
-
-    Files already there and intact are kept; partial ones resume. Raises
-    `storage.ChecksumMismatch` for a file that arrives damaged (it is removed).
-    """
-    from weights.selectors import variant_files
-
-    files = variant_files(variant)
-    if not files:
-        raise NotFound(f"LLaMA {variant.size} has no published files yet.", code="not_stored")
-    directory = Path(directory)
-    for file in files:
-        storage.download_file(
-            file.s3_key,
-            directory / file.path,
-            sha256=file.sha256,
-            size=file.size,
-            on_progress=on_progress,
-        )
-    return directory

@@ -12,13 +12,9 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from catalog.selectors import variant_get_published, variant_list_published, variant_manifest
 from core.errors import PortalError, render_error
-from weights.selectors import (
-    variant_checklist,
-    variant_get_published,
-    variant_list_published,
-    variant_manifest,
-)
+from weights.selectors import variant_checklist
 from weights.services import download_link_use, download_links_issue
 
 

@@ -5,9 +5,9 @@ import hashlib
 import pytest
 
 from catalog.models import ModelVariant, WeightFile
+from catalog.selectors import variant_files
 from core import storage
-from weights.selectors import variant_files
-from weights.services import checkpoint_fetch
+from inference.checkpoints import checkpoint_fetch
 
 pytestmark = pytest.mark.django_db
 

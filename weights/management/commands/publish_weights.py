@@ -12,8 +12,8 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from catalog.selectors import variant_get
 from core.errors import PortalError
-from weights.selectors import variant_get
 from weights.services import variant_publish
 
 
