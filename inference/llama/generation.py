@@ -46,6 +46,12 @@ PREFILL_TOKEN_BUDGET = 8192
 DEFAULT_BATCH = 32
 # Prompt tokens decoded in front of the output so SentencePiece keeps its leading space.
 _CONTEXT_TOKENS = 4
+# Tokens of one cache-less scoring pass (rows x padded length). Such a pass returns logits at
+# every position ([rows, length, vocab] float32: 2048 x 32000 x 4 bytes = 262 MB for LLaMA),
+# so it is kept smaller than the prefill budget.
+SCORE_TOKEN_BUDGET = 2048
+# The most alternatives a request may ask for at each position (vLLM's limit).
+MAX_TOP_LOGPROBS = 20
 
 
 class GenerationError(Exception):
@@ -76,12 +82,15 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     echo: bool = False
     logprobs: bool = False
+    top_logprobs: int = 0  # with logprobs: the N likeliest tokens at each position too
     ignore_eos: bool = False  # benchmarks: always run max_new_tokens
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+        if self.max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0 (0: score the prompt only)")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -92,6 +101,16 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Every prompt position is scored (echo with logprobs)."""
+        return self.echo and self.logprobs
+
+    @property
+    def one_pass(self) -> bool:
+        """At most one new token: the request needs one forward pass and no cache row."""
+        return self.max_new_tokens <= 1
 
 
 @dataclass
@@ -123,6 +142,10 @@ class Completion:
     finish_reason: str
     logprobs: list[float] | None = None
     prompt_logprobs: list[float | None] | None = None
+    # With top_logprobs N: {token id: logprob} of the N likeliest tokens at each position
+    # (the prompt's first position has none: None).
+    top_logprobs: list[dict[int, float]] | None = None
+    prompt_top_logprobs: list[dict[int, float] | None] | None = None
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,7 +187,9 @@ class _Seq:
         self.n_sampled = 0
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
+        self.top_logprobs: list[dict[int, float]] = []
         self.prompt_logprobs: list[float | None] | None = None
+        self.prompt_top_logprobs: list[dict[int, float] | None] | None = None
         self.text = ""
         self.text_lens: list[int] = []  # len(text) after each token, to cut at a stop
         self.emitted = 0  # characters of text already streamed
@@ -242,6 +267,9 @@ class BatchDecoder:
         self._free = list(range(max_batch_size))  # a heap: fill low slots first, so the
         # rows a decode pass covers (0..highest busy slot) stay dense
         self._pending: deque[_Seq] = deque()
+        # Requests of at most one new token: one cache-less forward pass each, batched with
+        # the others of the same step, so a burst of scoring requests needs no cache rows.
+        self._one_pass: list[_Seq] = []
         self._by_id: dict[Any, _Seq] = {}
         self._incoming: list[_Seq] = []
         self._cancels: dict[Any, str] = {}
@@ -326,7 +354,7 @@ class BatchDecoder:
     @property
     def waiting(self) -> int:
         with self._lock:
-            return len(self._pending) + len(self._incoming)
+            return len(self._pending) + len(self._incoming) + len(self._one_pass)
 
     def has_work(self) -> bool:
         with self._lock:
@@ -383,12 +411,16 @@ class BatchDecoder:
                 return [], True
         # Queue first, then cancel: a request cancelled in the step it arrives must leave
         # the queue too.
-        self._pending.extend(incoming)
+        for seq in incoming:
+            (self._one_pass if seq.params.one_pass else self._pending).append(seq)
         finished = [
             self._finish(seq, reason)
             for rid, reason in cancels.items()
             if (seq := self._lookup(rid)) is not None
         ]
+        if self._one_pass:
+            one_pass, self._one_pass = self._one_pass, []
+            finished.extend(self._run_one_pass(one_pass))
         running = [s for s in self._slots if s is not None]
         admitted = []
         while self._pending and self._free:
@@ -409,7 +441,7 @@ class BatchDecoder:
                 parts.append(self._prefill(admitted))
             logits = torch.cat(parts) if len(parts) > 1 else parts[0]
             if self.par.is_leader:
-                tokens, logprobs = self._sample(seqs, logits)
+                tokens, logprobs, tops = self._sample(seqs, logits)
         except RuntimeError as exc:
             if self.par.enabled:
                 raise  # the other ranks are inside the same collectives: nothing to save
@@ -424,8 +456,8 @@ class BatchDecoder:
             return finished, False
         if self.par.is_leader:
             done_flags = []
-            for seq, tok, lp in zip(seqs, tokens, logprobs, strict=True):
-                reason = self._accept(seq, tok, lp)
+            for seq, tok, lp, top in zip(seqs, tokens, logprobs, tops, strict=True):
+                reason = self._accept(seq, tok, lp, top)
                 done_flags.append(reason is not None)
                 if reason is not None:
                     finished.append(self._finish(seq, reason))
@@ -489,53 +521,89 @@ class BatchDecoder:
         return logits[torch.tensor(slots, device=self.device)]
 
     def _prefill(self, admitted: list[_Seq]) -> torch.Tensor:
-        out: list[torch.Tensor] = []
-        for group in self._prefill_groups(admitted):
-            lens = [len(s.prompt_tokens) for s in group]
-            width = max(lens)
-            toks = torch.zeros(len(group), width, dtype=torch.long)
-            for i, s in enumerate(group):
-                toks[i, : lens[i]] = torch.tensor(s.prompt_tokens)
-            toks = toks.to(self.device)
+        """Prefill the admitted prompts into their cache rows; logits at each one's last
+        position, in the order of `admitted`."""
+        rows: dict[int, torch.Tensor] = {}
+        scoring = [s for s in admitted if s.params.scores_prompt]
+        plain = [s for s in admitted if not s.params.scores_prompt]
+        for group in _groups(scoring, SCORE_TOKEN_BUDGET) + _groups(plain, PREFILL_TOKEN_BUDGET):
+            toks, lens = self._padded(group)
             slots = torch.tensor([s.slot for s in group], device=self.device)
-            full = any(s.params.echo and s.params.logprobs for s in group)
-            if full:
-                # echo + logprobs wants every prompt position scored (one request alone).
-                all_logits = self.model.prefill(toks, self.cache, slots, None)[0]
-                seq = group[0]
-                lp = torch.log_softmax(all_logits[:-1], dim=-1)
-                target = torch.tensor(seq.prompt_tokens[1:], device=self.device)
-                seq.prompt_logprobs = [None, *lp.gather(1, target[:, None])[:, 0].tolist()]
-                out.append(all_logits[-1:])
+            last = torch.tensor([n - 1 for n in lens], device=self.device)
+            if group[0].params.scores_prompt:
+                # echo + logprobs wants every prompt position scored.
+                full = self.model.prefill(toks, self.cache, slots, None)
+                self._score_prompts(group, full)
+                logits = full[torch.arange(len(group), device=self.device), last]
             else:
-                last = torch.tensor([n - 1 for n in lens], device=self.device)
-                out.append(self.model.prefill(toks, self.cache, slots, last))
-            for s in group:
+                logits = self.model.prefill(toks, self.cache, slots, last)
+            for i, s in enumerate(group):
                 s.pos = len(s.prompt_tokens)
-        return torch.cat(out) if len(out) > 1 else out[0]
+                rows[id(s)] = logits[i]
+        return torch.stack([rows[id(s)] for s in admitted])
 
-    def _prefill_groups(self, admitted: list[_Seq]) -> list[list[_Seq]]:
-        groups: list[list[_Seq]] = []
-        current: list[_Seq] = []
-        width = 0
-        for s in admitted:
+    def _padded(self, group: list[_Seq]) -> tuple[torch.Tensor, list[int]]:
+        lens = [len(s.prompt_tokens) for s in group]
+        toks = torch.zeros(len(group), max(lens), dtype=torch.long)
+        for i, s in enumerate(group):
+            toks[i, : lens[i]] = torch.tensor(s.prompt_tokens)
+        return toks.to(self.device), lens
+
+    def _score_prompts(self, group: list[_Seq], logits: torch.Tensor) -> None:
+        """Prompt log-probabilities (and the top alternatives) from logits at every
+        position ([rows, length, vocab]); position 0 has no prediction, hence None."""
+        for i, s in enumerate(group):
+            if not s.params.scores_prompt or not self.par.is_leader:
+                continue
             n = len(s.prompt_tokens)
-            alone = s.params.echo and s.params.logprobs
-            if current and (alone or max(width, n) * (len(current) + 1) > PREFILL_TOKEN_BUDGET):
-                groups.append(current)
-                current, width = [], 0
-            current.append(s)
-            width = max(width, n)
-            if alone:
-                groups.append(current)
-                current, width = [], 0
-        if current:
-            groups.append(current)
-        return groups
+            s.prompt_logprobs = [None]
+            s.prompt_top_logprobs = [None] if s.params.top_logprobs else None
+            if n < 2:
+                continue
+            lp = torch.log_softmax(logits[i, : n - 1].float(), dim=-1)
+            target = torch.tensor(s.prompt_tokens[1:], device=lp.device)
+            s.prompt_logprobs += lp.gather(1, target[:, None])[:, 0].tolist()
+            if s.params.top_logprobs:
+                s.prompt_top_logprobs += _top(lp, s.params.top_logprobs)
+
+    def _run_one_pass(self, seqs: list[_Seq]) -> list[Completion]:
+        """Requests of at most one new token, in cache-less forward passes batched by
+        length: score the prompt when asked, sample the one token, finish."""
+        done: list[Completion] = []
+        seqs = sorted(seqs, key=lambda s: -len(s.prompt_tokens))  # less padding per pass
+        for group in _groups(seqs, SCORE_TOKEN_BUDGET):
+            sample = [s for s in group if s.params.max_new_tokens > 0]
+            try:
+                toks, lens = self._padded(group)
+                logits = self.model.forward(toks)
+                self._score_prompts(group, logits)
+                picks: dict[int, tuple] = {}
+                if sample and self.par.is_leader:
+                    at = [i for i, s in enumerate(group) if s.params.max_new_tokens > 0]
+                    last = logits[
+                        torch.tensor(at, device=self.device),
+                        torch.tensor([lens[i] - 1 for i in at], device=self.device),
+                    ]
+                    for s, *pick in zip(sample, *self._sample(sample, last), strict=True):
+                        picks[id(s)] = tuple(pick)
+            except RuntimeError as exc:
+                if self.par.enabled:
+                    raise
+                log.exception("scoring pass failed for %d requests", len(group))
+                for seq in group:
+                    seq.error = f"{type(exc).__name__}: {exc}"
+                    done.append(self._finish(seq, ERROR))
+                continue
+            for seq in group:
+                reason: str | None = None
+                if id(seq) in picks:
+                    reason = self._accept(seq, *picks[id(seq)])
+                done.append(self._finish(seq, reason or LENGTH))
+        return done
 
     def _sample(
         self, seqs: list[_Seq], logits: torch.Tensor
-    ) -> tuple[list[int], list[float | None]]:
+    ) -> tuple[list[int], list[float | None], list[dict[int, float] | None]]:
         n = len(seqs)
         tokens = [0] * n
         greedy = [i for i, s in enumerate(seqs) if s.params.greedy]
@@ -547,15 +615,24 @@ class BatchDecoder:
             if not s.params.greedy:
                 tokens[i] = _sample_one(logits[i], s.params, s.generator)
         logprobs: list[float | None] = [None] * n
+        tops: list[dict[int, float] | None] = [None] * n
         want = [i for i, s in enumerate(seqs) if s.params.logprobs]
         if want:
             lp = torch.log_softmax(logits[want], dim=-1)
             chosen = torch.tensor([tokens[i] for i in want], device=logits.device)
             for i, v in zip(want, lp.gather(1, chosen[:, None])[:, 0].tolist(), strict=True):
                 logprobs[i] = v
-        return tokens, logprobs
+            k = max(seqs[i].params.top_logprobs for i in want)
+            if k:
+                for i, top in zip(want, _top(lp, k), strict=True):
+                    keep = seqs[i].params.top_logprobs
+                    if keep:
+                        tops[i] = dict(list(top.items())[:keep])
+        return tokens, logprobs, tops
 
-    def _accept(self, seq: _Seq, token: int, logprob: float | None) -> str | None:
+    def _accept(
+        self, seq: _Seq, token: int, logprob: float | None, top: dict[int, float] | None = None
+    ) -> str | None:
         """Record a sampled token, stream it, and say whether the sequence finished."""
         p = seq.params
         seq.n_sampled += 1
@@ -567,6 +644,8 @@ class BatchDecoder:
             seq.tokens.append(token)
             if logprob is not None:
                 seq.logprobs.append(logprob)
+            if top is not None:
+                seq.top_logprobs.append(top)
             if self.tokenizer is not None:
                 context = seq.prompt_tokens[-_CONTEXT_TOKENS:]
                 seq.text = self.tokenizer.decode_continuation(context, seq.tokens)
@@ -610,6 +689,7 @@ class BatchDecoder:
         )
         del seq.tokens[keep:]
         del seq.logprobs[keep:]
+        del seq.top_logprobs[keep:]
         return STOP
 
     def _finish(self, seq: _Seq, reason: str) -> Completion:
@@ -622,6 +702,8 @@ class BatchDecoder:
         else:
             with contextlib.suppress(ValueError):  # already admitted or never queued
                 self._pending.remove(seq)
+            with contextlib.suppress(ValueError):
+                self._one_pass.remove(seq)
         text = seq.text
         if seq.params.echo:
             prompt_text = seq.prompt
@@ -637,8 +719,76 @@ class BatchDecoder:
             finish_reason=reason,
             logprobs=list(seq.logprobs) if seq.params.logprobs else None,
             prompt_logprobs=seq.prompt_logprobs,
+            top_logprobs=(
+                list(seq.top_logprobs) if seq.params.logprobs and seq.params.top_logprobs else None
+            ),
+            prompt_top_logprobs=seq.prompt_top_logprobs,
             error=seq.error,
         )
+
+
+def token_strings(tokenizer: Tokenizer, ids: Sequence[int], *, first: bool = False) -> list[str]:
+    """The text each token contributes, so that the strings join into the decoded text
+    (what OpenAI's `tokens` and `text_offset` describe).
+
+    SentencePiece's word marker becomes a space; BOS and EOS contribute nothing; byte
+    pieces of one UTF-8 character give the character on its last byte, "" before it. With
+    `first` (the tokens start a text, as a prompt does), the leading space SentencePiece
+    drops when decoding is dropped too.
+    """
+    out: list[str] = []
+    pending = b""
+    strip = first
+    for t in ids:
+        piece = tokenizer.piece(t)
+        if t in (tokenizer.bos_id, tokenizer.eos_id):
+            out.append("")
+            continue
+        if tokenizer.sp.is_byte(t):
+            pending += bytes([int(piece[3:5], 16)])
+            try:
+                text = pending.decode("utf-8")
+            except UnicodeDecodeError:
+                if len(pending) < 4:
+                    out.append("")
+                    continue
+                text = pending.decode("utf-8", errors="replace")
+            pending = b""
+        else:
+            if pending:
+                out[-1] += pending.decode("utf-8", errors="replace")
+                pending = b""
+            text = piece.replace("\u2581", " ")
+        if strip and text:
+            text = text.removeprefix(" ")
+            strip = False
+        out.append(text)
+    return out
+
+
+def _groups(seqs: list[_Seq], budget: int) -> list[list[_Seq]]:
+    """Consecutive runs of `seqs` whose padded size (rows x longest) fits `budget`; a
+    longer prompt goes alone."""
+    groups: list[list[_Seq]] = []
+    current: list[_Seq] = []
+    width = 0
+    for s in seqs:
+        n = len(s.prompt_tokens)
+        if current and max(width, n) * (len(current) + 1) > budget:
+            groups.append(current)
+            current, width = [], 0
+        current.append(s)
+        width = max(width, n)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _top(lp: torch.Tensor, k: int) -> list[dict[int, float]]:
+    """{token id: logprob} of the k likeliest tokens of each row of `lp`, likeliest first."""
+    values, ids = torch.topk(lp, min(k, lp.shape[-1]), dim=-1)
+    pairs = zip(ids.tolist(), values.tolist(), strict=True)
+    return [dict(zip(i, v, strict=True)) for i, v in pairs]
 
 
 def generate(

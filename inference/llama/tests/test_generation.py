@@ -262,7 +262,7 @@ def test_bad_requests_are_refused(llama):
         decoder.add([])
     with pytest.raises(GenerationError, match=r"must be in \[0, 1024\)"):
         decoder.add([1, 1024])
-    for bad in ({"max_new_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"top_k": -1}):
+    for bad in ({"max_new_tokens": -1}, {"temperature": -1}, {"top_p": 0}, {"top_k": -1}):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
 
