@@ -3,6 +3,7 @@
     python -m inference.llama generate --ckpt ~/llama/7B --prompt "The capital of France is"
     python -m inference.llama generate --ckpt DIR --prompt A --prompt B --json --seed 1
     python -m inference.llama generate --ckpt ~/llama/65B --tp 8      # one process per GPU
+    python -m inference.llama generate --ckpt DIR --dtype bfloat16 --quantize int8 --prompt A
     torchrun --nproc-per-node 8 -m inference.llama generate --ckpt ~/llama/65B --prompt ...
     python -m inference.llama demo /tmp/demo --shards 2
 
@@ -46,7 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--echo", action="store_true", help="include the prompt in the text")
     gen.add_argument("--logprobs", action="store_true", help="per-token log-probabilities")
     gen.add_argument("--json", action="store_true", help="one JSON line per completion")
-    gen.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    gen.add_argument(
+        "--dtype", default="auto", help="auto, float32, bfloat16, float16 (activations, cache)"
+    )
+    gen.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: weight-only int8, per-channel scales (bfloat16 activations on the CPU)",
+    )
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda")
     gen.add_argument("--max-seq-len", type=int, help="context length (default 2048)")
     gen.add_argument("--max-batch-size", type=int, default=8)
@@ -109,6 +118,7 @@ def _run_generate(ns: argparse.Namespace, parallel: Any = None) -> int:
         verify=verify and rank == 0,
         manifest=ns.manifest,
         parallel=parallel,
+        quantize=None if ns.quantize == "none" else ns.quantize,
     )
     decoder = BatchDecoder(llama.model, llama.tokenizer, max_batch_size=ns.max_batch_size)
     if rank != 0:

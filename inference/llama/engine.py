@@ -1,6 +1,7 @@
 """`Llama`: a loaded model and its tokenizer, the one object a worker needs.
 
 llama = Llama.load("/ckpt/7B", device="cuda", dtype="float16")
+llama = Llama.load("/ckpt/7B", dtype="bfloat16", quantize="int8")   # weight-only int8
 [c] = llama.generate(["The capital of France is"], SamplingParams(max_new_tokens=8))
 
 decoder = llama.decoder(max_batch_size=8)       # continuous batching
@@ -19,6 +20,7 @@ import torch
 
 from .checkpoint import load_model, load_tokenizer
 from .generation import BatchDecoder, Completion, SamplingParams, TokenCallback, generate
+from .kernels import QUANT_MODES
 from .model import Transformer
 from .parallel import Parallel
 from .tokenizer import Tokenizer
@@ -34,14 +36,17 @@ DTYPES = {
 }
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
-    """A torch dtype from a name; "auto" is float32 on the CPU, bfloat16 (or float16 where
-    the GPU lacks it) on CUDA."""
+def resolve_dtype(
+    dtype: str | torch.dtype, device: str | torch.device = "cpu", quantize: str | None = None
+) -> torch.dtype:
+    """A torch dtype from a name; "auto" is float32 on the CPU (bfloat16 under int8
+    weights, which ATen's int8 kernel wants), bfloat16 (or float16 where the GPU lacks
+    it) on CUDA."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         if torch.device(device).type != "cuda":
-            return torch.float32
+            return torch.bfloat16 if quantize else torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     try:
         return DTYPES[dtype]
@@ -66,19 +71,24 @@ class Llama:
         verify: bool = False,
         manifest: Mapping[str, str] | str | Path | None = None,
         parallel: Parallel | None = None,
+        quantize: str | None = None,
     ) -> Llama:
+        """Load a checkpoint; the inference form of the weights (fused projections, and
+        int8 when `quantize="int8"`) is built here, the files are not changed."""
+        if quantize is not None and quantize not in QUANT_MODES:
+            raise ValueError(f"unknown quantization {quantize!r}; one of {', '.join(QUANT_MODES)}")
         tok = load_tokenizer(ckpt_dir, tokenizer)
         model = load_model(
             ckpt_dir,
             tokenizer=tok,
             device=device,
-            dtype=resolve_dtype(dtype, device),
+            dtype=resolve_dtype(dtype, device, quantize),
             max_seq_len=max_seq_len,
             verify_files=verify,
             manifest=manifest,
             parallel=parallel,
         )
-        return cls(model, tok)
+        return cls(model.prepare(quantize), tok)
 
     def decoder(self, max_batch_size: int = 8, max_seq_len: int | None = None) -> BatchDecoder:
         return BatchDecoder(
