@@ -19,6 +19,7 @@ from typing import Any
 import requests
 
 from portal_client.client import PortalClientError
+from portal_client.text import body_problem
 
 
 class NoAccess(PortalClientError):
@@ -164,6 +165,10 @@ class JobsMixin:
         if isinstance(params.get("stop"), str):
             params["stop"] = [params["stop"]]
         body.update({k: v for k, v in params.items() if v is not None})
+        problem = body_problem(body)
+        if problem is not None:
+            where, why = problem
+            raise BadParameters(f"`{where}` {why}.", code="invalid_text", param=where)
         return self._jobs_request("POST", "jobs", json=body).json()
 
     def job(self, job_id: str) -> dict:
