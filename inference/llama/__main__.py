@@ -6,6 +6,7 @@
     python -m inference.llama generate --ckpt DIR --dtype bfloat16 --quantize int8 --prompt A
     torchrun --nproc-per-node 8 -m inference.llama generate --ckpt ~/llama/65B --prompt ...
     python -m inference.llama demo /tmp/demo --shards 2
+    python -m inference.llama export-hf ~/llama/7B ~/llama/7B-hf    # for transformers
 
 Defaults follow the original release's example script (temperature 0.8, top-p 0.95).
 With --json every completion is printed as one JSON line: prompt, prompt_tokens, tokens,
@@ -75,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("out", type=Path)
     demo.add_argument("--shards", type=int, default=1)
     demo.add_argument("--seed", type=int, default=0)
+
+    hf = sub.add_parser("export-hf", help="write a transformers folder (LlamaForCausalLM)")
+    hf.add_argument("ckpt", type=Path, help="checkpoint directory (original layout)")
+    hf.add_argument("out", type=Path, help="output folder")
+    hf.add_argument("--dtype", default="float16", help="float16 (default), bfloat16, float32")
+    hf.add_argument("--tokenizer", type=Path, help="default: tokenizer.model in or above ckpt")
     return parser
 
 
@@ -222,12 +229,28 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_hf(ns: argparse.Namespace) -> int:
+    from .export import export_hf
+
+    out = export_hf(ns.ckpt, ns.out, dtype=ns.dtype, tokenizer=ns.tokenizer)
+    print(
+        f"wrote {out}: LlamaForCausalLM.from_pretrained and AutoTokenizer.from_pretrained load it"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .generation import GenerationError
 
     ns = _parser().parse_args(argv)
-    commands = {"generate": cmd_generate, "info": cmd_info, "verify": cmd_verify, "demo": cmd_demo}
+    commands = {
+        "generate": cmd_generate,
+        "info": cmd_info,
+        "verify": cmd_verify,
+        "demo": cmd_demo,
+        "export-hf": cmd_export_hf,
+    }
     try:
         return commands[ns.command](ns)
     except (CheckpointError, GenerationError, FileNotFoundError, ValueError) as exc:
