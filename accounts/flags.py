@@ -1,5 +1,7 @@
-"""Automatic flags: what a reviewer should look at twice. Computed when an application is
-submitted (`review.receivers`), stored as `review.models.Flag` rows.
+"""Automatic flags: what a reviewer should look at twice, and what keeps a size with the
+automatic policy from being approved without a person. Submission calls `flags_compute`
+directly (`accounts.services.applications`); the review console stores the results it is
+sent with `application_submitted` as `review.models.Flag` rows.
 
 Each check is a small function over the application and a bounded number of queries:
 the duplicate check compares with at most `REVIEW_DUPLICATE_CANDIDATES` recent applications
@@ -15,11 +17,31 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.db import models
 from django.utils import timezone
 
-from accounts.models import Application, LicenseAcceptance, SizeDecision, SizeOutcome
+from accounts.models import (
+    Application,
+    Grant,
+    GrantStatus,
+    LicenseAcceptance,
+    SizeDecision,
+    SizeOutcome,
+)
 from accounts.validators import orcid_error
-from review.models import FlagCode
+
+
+class FlagCode(models.TextChoices):
+    WEBMAIL = "webmail", "Free webmail address"
+    DOMAIN_MISMATCH = "domain_mismatch", "Email domain does not match the affiliation"
+    DUPLICATE_USE_CASE = "duplicate_use_case", "Use case nearly identical to another account's"
+    SHARED_IP = "shared_ip", "Several accounts from one IP address"
+    RESTRICTED_COUNTRY = "restricted_country", "Country on the restricted list"
+    INVALID_ORCID = "invalid_orcid", "Invalid ORCID iD"
+    RECENT_REJECTION = "recent_rejection", "Rejected recently"
+    PRIOR_REFUSAL = "prior_refusal", "Access revoked, or a size rejected, before"
+    FLAGS_UNAVAILABLE = "flags_unavailable", "The automatic checks could not run"
+
 
 # The free webmail providers applicants use most; REVIEW_WEBMAIL_DOMAINS adds more.
 WEBMAIL_DOMAINS = frozenset(
@@ -235,6 +257,44 @@ def check_recent_rejection(application: Application) -> FlagResult | None:
     )
 
 
+def check_prior_refusal(application: Application) -> FlagResult | None:
+    """A revoked grant at any time, or a rejection older than the recent window: a person
+    decides again, whatever the size's policy."""
+    revoked = (
+        Grant.objects.filter(user_id=application.user_id, status=GrantStatus.REVOKED)
+        .select_related("variant")
+        .order_by("-revoked_at")
+        .first()
+    )
+    if revoked is not None:
+        return FlagResult(
+            FlagCode.PRIOR_REFUSAL,
+            f"Access to {revoked.variant} was revoked on {revoked.revoked_at:%Y-%m-%d}: "
+            f"{revoked.revoke_reason}",
+            revoked.application_id,
+        )
+    days = int(getattr(settings, "REVIEW_RECENT_REJECTION_DAYS", 180))
+    rejected = (
+        SizeDecision.objects.filter(
+            application__user_id=application.user_id,
+            outcome=SizeOutcome.REJECTED,
+            decided_at__lt=timezone.now() - timedelta(days=days),
+        )
+        .exclude(application_id=application.pk)
+        .select_related("variant")
+        .order_by("-decided_at")
+        .first()
+    )
+    if rejected is not None:
+        return FlagResult(
+            FlagCode.PRIOR_REFUSAL,
+            f"{rejected.variant} was rejected on {rejected.decided_at:%Y-%m-%d} "
+            f"(application #{rejected.application_id}).",
+            rejected.application_id,
+        )
+    return None
+
+
 CHECKS = (
     check_webmail,
     check_domain_mismatch,
@@ -243,6 +303,7 @@ CHECKS = (
     check_restricted_country,
     check_orcid,
     check_recent_rejection,
+    check_prior_refusal,
 )
 
 

@@ -239,7 +239,19 @@ class SizeOutcome(models.TextChoices):
     WITHDRAWN = "withdrawn", "Withdrawn"
 
 
-UNDECIDED_OUTCOMES = frozenset({SizeOutcome.PENDING, SizeOutcome.AWAITING_SECOND})
+_O = SizeOutcome
+# The only allowed moves of one size's decision. A first approval of a two-reviewer size is
+# voided (back to pending) when the application goes back to its author: the second
+# reviewer must approve the text as it is now, together with a new first approval.
+SIZE_TRANSITIONS: dict[str, frozenset[str]] = {
+    _O.PENDING: frozenset({_O.AWAITING_SECOND, _O.APPROVED, _O.REJECTED, _O.WITHDRAWN}),
+    _O.AWAITING_SECOND: frozenset({_O.PENDING, _O.APPROVED, _O.REJECTED, _O.WITHDRAWN}),
+    _O.APPROVED: frozenset(),
+    _O.REJECTED: frozenset(),
+    _O.WITHDRAWN: frozenset(),
+}
+UNDECIDED_OUTCOMES = frozenset({_O.PENDING, _O.AWAITING_SECOND})
+del _O
 
 
 class SizeDecision(models.Model):

@@ -10,6 +10,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from accounts.flags import FlagCode
+
 
 class Claim(models.Model):
     """A reviewer working on an application, so that no second reviewer works the same one.
@@ -34,16 +36,6 @@ class Claim(models.Model):
 
     def __str__(self) -> str:
         return f"application {self.application_id} claimed by {self.reviewer}"
-
-
-class FlagCode(models.TextChoices):
-    WEBMAIL = "webmail", "Free webmail address"
-    DOMAIN_MISMATCH = "domain_mismatch", "Email domain does not match the affiliation"
-    DUPLICATE_USE_CASE = "duplicate_use_case", "Use case nearly identical to another account's"
-    SHARED_IP = "shared_ip", "Several accounts from one IP address"
-    RESTRICTED_COUNTRY = "restricted_country", "Country on the restricted list"
-    INVALID_ORCID = "invalid_orcid", "Invalid ORCID iD"
-    RECENT_REJECTION = "recent_rejection", "Rejected recently"
 
 
 class Flag(models.Model):

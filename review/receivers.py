@@ -9,22 +9,18 @@ from django.dispatch import receiver
 
 from accounts.models import Application
 from accounts.signals import application_submitted
+from review.services import flags_record
 
 logger = logging.getLogger(__name__)
 
-# Returned when the flags could not be computed: any flag stops automatic approval, so an
-# application is never approved unchecked because of a bug or an outage here.
-FLAGS_UNAVAILABLE = "flags_unavailable"
-
 
 @receiver(application_submitted, sender=Application)
-def _flag_submission(sender, application: Application, **kwargs) -> list[str]:
-    from review.services import flags_record
-
+def _store_flags(sender, application: Application, flags=None, **kwargs) -> None:
+    """Keep the flags the submission computed, for the queue and the detail page. Whether a
+    size is approved automatically was decided by the submission itself, not here."""
     try:
         # A savepoint: a failing query must not poison the applicant's submitting transaction.
         with transaction.atomic():
-            return flags_record(application=application)
+            flags_record(application=application, results=flags)
     except Exception:
-        logger.exception("could not compute the flags of application %s", application.pk)
-        return [FLAGS_UNAVAILABLE]
+        logger.exception("could not store the flags of application %s", application.pk)

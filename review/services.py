@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts import services as accounts_services
+from accounts.flags import FlagResult, flags_compute
 from accounts.models import (
     Application,
     ApplicationState,
@@ -26,7 +27,6 @@ from accounts.models import (
 from accounts.selectors import user_is_reviewer
 from catalog.models import ModelVariant
 from core.errors import Conflict, InvalidInput, PermissionDenied, PortalError
-from review.flags import flags_compute
 from review.models import Claim, Flag, InternalNote, NoteKind
 
 logger = logging.getLogger(__name__)
@@ -46,9 +46,10 @@ def _target(application: Application) -> str:
 # --- Flags ----------------------------------------------------------------------------------
 
 
-def flags_record(*, application: Application) -> list[str]:
-    """Compute the application's flags now and store them, replacing earlier ones."""
-    results = flags_compute(application)
+def flags_record(*, application: Application, results: list[FlagResult] | None = None) -> list[str]:
+    """Store the application's flags (computed now unless given), replacing earlier ones."""
+    if results is None:
+        results = flags_compute(application)
     with transaction.atomic():
         Flag.objects.filter(application_id=application.pk).delete()
         Flag.objects.bulk_create(

@@ -7,11 +7,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from accounts import services
+from accounts import flags, services
 from accounts.models import Application, ApplicationState, SizeDecision, SizeOutcome
 from accounts.tests.factories import UserFactory
 from catalog.models import ModelVariant
-from review import flags
 from review.models import FlagCode
 from review.services import flags_record
 from review.tests.helpers import flag_codes, submit, unique_use_case
