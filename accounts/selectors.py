@@ -19,6 +19,7 @@ from accounts.models import (
     Grant,
     GrantStatus,
     LicenseAcceptance,
+    User,
 )
 from catalog.models import DEFAULT_LICENSE_SLUG, License, LicenseVersion, ModelVariant
 from core.errors import PermissionDenied
@@ -46,11 +47,38 @@ def user_is_verified(user) -> bool:
 
 
 def user_is_reviewer(user) -> bool:
+    """THE answer to "is this user a reviewer?": an active superuser, or active staff in the
+    "reviewers" group. The console's access check, its nav link and every reviewer-facing
+    service ask here and nowhere else.
+
+    The group lookup is memoised on the user object, as Django's ModelBackend memoises
+    permissions: `request.user` is loaded once per request, so a page asks the database at
+    most once however many places check. A user object kept across a change of membership
+    (a shell, a test) must be fetched again to see it; the flags (`is_active`, `is_staff`,
+    `is_superuser`) are read fresh on every call.
+    """
     if user is None or not user.is_authenticated or not user.is_active:
         return False
     if user.is_superuser:
         return True
-    return user.is_staff and user.groups.filter(name=REVIEWER_GROUP).exists()
+    if not user.is_staff:
+        return False
+    try:
+        return user._reviewer_group_member
+    except AttributeError:
+        member = user.groups.filter(name=REVIEWER_GROUP).exists()
+        user._reviewer_group_member = member
+        return member
+
+
+def user_list_reviewers() -> QuerySet:
+    """Everyone `user_is_reviewer` says yes to, by email (the same rule, as a query)."""
+    return (
+        User.objects.filter(is_active=True)
+        .filter(Q(is_superuser=True) | Q(is_staff=True, groups__name=REVIEWER_GROUP))
+        .distinct()
+        .order_by("email")
+    )
 
 
 # --- Licenses --------------------------------------------------------------------------

@@ -14,17 +14,14 @@ from core.errors import NotFound, PermissionDenied
 
 
 def review_require(user) -> None:
-    """Raise unless `user` is a reviewer (staff, in the "reviewers" group)."""
+    """Raise unless `user` is a reviewer (`accounts.selectors.user_is_reviewer`, which
+    memoises its answer on the user, so the services this request calls ask no more)."""
     if user is None or not user.is_authenticated:
         raise PermissionDenied(
             "Sign in (/accounts/login/) with a reviewer account to use the review console.",
             code="anonymous",
         )
-    cached = getattr(user, "_review_is_reviewer", None)
-    if cached is None:
-        cached = user_is_reviewer(user)
-        user._review_is_reviewer = cached
-    if not cached:
+    if not user_is_reviewer(user):
         raise NotFound("There is no such page.")
 
 

@@ -8,8 +8,8 @@ from django import forms
 from django.utils import timezone
 from django_countries import countries
 
-from accounts.models import ApplicationState, OrganizationType, User
-from accounts.selectors import REVIEWER_GROUP
+from accounts.models import ApplicationState, OrganizationType
+from accounts.selectors import user_list_reviewers
 from catalog.models import ModelVariant
 from review.models import FlagCode, ReasonKind, ReasonTemplate
 from review.selectors import AWAITING_SECOND
@@ -74,10 +74,9 @@ class QueueFilterForm(forms.Form):
             (v.slug, str(v)) for v in ModelVariant.objects.order_by("position", "slug")
         ]
         self.fields["flag"].choices += FlagCode.choices
-        reviewers = User.objects.filter(is_staff=True, groups__name=REVIEWER_GROUP).order_by(
-            "email"
-        )
-        self.fields["assigned"].choices += [(str(u.pk), u.display_name) for u in reviewers]
+        self.fields["assigned"].choices += [
+            (str(u.pk), u.display_name) for u in user_list_reviewers()
+        ]
 
     def filters(self) -> dict:
         """The valid filters (an invalid one is shown with its error and ignored)."""

@@ -1,3 +1,5 @@
+"""Filters for the console's own pages. The site nav asks `accounts.context_processors`."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -5,21 +7,7 @@ from datetime import timedelta
 from django import template
 from django.utils.html import format_html_join
 
-from accounts.selectors import user_is_reviewer
-
 register = template.Library()
-
-
-@register.filter
-def is_reviewer(user) -> bool:
-    """For the nav link. Cached on the user, so a console page asks the database once."""
-    if user is None or not getattr(user, "is_authenticated", False) or not user.is_staff:
-        return False
-    cached = getattr(user, "_review_is_reviewer", None)
-    if cached is None:
-        cached = user_is_reviewer(user)
-        user._review_is_reviewer = cached
-    return cached
 
 
 @register.filter
