@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import wraps
 
-from accounts.models import Application
+from accounts.models import Application, Grant
 from accounts.selectors import user_is_reviewer
 from core.errors import NotFound, PermissionDenied
 
@@ -45,3 +45,13 @@ def application_get_for_review(application_id: int) -> Application:
     if application is None:
         raise NotFound(f"There is no submitted application #{application_id}.")
     return application
+
+
+def grant_get_for_review(grant_id: int) -> Grant:
+    """A grant the console may revoke, with what its confirmation page shows."""
+    grant = (
+        Grant.objects.select_related("user", "variant", "application").filter(pk=grant_id).first()
+    )
+    if grant is None:
+        raise NotFound(f"There is no grant #{grant_id}.")
+    return grant

@@ -195,7 +195,12 @@ class TakeOverForm(forms.Form):
 
 class BulkForm(_ReasonMixin, forms.Form):
     action = forms.ChoiceField(choices=[("approve", "Approve"), ("reject", "Reject")])
-    ids = forms.TypedMultipleChoiceField(coerce=int, label="Applications")
+    # The queue's checkboxes choose these; the confirmation page carries them hidden.
+    ids = forms.TypedMultipleChoiceField(
+        coerce=int, label="Applications", widget=forms.MultipleHiddenInput
+    )
+    # The queue's filters (its query string), to go back to the same rows afterwards.
+    query = forms.CharField(required=False, widget=forms.HiddenInput, max_length=2000)
     ends_on = forms.DateField(
         label="Access until (approval; empty: each size's default)",
         required=False,

@@ -1,13 +1,16 @@
 """The console's pages. Thin: parse input, call one service, render. Every view is wrapped
-in `reviewer_required` (the one access check); every decision goes through a confirmation
-page (no JavaScript needed) and then through `review.services`.
+in `reviewer_required` (the one access check); every decision is declared once in
+`DECISIONS` and served by `decide`: a confirmation page (no JavaScript needed), then one call
+into `review.services`.
 """
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -17,11 +20,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts import services as accounts_services
-from accounts.models import Application, Grant, SizeOutcome
+from accounts.models import Application, Grant, SizeDecision, SizeOutcome
+from catalog.models import AccessPolicy, ModelVariant
 from catalog.selectors import variant_get
 from core.errors import InvalidInput, NotFound
 from review import charts, selectors, services, stats
-from review.access import application_get_for_review, reviewer_required
+from review.access import application_get_for_review, grant_get_for_review, reviewer_required
 from review.forms import (
     ApproveForm,
     BulkForm,
@@ -41,43 +45,15 @@ def _detail_url(application_id: int) -> str:
     return reverse("review:detail", kwargs={"application_id": application_id})
 
 
+def _queue_url(query: str = "") -> str:
+    """The queue, with the filters it had (`query`, its query string) when there are any."""
+    return reverse("review:queue") + ("?" + query if query else "")
+
+
 def _invalid(form) -> InvalidInput:
     fields = {name: [str(e) for e in errors] for name, errors in form.errors.items()}
     first = next(iter(fields.values()))[0] if fields else "The form is not valid."
     return InvalidInput(first, extra={"fields": fields})
-
-
-def _confirm(
-    request: HttpRequest,
-    form,
-    *,
-    title: str,
-    summary: list[str],
-    back: str,
-    editable: tuple[str, ...] = (),
-    danger: bool = False,
-    overrides: dict | None = None,
-) -> HttpResponse | None:
-    """The confirmation step: None when the reviewer confirmed, else the page that asks."""
-    if request.POST.get("confirmed") == "1":
-        return None
-    data = request.POST.copy()
-    for key, value in (overrides or {}).items():
-        data[key] = value
-    shown = form.__class__(data)
-    shown.is_valid()
-    return render(
-        request,
-        "review/confirm.html",
-        {
-            "title": title,
-            "summary": summary,
-            "form": shown,
-            "editable": editable,
-            "back": back,
-            "danger": danger,
-        },
-    )
 
 
 # --- Queue ----------------------------------------------------------------------------------
@@ -109,67 +85,6 @@ def queue(request: HttpRequest) -> HttpResponse:
             "reject_templates": selectors.reason_templates(ReasonKind.REJECT),
         },
     )
-
-
-@require_POST
-@reviewer_required
-def bulk(request: HttpRequest) -> HttpResponse:
-    form = BulkForm(request.POST)
-    back = reverse("review:queue") + (
-        "?" + request.POST["query"] if request.POST.get("query") else ""
-    )
-    if not form.is_valid():
-        raise _invalid(form)
-    data = form.cleaned_data
-    applications = list(
-        selectors.queue_applications(reviewer=request.user)
-        .filter(pk__in=data["ids"])
-        .select_related("user")
-    )
-    if not applications:
-        raise NotFound("None of the chosen applications is in the queue any more.")
-    approve = data["action"] == "approve"
-    ends_at = end_of_day(data["ends_on"]) if data.get("ends_on") else None
-    names = [f"#{a.pk} {a.full_name} ({a.affiliation})" for a in applications]
-    summary = [
-        (
-            f"Approve every size these {len(applications)} applications still wait for"
-            + (
-                f", until {data['ends_on']:%Y-%m-%d}."
-                if ends_at
-                else ", for each size's default term."
-            )
-        )
-        if approve
-        else f"Reject every undecided size of these {len(applications)} applications.",
-        *names,
-    ]
-    asked = _confirm(
-        request,
-        form,
-        title="Bulk approval" if approve else "Bulk rejection",
-        summary=summary,
-        back=back,
-        editable=() if approve else ("reason",),
-        danger=not approve,
-        overrides={} if approve else {"reason": data["reason"]},
-    )
-    if asked:
-        return asked
-    if approve:
-        result = services.review_bulk_approve(
-            applications=applications, reviewer=request.user, ends_at=ends_at
-        )
-    else:
-        result = services.review_bulk_reject(
-            applications=applications, reviewer=request.user, reason=data["reason"]
-        )
-    verb = "Approved" if approve else "Rejected"
-    if result.done:
-        messages.success(request, f"{verb}: " + ", ".join(f"#{a.pk}" for a in result.done) + ".")
-    for application, why in result.failed:
-        messages.error(request, f"#{application.pk} not changed: {why}")
-    return redirect(back)
 
 
 # --- Detail ---------------------------------------------------------------------------------
@@ -240,33 +155,6 @@ def release(request: HttpRequest, application_id: int) -> HttpResponse:
 
 @require_POST
 @reviewer_required
-def take_over(request: HttpRequest, application_id: int) -> HttpResponse:
-    application = application_get_for_review(application_id)
-    form = TakeOverForm(request.POST)
-    if not form.is_valid():
-        raise _invalid(form)
-    asked = _confirm(
-        request,
-        form,
-        title="Take over this application",
-        summary=[
-            f"Take application #{application.pk} ({application.full_name}) over from the "
-            "reviewer who claimed it. Your note is kept with the internal notes."
-        ],
-        back=_detail_url(application.pk),
-        editable=("note",),
-    )
-    if asked:
-        return asked
-    services.claim_take_over(
-        application=application, reviewer=request.user, note=form.cleaned_data["note"]
-    )
-    messages.success(request, "You took this application over.")
-    return redirect(_detail_url(application.pk))
-
-
-@require_POST
-@reviewer_required
 def add_note(request: HttpRequest, application_id: int) -> HttpResponse:
     application = application_get_for_review(application_id)
     form = NoteForm(request.POST)
@@ -277,144 +165,388 @@ def add_note(request: HttpRequest, application_id: int) -> HttpResponse:
     return redirect(_detail_url(application.pk) + "#notes")
 
 
-@require_POST
-@reviewer_required
-def approve(request: HttpRequest, application_id: int) -> HttpResponse:
-    application = application_get_for_review(application_id)
-    form = ApproveForm(request.POST)
-    if not form.is_valid():
-        raise _invalid(form)
-    data = form.cleaned_data
-    variant = variant_get(size=data["size"])
-    asked = _confirm(
-        request,
-        form,
-        title=f"Approve {variant}",
-        summary=[
-            f"Approve {variant} for {application.full_name} ({application.email}), "
-            f"access until {data['ends_on']:%Y-%m-%d}.",
-            "Where this size needs two reviewers, yours is the first approval unless "
-            "another reviewer already gave it.",
-        ],
-        back=_detail_url(application.pk),
-        editable=("ends_on", "message", "note"),
-    )
-    if asked:
-        return asked
-    grants = services.review_approve(
-        application=application,
-        reviewer=request.user,
-        variants=[variant],
-        ends_at=end_of_day(data["ends_on"]),
-        message=data["message"],
-        note=data["note"],
-    )
-    if grants:
-        messages.success(request, f"{variant} approved until {grants[0].ends_at:%Y-%m-%d}.")
-    else:
-        messages.success(
-            request, f"First approval of {variant} recorded; a second reviewer must confirm."
+# --- Decisions ------------------------------------------------------------------------------
+# Each decision of the console is declared once, as a `Decision`: its form, what the
+# confirmation page says, what it performs (one call into `review.services`) and what the
+# reviewer reads afterwards. `decide` serves them all: the first POST shows the confirmation
+# page, the confirmed one performs; a form that does not validate shows the same page again
+# with its errors and everything that was chosen (the size, the selected applications).
+
+
+@dataclass
+class Subject:
+    """What a decision is about, loaded once per request, and where the reviewer goes back."""
+
+    back: str
+    application: Application | None = None
+    variant: ModelVariant | None = None
+    size_decision: SizeDecision | None = None
+    grant: Grant | None = None
+    applications: list[Application] = field(default_factory=list)
+
+
+class Decision:
+    """One decision: its form, the confirmation page's title and summary, what it performs and
+    the messages afterwards. By default it is about the application in the URL."""
+
+    form_class: type[forms.Form]
+    editable: tuple[str, ...] = ()  # the fields the confirmation page lets the reviewer edit
+    danger = False
+
+    def subject(self, request: HttpRequest, data: dict, **kwargs) -> Subject:
+        application = application_get_for_review(kwargs["application_id"])
+        return Subject(back=_detail_url(application.pk), application=application)
+
+    def title(self, subject: Subject, data: dict) -> str:
+        raise NotImplementedError
+
+    def summary(self, subject: Subject, data: dict) -> list[str]:
+        raise NotImplementedError
+
+    def perform(self, subject: Subject, data: dict, *, reviewer):
+        raise NotImplementedError
+
+    def done(self, subject: Subject, data: dict, result) -> list[tuple[int, str]]:
+        """The messages the reviewer reads on the page they go back to."""
+        raise NotImplementedError
+
+
+def _applicant(application: Application) -> str:
+    return f"{application.full_name} ({application.email})"
+
+
+class _SizeDecision(Decision):
+    """A decision on one size of one application (the `size` field)."""
+
+    def subject(self, request: HttpRequest, data: dict, **kwargs) -> Subject:
+        subject = super().subject(request, data, **kwargs)
+        if data.get("size"):
+            subject.variant = variant_get(size=data["size"])
+        return subject
+
+    def size(self, subject: Subject) -> str:
+        return str(subject.variant) if subject.variant else "this size"
+
+
+class Approve(_SizeDecision):
+    form_class = ApproveForm
+    editable = ("ends_on", "message", "note")
+
+    def subject(self, request: HttpRequest, data: dict, **kwargs) -> Subject:
+        subject = super().subject(request, data, **kwargs)
+        if subject.variant is not None:
+            subject.size_decision = (
+                subject.application.decisions.select_related("first_approved_by")
+                .filter(variant=subject.variant)
+                .first()
+            )
+        return subject
+
+    def is_second(self, subject: Subject) -> bool:
+        return (
+            subject.size_decision is not None
+            and subject.size_decision.outcome == SizeOutcome.AWAITING_SECOND
         )
-    return redirect(_detail_url(application.pk))
+
+    def title(self, subject: Subject, data: dict) -> str:
+        second = " (second approval)" if self.is_second(subject) else ""
+        return f"Approve {self.size(subject)}{second}"
+
+    def summary(self, subject: Subject, data: dict) -> list[str]:
+        until = f"{data['ends_on']:%Y-%m-%d}" if data.get("ends_on") else "the date below"
+        lines = [
+            f"Approve {self.size(subject)} for {_applicant(subject.application)}, "
+            f"access until {until}."
+        ]
+        decision, variant = subject.size_decision, subject.variant
+        if self.is_second(subject):
+            first = decision.first_approved_by
+            lines.append(
+                "This is the second approval: "
+                + (first.display_name if first else "another reviewer")
+                + (
+                    f" gave the first on {decision.first_approved_at:%Y-%m-%d}"
+                    if decision.first_approved_at
+                    else " gave the first"
+                )
+                + ". Yours completes it and the grant starts."
+            )
+        elif variant is not None and variant.access_policy == AccessPolicy.TWO_REVIEWERS:
+            lines.append(
+                f"{variant} needs two reviewers: yours is the first approval, and the grant "
+                "waits for a second, different reviewer to confirm."
+            )
+        return lines
+
+    def perform(self, subject: Subject, data: dict, *, reviewer):
+        return services.review_approve(
+            application=subject.application,
+            reviewer=reviewer,
+            variants=[subject.variant],
+            ends_at=end_of_day(data["ends_on"]),
+            message=data["message"],
+            note=data["note"],
+        )
+
+    def done(self, subject: Subject, data: dict, result) -> list[tuple[int, str]]:
+        variant = subject.variant
+        if result:
+            text = f"{variant} approved until {result[0].ends_at:%Y-%m-%d}."
+        else:
+            text = f"First approval of {variant} recorded; a second reviewer must confirm."
+        return [(messages.SUCCESS, text)]
 
 
-@require_POST
-@reviewer_required
-def reject(request: HttpRequest, application_id: int) -> HttpResponse:
-    application = application_get_for_review(application_id)
-    form = RejectForm(request.POST)
-    if not form.is_valid():
-        raise _invalid(form)
-    data = form.cleaned_data
-    variant = variant_get(size=data["size"])
-    asked = _confirm(
-        request,
-        form,
-        title=f"Reject {variant}",
-        summary=[
-            f"Reject {variant} for {application.full_name} ({application.email}). "
+class Reject(_SizeDecision):
+    form_class = RejectForm
+    editable = ("reason", "note")
+    danger = True
+
+    def title(self, subject: Subject, data: dict) -> str:
+        return f"Reject {self.size(subject)}"
+
+    def summary(self, subject: Subject, data: dict) -> list[str]:
+        return [
+            f"Reject {self.size(subject)} for {_applicant(subject.application)}. "
             "The applicant reads the reason below."
-        ],
-        back=_detail_url(application.pk),
-        editable=("reason", "note"),
-        danger=True,
-        overrides={"reason": data["reason"]},
-    )
-    if asked:
-        return asked
-    services.review_reject(
-        application=application,
-        reviewer=request.user,
-        variants=[variant],
-        reason=data["reason"],
-        note=data["note"],
-    )
-    messages.success(request, f"{variant} rejected.")
-    return redirect(_detail_url(application.pk))
+        ]
+
+    def perform(self, subject: Subject, data: dict, *, reviewer):
+        return services.review_reject(
+            application=subject.application,
+            reviewer=reviewer,
+            variants=[subject.variant],
+            reason=data["reason"],
+            note=data["note"],
+        )
+
+    def done(self, subject: Subject, data: dict, result) -> list[tuple[int, str]]:
+        return [(messages.SUCCESS, f"{subject.variant} rejected.")]
 
 
-@require_POST
-@reviewer_required
-def return_for_changes(request: HttpRequest, application_id: int) -> HttpResponse:
-    application = application_get_for_review(application_id)
-    form = ReturnForm(request.POST)
-    if not form.is_valid():
-        raise _invalid(form)
-    data = form.cleaned_data
-    asked = _confirm(
-        request,
-        form,
-        title="Return for changes",
-        summary=[
+class Return(Decision):
+    form_class = ReturnForm
+    editable = ("message", "note")
+
+    def title(self, subject: Subject, data: dict) -> str:
+        return "Return for changes"
+
+    def summary(self, subject: Subject, data: dict) -> list[str]:
+        application = subject.application
+        return [
             f"Return application #{application.pk} to {application.full_name}. They can "
             "edit and resubmit it; the message below tells them what to change."
-        ],
-        back=_detail_url(application.pk),
-        editable=("message", "note"),
-        overrides={"message": data["message"]},
-    )
-    if asked:
-        return asked
-    services.review_return(
-        application=application, reviewer=request.user, message=data["message"], note=data["note"]
-    )
-    messages.success(request, "Returned to the applicant for changes.")
-    return redirect(_detail_url(application.pk))
+        ]
+
+    def perform(self, subject: Subject, data: dict, *, reviewer):
+        return services.review_return(
+            application=subject.application,
+            reviewer=reviewer,
+            message=data["message"],
+            note=data["note"],
+        )
+
+    def done(self, subject: Subject, data: dict, result) -> list[tuple[int, str]]:
+        return [(messages.SUCCESS, "Returned to the applicant for changes.")]
 
 
-@require_POST
-@reviewer_required
-def revoke(request: HttpRequest, grant_id: int) -> HttpResponse:
-    grant = (
-        Grant.objects.select_related("user", "variant", "application").filter(pk=grant_id).first()
-    )
-    if grant is None:
-        raise NotFound(f"There is no grant #{grant_id}.")
-    form = RevokeForm(request.POST)
-    if not form.is_valid():
-        raise _invalid(form)
-    back = _detail_url(grant.application_id) if grant.application_id else reverse("review:queue")
-    asked = _confirm(
-        request,
-        form,
-        title=f"Revoke access to {grant.variant}",
-        summary=[
+class TakeOver(Decision):
+    form_class = TakeOverForm
+    editable = ("note",)
+
+    def title(self, subject: Subject, data: dict) -> str:
+        return "Take over this application"
+
+    def summary(self, subject: Subject, data: dict) -> list[str]:
+        application = subject.application
+        return [
+            f"Take application #{application.pk} ({application.full_name}) over from the "
+            "reviewer who claimed it. Your note is kept with the internal notes."
+        ]
+
+    def perform(self, subject: Subject, data: dict, *, reviewer):
+        return services.claim_take_over(
+            application=subject.application, reviewer=reviewer, note=data["note"]
+        )
+
+    def done(self, subject: Subject, data: dict, result) -> list[tuple[int, str]]:
+        return [(messages.SUCCESS, "You took this application over.")]
+
+
+class Revoke(Decision):
+    form_class = RevokeForm
+    editable = ("reason",)
+    danger = True
+
+    def subject(self, request: HttpRequest, data: dict, **kwargs) -> Subject:
+        grant = grant_get_for_review(kwargs["grant_id"])
+        back = _detail_url(grant.application_id) if grant.application_id else _queue_url()
+        return Subject(back=back, grant=grant)
+
+    def title(self, subject: Subject, data: dict) -> str:
+        return f"Revoke access to {subject.grant.variant}"
+
+    def summary(self, subject: Subject, data: dict) -> list[str]:
+        grant = subject.grant
+        return [
             f"Revoke {grant.user.email}'s access to {grant.variant} now. Download links, "
             "personal access tokens and running jobs stop at once; the grantee reads the "
             "reason below."
-        ],
-        back=back,
-        editable=("reason",),
-        danger=True,
-        overrides={"reason": form.cleaned_data["reason"]},
+        ]
+
+    def perform(self, subject: Subject, data: dict, *, reviewer):
+        return services.review_revoke_grant(
+            grant=subject.grant, reviewer=reviewer, reason=data["reason"]
+        )
+
+    def done(self, subject: Subject, data: dict, result) -> list[tuple[int, str]]:
+        return [(messages.SUCCESS, f"Access to {subject.grant.variant} revoked.")]
+
+
+class _Bulk(Decision):
+    """A decision on the applications selected in the queue (the `ids` field)."""
+
+    form_class = BulkForm
+    verb = ""
+
+    def subject(self, request: HttpRequest, data: dict, **kwargs) -> Subject:
+        subject = Subject(back=_queue_url(data.get("query", "")))
+        if data.get("ids"):
+            subject.applications = list(
+                selectors.queue_applications(reviewer=request.user)
+                .filter(pk__in=data["ids"])
+                .select_related("user")
+            )
+            if not subject.applications:
+                raise NotFound("None of the chosen applications is in the queue any more.")
+        return subject
+
+    def summary(self, subject: Subject, data: dict) -> list[str]:
+        return [self.what(subject, data)] + [
+            f"#{a.pk} {a.full_name} ({a.affiliation})" for a in subject.applications
+        ]
+
+    def what(self, subject: Subject, data: dict) -> str:
+        raise NotImplementedError
+
+    def done(self, subject: Subject, data: dict, result) -> list[tuple[int, str]]:
+        said = [(messages.ERROR, f"#{a.pk} not changed: {why}") for a, why in result.failed]
+        if result.done:
+            done = ", ".join(f"#{a.pk}" for a in result.done)
+            said.insert(0, (messages.SUCCESS, f"{self.verb}: {done}."))
+        return said
+
+
+class BulkApprove(_Bulk):
+    editable = ("ends_on",)
+    verb = "Approved"
+
+    def title(self, subject: Subject, data: dict) -> str:
+        return "Bulk approval"
+
+    def what(self, subject: Subject, data: dict) -> str:
+        term = (
+            f", until {data['ends_on']:%Y-%m-%d}."
+            if data.get("ends_on")
+            else ", for each size's default term."
+        )
+        return (
+            f"Approve every size these {len(subject.applications)} applications still wait "
+            f"for{term}"
+        )
+
+    def perform(self, subject: Subject, data: dict, *, reviewer):
+        ends_on = data.get("ends_on")
+        return services.review_bulk_approve(
+            applications=subject.applications,
+            reviewer=reviewer,
+            ends_at=end_of_day(ends_on) if ends_on else None,
+        )
+
+
+class BulkReject(_Bulk):
+    editable = ("reason",)
+    danger = True
+    verb = "Rejected"
+
+    def title(self, subject: Subject, data: dict) -> str:
+        return "Bulk rejection"
+
+    def what(self, subject: Subject, data: dict) -> str:
+        return f"Reject every undecided size of these {len(subject.applications)} applications."
+
+    def perform(self, subject: Subject, data: dict, *, reviewer):
+        return services.review_bulk_reject(
+            applications=subject.applications, reviewer=reviewer, reason=data["reason"]
+        )
+
+
+DECISIONS: dict[str, Decision] = {
+    "approve": Approve(),
+    "reject": Reject(),
+    "return": Return(),
+    "take_over": TakeOver(),
+    "revoke": Revoke(),
+    "bulk_approve": BulkApprove(),
+    "bulk_reject": BulkReject(),
+}
+
+
+def _shown_form(decision: Decision, form: forms.Form) -> tuple[forms.Form, tuple[str, ...]]:
+    """The form the confirmation page shows, and which of its fields it lets the reviewer edit.
+
+    The editable fields show their parsed values, so a reason filled in from a template is
+    text the reviewer reads and edits; a field in error is editable too (unless it is one the
+    reviewer chose on the page before, such as the selection), so it can be put right here.
+    """
+    data = form.data.copy()
+    for name in decision.editable:
+        if name in form.cleaned_data:
+            data[name] = form.cleaned_data[name]
+    shown = form.__class__(data)
+    shown.is_valid()
+    fixable = tuple(
+        name
+        for name in shown.errors
+        if name in shown.fields
+        and name not in decision.editable
+        and not shown.fields[name].widget.is_hidden
     )
-    if asked:
-        return asked
-    services.review_revoke_grant(
-        grant=grant, reviewer=request.user, reason=form.cleaned_data["reason"]
+    return shown, decision.editable + fixable
+
+
+@require_POST
+@reviewer_required
+def decide(request: HttpRequest, decision: str, **kwargs) -> HttpResponse:
+    """Every decision of the console (see `DECISIONS`); `decision` comes from the URL. The bulk
+    form names its decision in its `action` field."""
+    if decision == "bulk":
+        decision = "bulk_reject" if request.POST.get("action") == "reject" else "bulk_approve"
+    action = DECISIONS[decision]
+    form = action.form_class(request.POST)
+    valid = form.is_valid()
+    data = form.cleaned_data
+    subject = action.subject(request, data, **kwargs)
+    if valid and request.POST.get("confirmed") == "1":
+        result = action.perform(subject, data, reviewer=request.user)
+        for level, text in action.done(subject, data, result):
+            messages.add_message(request, level, text)
+        return redirect(subject.back)
+    shown, editable = _shown_form(action, form)
+    return render(
+        request,
+        "review/confirm.html",
+        {
+            "title": action.title(subject, data),
+            "summary": action.summary(subject, data),
+            "form": shown,
+            "editable": editable,
+            "back": subject.back,
+            "danger": action.danger,
+        },
+        # The page that asks again, with the errors marked; 400 says the input was not taken.
+        status=200 if valid else 400,
     )
-    messages.success(request, f"Access to {grant.variant} revoked.")
-    return redirect(back)
 
 
 # --- Dashboard and export -------------------------------------------------------------------
