@@ -21,6 +21,7 @@ from inference.llama.engine import Llama
 from inference.llama.generation import BatchDecoder, SamplingParams
 from inference.llama.hf import to_transformers
 from inference.llama.kernels import quantize_int8
+from inference.llama.model import ThreadChooser
 
 from .conftest import random_model
 
@@ -206,3 +207,31 @@ def test_cli_generates_with_int8_weights(capsys, demo_dir):
     assert code == 0, err
     [line] = out.splitlines()
     assert len(json.loads(line)["tokens"]) == 8
+
+
+# -- threads -------------------------------------------------------------------------------
+def test_thread_chooser_keeps_the_faster_count_and_retries_the_other():
+    chooser = ThreadChooser(explore=4)
+    assert chooser.choose(1, 1) == 1  # one thread: nothing to choose
+    first = chooser.choose(1, 2)
+    assert first == 2  # all threads until measured
+    chooser.record(1, 2, 0.010)
+    assert chooser.choose(1, 2) == 1  # then one thread, to compare
+    chooser.record(1, 1, 0.004)
+    picks = [chooser.choose(1, 2) for _ in range(8)]
+    assert picks.count(1) == 6 and picks.count(2) == 2  # the slower one every 4th step
+    # Another batch size is measured on its own.
+    assert chooser.choose(8, 2) == 2
+
+
+def test_decode_restores_the_thread_count(two_threads):
+    model = random_model()
+    model.threads = ThreadChooser()
+    model.threads.record(1, 2, 1.0)
+    model.threads.record(1, 1, 0.001)  # one thread "measured" faster
+    cache = model.new_cache(1, 8)
+    with torch.inference_mode():
+        model.prefill(tokens(9, (1, 4)), cache, torch.arange(1), None)
+        model.decode(torch.tensor([5]), torch.tensor([4]), cache)
+    assert torch.get_num_threads() == 2
+    assert model.threads.avg[(1, 1)] != 0.001  # the step ran with one thread and was timed
