@@ -3,26 +3,26 @@
 `publish_weights` calls `checkpoint_inspect` before it uploads a byte: `params.json`,
 `consolidated.NN.pth` with exactly the shard count the catalog gives the size,
 `tokenizer.model` (in the folder or, as in the original release, one level up) and,
-when present, `checklist.chk` (MD5 sums, `md5sum -c` format). The web process imports
-this module, so it must not import torch.
+when present, `checklist.chk`. The rules of the layout itself (names, checklist format,
+where the tokenizer is) are the engine's, in `inference.llama.layout`, which imports no
+torch; this module adds what the catalog knows (the size's shape and shard count).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from catalog.models import ModelVariant
 from core.errors import InvalidInput
+from inference.llama import layout
+from inference.llama.layout import CHECKLIST, PARAMS, TOKENIZER, checklist_render, shard_name
 
-PARAMS = "params.json"
-TOKENIZER = "tokenizer.model"
-CHECKLIST = "checklist.chk"
-SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
-_CHECKLIST_LINE = re.compile(r"^([0-9a-fA-F]{32}) [ *](.+)$")
+__all__ = ["Checkpoint", "LocalFile", "checklist_render", "checkpoint_inspect"]
+
 _SHAPE_KEYS = ("dim", "n_heads", "n_layers")
+# What publishing can check while it streams a file (it computes both as it uploads).
+_CHECKABLE = {"md5", "sha256"}
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class LocalFile:
     path: str  # the name in the checkpoint (and in the manifest)
     source: Path  # where it is on disk
     size: int
-    expected_md5: str | None  # from checklist.chk, when it lists the file
+    expected_digest: str | None  # from checklist.chk (MD5 or SHA-256), when it lists the file
 
 
 @dataclass(frozen=True)
@@ -44,31 +44,6 @@ class Checkpoint:
         return sum(f.size for f in self.files)
 
 
-def shard_name(rank: int) -> str:
-    return f"consolidated.{rank:02d}.pth"
-
-
-def checklist_parse(text: str) -> dict[str, str]:
-    """{file name: md5} from `md5sum` output; raises InvalidInput on a line it cannot read."""
-    sums: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        match = _CHECKLIST_LINE.match(line)
-        if not match:
-            raise InvalidInput(
-                f"checklist.chk line {number} is not '<md5>  <file name>': {line[:80]!r}"
-            )
-        sums[match.group(2).strip().removeprefix("./")] = match.group(1).lower()
-    return sums
-
-
-def checklist_render(rows: list[tuple[str, str]]) -> str:
-    """`md5sum -c` input for (md5, path) rows."""
-    return "".join(f"{md5}  {path}\n" for md5, path in rows)
-
-
 def checkpoint_inspect(*, directory: Path, variant: ModelVariant) -> Checkpoint:
     """Check `directory` is a checkpoint for `variant` in the release layout, or raise
     InvalidInput saying what is wrong and how to fix it."""
@@ -80,11 +55,9 @@ def checkpoint_inspect(*, directory: Path, variant: ModelVariant) -> Checkpoint:
     if not params_path.is_file():
         raise InvalidInput(f"{directory} has no {PARAMS}: is it a checkpoint folder?")
     try:
-        params = json.loads(params_path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{params_path} is not valid JSON: {exc}") from None
-    if not isinstance(params, dict) or any(not isinstance(params.get(k), int) for k in _SHAPE_KEYS):
-        raise InvalidInput(f"{params_path} must give integer {', '.join(_SHAPE_KEYS)}.")
+        params = layout.read_params(directory)
+    except layout.CheckpointError as exc:
+        raise InvalidInput(str(exc)) from None
     if variant.slug != "demo":
         for key in _SHAPE_KEYS:
             if params[key] != variant.params.get(key):
@@ -93,7 +66,7 @@ def checkpoint_inspect(*, directory: Path, variant: ModelVariant) -> Checkpoint:
                     f"{key}={variant.params.get(key)}: is --size right?"
                 )
 
-    ranks = sorted(int(m.group(1)) for p in directory.iterdir() if (m := SHARD_RE.match(p.name)))
+    ranks = layout.shard_ranks(directory)
     wanted = list(range(variant.shard_count))
     if ranks != wanted:
         found = ", ".join(shard_name(r) for r in ranks) or "none"
@@ -102,15 +75,22 @@ def checkpoint_inspect(*, directory: Path, variant: ModelVariant) -> Checkpoint:
             f"({shard_name(0)} to {shard_name(variant.shard_count - 1)}); found: {found}."
         )
 
-    tokenizer = directory / TOKENIZER
-    if not tokenizer.is_file():
-        tokenizer = directory.parent / TOKENIZER  # the original release kept it one level up
-    if not tokenizer.is_file():
+    tokenizer = layout.find_tokenizer(directory)
+    if tokenizer is None:
         raise InvalidInput(f"No {TOKENIZER} in {directory} or beside it.")
 
     sums: dict[str, str] = {}
     if (directory / CHECKLIST).is_file():
-        sums = checklist_parse((directory / CHECKLIST).read_text(errors="replace"))
+        try:
+            sums = layout.checklist_read(directory / CHECKLIST)
+        except layout.CheckpointError as exc:
+            raise InvalidInput(str(exc)) from None
+        for name, digest in sums.items():
+            if layout.digest_algorithm(digest) not in _CHECKABLE:
+                raise InvalidInput(
+                    f"{CHECKLIST} gives a {layout.digest_algorithm(digest).upper()} digest for "
+                    f"{name}; publishing checks MD5 (as in the original release) or SHA-256."
+                )
     sources = {PARAMS: params_path, TOKENIZER: tokenizer}
     sources.update({shard_name(r): directory / shard_name(r) for r in wanted})
     unknown = sorted(set(sums) - set(sources))
@@ -119,7 +99,7 @@ def checkpoint_inspect(*, directory: Path, variant: ModelVariant) -> Checkpoint:
             raise InvalidInput(f"checklist.chk lists {name}, which is not in {directory}.")
 
     files = [
-        LocalFile(path=name, source=src, size=src.stat().st_size, expected_md5=sums.get(name))
+        LocalFile(path=name, source=src, size=src.stat().st_size, expected_digest=sums.get(name))
         for name, src in sorted(sources.items())
     ]
     return Checkpoint(directory=directory, params=params, files=files)

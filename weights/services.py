@@ -82,7 +82,7 @@ def _already_stored(*, variant: ModelVariant, local: LocalFile, progress) -> boo
     if row is None or row.size != local.size:
         return False
     sha256, md5 = storage.file_digests(local.source, on_progress=_tick(progress, local, "hash"))
-    _check_md5(local, md5)
+    _check_digests(local, sha256, md5)
     return row.sha256 == sha256 and storage.object_exists(row.s3_key, size=row.size)
 
 
@@ -90,10 +90,15 @@ def _tick(progress: ProgressFactory | None, local: LocalFile, action: str):
     return progress(local.path, local.size, action) if progress else None
 
 
-def _check_md5(local: LocalFile, md5: str) -> None:
-    if local.expected_md5 and md5 != local.expected_md5:
+def _check_digests(local: LocalFile, sha256: str, md5: str) -> None:
+    """Compare with checklist.chk, whose digests are MD5 (the release's) or SHA-256."""
+    expected = local.expected_digest
+    if not expected:
+        return
+    name, actual = ("SHA-256", sha256) if len(expected) == 64 else ("MD5", md5)
+    if actual != expected:
         raise ChecklistMismatch(
-            f"{local.path}: MD5 {md5} does not match checklist.chk ({local.expected_md5}). "
+            f"{local.path}: {name} {actual} does not match checklist.chk ({expected}). "
             "The file is damaged or the checklist is stale; nothing was stored for it."
         )
 
@@ -114,7 +119,7 @@ def weightfile_upload(
         key=key,
         part_size=part_size,
         on_progress=_tick(progress, local, "upload"),
-        verify=lambda sha256, md5: _check_md5(local, md5),
+        verify=lambda sha256, md5: _check_digests(local, sha256, md5),
     )
     file, _ = WeightFile.objects.update_or_create(
         variant=variant,

@@ -38,54 +38,38 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .layout import (
+    CHECKLIST,
+    PARAMS,
+    SHARD_RE,
+    TOKENIZER,
+    CheckpointError,
+    ChecksumError,
+    MissingFileError,
+    MissingShardError,
+    ShapeMismatchError,
+    VocabSizeError,
+    checklist_read,
+    digest_algorithm,
+    find_tokenizer,
+    read_params,
+    shard_name,
+)
 from .model import ModelArgs, Transformer
 from .parallel import Parallel
 from .tokenizer import Tokenizer
 
-PARAMS = "params.json"
-CHECKLIST = "checklist.chk"
-TOKENIZER = "tokenizer.model"
-SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
 IGNORED_KEYS = frozenset({"rope.freqs"})
 
 _DIM0 = ("wq.weight", "wk.weight", "wv.weight", "w1.weight", "w3.weight", "output.weight")
 _DIM1 = ("wo.weight", "w2.weight", "tok_embeddings.weight")
 _REPLICATED = ("norm.weight",)  # attention_norm, ffn_norm, norm
-
-
-class CheckpointError(Exception):
-    """A checkpoint cannot be used as it is; the message says which file and why."""
-
-
-class MissingFileError(CheckpointError):
-    pass
-
-
-class MissingShardError(MissingFileError):
-    pass
-
-
-class ShapeMismatchError(CheckpointError):
-    pass
-
-
-class VocabSizeError(CheckpointError):
-    pass
-
-
-class ChecksumError(CheckpointError):
-    pass
-
-
-def shard_name(index: int) -> str:
-    return f"consolidated.{index:02d}.pth"
 
 
 def split_dim(name: str) -> int | None:
@@ -100,28 +84,6 @@ def split_dim(name: str) -> int | None:
 
 
 # -- params, tokenizer ----------------------------------------------------------------------
-def read_params(ckpt_dir: str | Path) -> dict[str, Any]:
-    path = Path(ckpt_dir) / PARAMS
-    if not path.is_file():
-        raise MissingFileError(f"{path} not found: not a LLaMA checkpoint directory")
-    try:
-        params = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    missing = [k for k in ("dim", "n_layers", "n_heads") if k not in params]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
-    return params
-
-
-def find_tokenizer(ckpt_dir: str | Path) -> Path | None:
-    ckpt_dir = Path(ckpt_dir)
-    for candidate in (ckpt_dir / TOKENIZER, ckpt_dir.parent / TOKENIZER):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def load_tokenizer(ckpt_dir: str | Path, tokenizer: Tokenizer | str | Path | None = None):
     """The checkpoint's tokenizer: the one given, or tokenizer.model beside/above the dir."""
     if isinstance(tokenizer, Tokenizer):
@@ -165,33 +127,13 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
-def read_checklist(path: str | Path) -> dict[str, str]:
-    """`md5sum` output ("<hex>  <name>" or "<hex> *<name>") as {name: hex}."""
-    entries: dict[str, str] = {}
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2 or not re.fullmatch(r"[0-9a-fA-F]{32,128}", parts[0]):
-            raise CheckpointError(f"{path}:{lineno}: not a checksum line: {line!r}")
-        entries[parts[1].strip().lstrip("*").removeprefix("./")] = parts[0].lower()
-    return entries
-
-
 def _load_manifest(manifest: Mapping[str, str] | str | Path) -> dict[str, str]:
     if isinstance(manifest, Mapping):
         return {str(k).removeprefix("./"): str(v).lower() for k, v in manifest.items()}
     path = Path(manifest)
     if path.suffix == ".json":
         return _load_manifest(json.loads(path.read_text()))
-    return read_checklist(path)
-
-
-def _algorithm_for(digest: str) -> str:
-    algorithms = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
-    if len(digest) not in algorithms:
-        raise CheckpointError(f"cannot tell the hash algorithm of digest {digest!r}")
-    return algorithms[len(digest)]
+    return checklist_read(path)
 
 
 def verify(
@@ -214,7 +156,7 @@ def verify(
         if not path.is_file():
             cls = MissingShardError if SHARD_RE.match(Path(name).name) else MissingFileError
             raise cls(f"{path} is listed in the manifest but missing")
-        actual = file_digest(path, _algorithm_for(expected))
+        actual = file_digest(path, digest_algorithm(expected))
         if actual != expected:
             raise ChecksumError(f"{path}: checksum {actual} does not match {expected}")
     return sorted(entries)

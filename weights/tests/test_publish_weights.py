@@ -149,6 +149,26 @@ def test_a_file_that_fails_checklist_chk_is_never_registered_or_stored(s3, tmp_p
     assert storage.multipart_uploads_list(prefix=s3_prefix(v13b)) == []
 
 
+def test_a_sha256_checklist_is_checked_like_the_release_md5_one(s3, tmp_path, v13b):
+    import hashlib
+
+    from inference.llama.layout import checklist_render
+
+    _clear(v13b)
+    ckpt = write_checkpoint(tmp_path / "13B", v13b)
+    names = ["params.json", "consolidated.00.pth", "consolidated.01.pth"]
+    rows = [(hashlib.sha256((ckpt / n).read_bytes()).hexdigest(), n) for n in names]
+    (ckpt / "checklist.chk").write_text(checklist_render(rows))
+    call_command("publish_weights", str(ckpt), "--size", "13B", "--no-progress")
+    assert WeightFile.objects.filter(variant=v13b).count() == 4
+
+    _clear(v13b)
+    (ckpt / "consolidated.01.pth").write_bytes(os.urandom(64 * 1024))  # damaged after listing
+    with pytest.raises(CommandError, match=r"consolidated\.01\.pth: SHA-256 .* checklist\.chk"):
+        call_command("publish_weights", str(ckpt), "--size", "13B", "--no-progress")
+    assert not WeightFile.objects.filter(variant=v13b, path="consolidated.01.pth").exists()
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -164,6 +184,10 @@ def test_a_file_that_fails_checklist_chk_is_never_registered_or_stored(s3, tmp_p
         ),
         (lambda d: (d / "tokenizer.model").unlink(), "No tokenizer.model"),
         (lambda d: (d / "checklist.chk").write_text("nonsense\n"), "checklist.chk line 1"),
+        (
+            lambda d: (d / "checklist.chk").write_text("0" * 40 + "  params.json\n"),
+            "SHA1 digest for params.json",
+        ),
     ],
 )
 def test_it_refuses_a_folder_that_is_not_the_release_layout(tmp_path, v13b, damage, message):
