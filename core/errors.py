@@ -15,8 +15,9 @@ import logging
 import sys
 from typing import Any
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import OperationalError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -112,6 +113,12 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         exc = database_unavailable(exc)
     if isinstance(exc, PortalError):
         return Response(exc.as_dict(), status=exc.status_code, headers=_headers_for(exc))
+    # DRF answers Django's Http404 and PermissionDenied as its own NotFound and
+    # PermissionDenied; converting them here first gives the body their (never empty) detail.
+    if isinstance(exc, Http404):
+        exc = drf_exceptions.NotFound(*exc.args)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = drf_exceptions.PermissionDenied(*exc.args)
     response = drf_default_handler(exc, context)
     if response is None:
         return None
@@ -124,9 +131,10 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
             }
         }
     else:
-        detail = getattr(exc, "detail", str(exc))
+        detail = str(getattr(exc, "detail", "") or exc)
         code = getattr(exc, "default_code", "error")
-        body = {"error": {"code": code, "message": str(detail)}}
+        message = detail or f"The request failed (HTTP {response.status_code})."
+        body = {"error": {"code": code, "message": message}}
     response.data = body
     return response
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -25,6 +25,7 @@ from accounts.selectors import variants_accessible
 from catalog.selectors import variant_get
 from inference import streams
 from inference.models import GenerationJob, JobSource
+from inference.schema import JOB_EVENT_STREAM
 from inference.selectors import job_get_for_user, jobs_for_user
 from inference.services import job_cancel, job_submit
 
@@ -121,8 +122,14 @@ class JobsApi(_Api):
             return attrs
 
     class ListQuery(serializers.Serializer):
-        state = serializers.CharField(required=False)
-        limit = serializers.IntegerField(required=False, min_value=1, max_value=200, default=50)
+        state = serializers.CharField(required=False, help_text="queued, running, succeeded ...")
+        limit = serializers.IntegerField(
+            required=False,
+            min_value=1,
+            max_value=200,
+            default=50,
+            help_text="At most this many (1-200, default 50)",
+        )
 
     @extend_schema(request=CreateInput, responses={201: JobOutput})
     def post(self, request: Request) -> Response:
@@ -146,13 +153,8 @@ class JobsApi(_Api):
             body, status=status.HTTP_201_CREATED, headers={"Location": body["urls"]["self"]}
         )
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("state", str, description="queued, running, succeeded ..."),
-            OpenApiParameter("limit", int, description="At most this many (1-200, default 50)"),
-        ],
-        responses=JobOutput(many=True),
-    )
+    # The query serializer is the schema's too, so its bounds are stated where they are checked.
+    @extend_schema(parameters=[ListQuery], responses=JobOutput(many=True))
     def get(self, request: Request) -> Response:
         query = self.ListQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -186,9 +188,7 @@ class JobStreamApi(_Api):
 
     renderer_classes = [JSONRenderer, EventStreamRenderer]
 
-    @extend_schema(
-        responses={(200, "text/event-stream"): OpenApiTypes.STR},
-    )
+    @extend_schema(responses={(200, "text/event-stream"): JOB_EVENT_STREAM})
     def get(self, request: Request, job_id: str) -> StreamingHttpResponse:
         job = job_get_for_user(user=request.user, job_id=job_id)
         after = request.headers.get("Last-Event-ID") or "0"

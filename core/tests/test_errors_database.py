@@ -28,7 +28,7 @@ def test_an_api_caller_gets_json_503_with_retry_after(client, researcher, monkey
 
 @pytest.mark.django_db
 def test_a_page_gets_a_503_page(client, monkeypatch):
-    monkeypatch.setattr("weights.selectors.variant_list_published", _locked)
+    monkeypatch.setattr("portal.views.variant_list_published", _locked)
 
     response = client.get("/", HTTP_ACCEPT="text/html")
 
@@ -67,7 +67,7 @@ def test_a_database_error_in_a_middleware_is_a_503_too(settings, accept, content
 @pytest.mark.django_db
 def test_other_errors_stay_500(researcher, monkeypatch):
     client = Client(raise_request_exception=False)
-    monkeypatch.setattr("weights.selectors.variant_list_published", lambda: 1 / 0)
+    monkeypatch.setattr("portal.views.variant_list_published", lambda: 1 / 0)
 
     response = client.get("/", HTTP_ACCEPT="text/html")
 
