@@ -648,14 +648,20 @@ class Transformer(nn.Module):
         positions: torch.Tensor,
         cache: KVCache,
         span: int | None = None,
+        *,
+        static: bool = False,
     ) -> torch.Tensor:
         """One token per cache row 0..B-1, row b at `positions[b]`; logits [B, vocab].
 
         Rows that hold no sequence may be fed anything: they only write their own row.
         `span` (max position + 1), when the caller knows it, saves a device sync.
+        `static=True` attends over the whole cache under a mask, so every step has the
+        same shapes and no host sync: what a CUDA graph captures (bench/engine_gpu.py).
         """
         bsz = tokens.shape[0]
-        if span is None:
+        if static:
+            span = cache.max_seq_len
+        elif span is None:
             span = int(positions.max()) + 1
         if span > cache.max_seq_len:
             raise ValueError(f"position {span - 1} is beyond the cache ({cache.max_seq_len})")
@@ -663,7 +669,7 @@ class Transformer(nn.Module):
         # Row b sees keys 0..positions[b]; shared by every layer. A single row sees the
         # whole span (the caller's span is its position + 1): no mask at all.
         mask = None
-        if bsz > 1:
+        if bsz > 1 or static:
             ar = torch.arange(span, device=dev)
             mask = (ar.view(1, 1, 1, span) <= positions.view(bsz, 1, 1, 1)).contiguous()
         rows = torch.arange(bsz, device=dev)

@@ -235,3 +235,18 @@ def test_decode_restores_the_thread_count(two_threads):
         model.decode(torch.tensor([5]), torch.tensor([4]), cache)
     assert torch.get_num_threads() == 2
     assert model.threads.avg[(1, 1)] != 0.001  # the step ran with one thread and was timed
+
+
+def test_static_decode_equals_the_dynamic_one():
+    """decode(static=True), the shape-stable step a CUDA graph captures, attends over
+    the whole cache under a mask: same logits, one row or several."""
+    model = random_model()
+    toks = tokens(10)
+    with torch.inference_mode():
+        full = model(toks)
+        for rows in (1, 3):
+            cache = model.new_cache(rows, 32)
+            model.prefill(toks[:rows, :12], cache, torch.arange(rows), None)
+            for t in range(12, 20):
+                step = model.decode(toks[:rows, t], torch.full((rows,), t), cache, static=True)
+                torch.testing.assert_close(step, full[:rows, t], atol=1e-5, rtol=0)
