@@ -1,14 +1,23 @@
-"""OpenAI-compatible endpoints: `GET /v1/models`, `GET /v1/models/<id>`, `POST /v1/completions`.
+"""OpenAI-compatible endpoints: `GET /v1/models`, `GET /v1/models/<id>`, `POST /v1/completions`,
+and vLLM's `POST /v1/tokenize` / `POST /v1/detokenize`.
 
-The official `openai` client works unchanged with `base_url=<portal>/v1` and a personal
-access token (scope `generate`) as its API key. Each completion request is one generation
-job, so it obeys the same access check, limits and queue as the REST API, and shows up in
-the owner's job history. Errors use OpenAI's shape: {"error": {message, type, param, code}}.
+The official `openai` client and evaluation harnesses (lm-evaluation-harness's
+`local-completions`) work unchanged with `base_url=<portal>/v1` and a personal access token
+(scope `generate`) as the API key. Each completion request is one generation job, so it
+obeys the same access check, limits and queue as the REST API, and shows up in the owner's
+job history. Errors use OpenAI's shape: {"error": {message, type, param, code}}, with
+`param` naming the OpenAI field; every answer under /v1/ is JSON, 404 and 405 included.
 
-Differences from OpenAI, each refused with a 400 that says so rather than ignored:
-`suffix`, `logit_bias`, non-zero `presence_penalty` / `frequency_penalty`, `best_of` other
-than n, and token-id prompts. `logprobs` (0-5) reports the sampled token's log-probability;
-`top_logprobs` holds that token only (the engine does not keep the alternatives).
+Scoring: `echo` with `logprobs: N` (up to 20, as vLLM) returns the prompt's tokens, their
+log-probabilities (the first null), the N likeliest alternatives at every position and
+`text_offset`; `max_tokens: 0` with `echo` scores without generating. `prompt` may be a
+string, a list of strings, a list of token ids or a list of such lists. A request whose
+prompts get at most one new token is a scoring job: one batched forward pass on the worker,
+limited by its tokens rather than by sequences.
+
+Refused with a 400 that names them rather than ignored: unknown parameters, `suffix`,
+`logit_bias`, non-zero `presence_penalty` / `frequency_penalty`, `best_of` other than n.
+Supported extension: `top_k`.
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, JsonResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
@@ -29,12 +39,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import TokenAuthentication, require_scope
-from accounts.selectors import variants_accessible
+from accounts.selectors import access_require, variants_accessible
 from catalog.models import ModelVariant
-from core.errors import PortalError, RateLimited
+from core.errors import PortalError, RateLimited, ServiceUnavailable
 from inference import streams
 from inference.models import GenerationJob, JobSource, JobState
 from inference.services import job_cancel, job_submit
+from inference.tokens import tokenizer_get
 
 _TYPES = {
     400: "invalid_request_error",
@@ -55,7 +66,7 @@ def openai_error(
     body = {
         "error": {
             "message": message,
-            "type": _TYPES.get(status, "server_error"),
+            "type": _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error"),
             "param": param,
             "code": code,
         }
@@ -85,8 +96,13 @@ class _OpenAIView(APIView):
             headers = (
                 {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
             )
+            param = exc.extra.get("param")
             return openai_error(
-                status, exc.message, code=code, param=exc.extra.get("param"), headers=headers
+                status,
+                exc.message,
+                code=code,
+                param=_OPENAI_PARAM.get(param, param),
+                headers=headers,
             )
         if isinstance(exc, drf_exceptions.NotAuthenticated | drf_exceptions.AuthenticationFailed):
             return openai_error(
@@ -104,6 +120,10 @@ class _OpenAIView(APIView):
         if isinstance(exc, Http404):
             return openai_error(404, "Not found.", code="not_found")
         return super().handle_exception(exc)
+
+
+# The job service's parameter names -> OpenAI's, for `param` in errors.
+_OPENAI_PARAM = {"max_new_tokens": "max_tokens", "top_logprobs": "logprobs", "prompts": "prompt"}
 
 
 def _first_error(detail: Any, param: str | None = None) -> tuple[str | None, str]:
@@ -134,14 +154,14 @@ def _variant_for(model: str) -> ModelVariant:
 
 
 class ModelsApi(_OpenAIView):
-    @extend_schema(exclude=True)
+    @extend_schema(responses=OpenApiTypes.OBJECT, tags=["openai"])
     def get(self, request: Request) -> Response:
         variants = variants_accessible(user=request.user, purpose="generate")
         return Response({"object": "list", "data": [_model_object(v) for v in variants]})
 
 
 class ModelDetailApi(_OpenAIView):
-    @extend_schema(exclude=True)
+    @extend_schema(responses=OpenApiTypes.OBJECT, tags=["openai"])
     def get(self, request: Request, model: str) -> Response:
         variant = _variant_for(model)
         if variant not in variants_accessible(user=request.user, purpose="generate"):
@@ -154,39 +174,92 @@ class ModelDetailApi(_OpenAIView):
         return Response(_model_object(variant))
 
 
-class _StrOrList(serializers.JSONField):
-    def __init__(self, *, max_items: int, **kwargs):
-        self.max_items = max_items
+MAX_PROMPTS = 1024  # per request; the job service bounds them by tokens
+
+
+def _is_id(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class PromptField(serializers.JSONField):
+    """A string, a list of strings, a list of token ids, or a list of lists of ids, as
+    OpenAI and vLLM accept; always a list of prompts inside."""
+
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
 
+    def to_internal_value(self, data: Any) -> list[str | list[int]]:
+        if isinstance(data, str):
+            return [data]
+        if isinstance(data, list) and data:
+            if all(isinstance(x, str) for x in data):
+                prompts: list = data
+            elif all(_is_id(x) for x in data):
+                prompts = [data]
+            elif all(isinstance(x, list) and x and all(_is_id(t) for t in x) for x in data):
+                prompts = data
+            else:
+                prompts = []
+            if prompts:
+                if len(prompts) > MAX_PROMPTS:
+                    raise serializers.ValidationError(
+                        f"Give at most {MAX_PROMPTS} prompts in one request."
+                    )
+                return prompts
+        raise serializers.ValidationError(
+            "Must be a string, a list of strings, a list of token ids or a list of lists of "
+            "token ids (none empty)."
+        )
+
+
+class StopField(serializers.JSONField):
     def to_internal_value(self, data: Any) -> list[str] | None:
         if data is None:
             return None
         if isinstance(data, str):
             return [data]
-        if isinstance(data, list) and all(isinstance(x, str) for x in data):
-            if not data or len(data) > self.max_items:
-                raise serializers.ValidationError(f"Give between 1 and {self.max_items} strings.")
+        if isinstance(data, list) and all(isinstance(x, str) for x in data) and len(data) <= 4:
             return data
-        if isinstance(data, list) and data and all(isinstance(x, int | list) for x in data):
+        raise serializers.ValidationError("Must be a string or a list of up to 4 strings.")
+
+
+class _Strict(serializers.Serializer):
+    """Unknown fields are refused by name: a harness must not believe that an option it
+    sent was applied."""
+
+    def validate(self, attrs: dict) -> dict:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
             raise serializers.ValidationError(
-                "Token-id prompts are not supported; send the prompt as text."
+                {
+                    unknown[0]: f"Unknown parameter(s): {', '.join(unknown)}; this portal does "
+                    "not support them."
+                }
             )
-        raise serializers.ValidationError("Must be a string or a list of strings.")
+        return attrs
 
 
 class CompletionsApi(_OpenAIView):
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(_Strict):
         model = serializers.CharField()
-        prompt = _StrOrList(max_items=64, required=False, default="")
-        max_tokens = serializers.IntegerField(required=False, allow_null=True, default=16)
+        prompt = PromptField()
+        max_tokens = serializers.IntegerField(
+            required=False, allow_null=True, default=16, min_value=0
+        )
         temperature = serializers.FloatField(required=False, allow_null=True, default=1.0)
         top_p = serializers.FloatField(required=False, allow_null=True, default=1.0)
-        n = serializers.IntegerField(required=False, allow_null=True, default=1)
-        stop = _StrOrList(max_items=4, required=False, allow_null=True, default=None)
+        top_k = serializers.IntegerField(
+            required=False,
+            allow_null=True,
+            default=None,
+            min_value=-1,
+            help_text="Extension (as vLLM): sample from the k likeliest tokens; 0 or -1: all",
+        )
+        n = serializers.IntegerField(required=False, allow_null=True, default=1, min_value=1)
+        stop = StopField(required=False, allow_null=True, default=None)
         seed = serializers.IntegerField(required=False, allow_null=True, default=None)
         logprobs = serializers.IntegerField(
-            required=False, allow_null=True, default=None, min_value=0, max_value=5
+            required=False, allow_null=True, default=None, min_value=0, max_value=20
         )
         echo = serializers.BooleanField(required=False, allow_null=True, default=False)
         stream = serializers.BooleanField(required=False, allow_null=True, default=False)
@@ -199,6 +272,7 @@ class CompletionsApi(_OpenAIView):
         logit_bias = serializers.DictField(required=False, allow_null=True, default=None)
 
         def validate(self, attrs: dict) -> dict:
+            attrs = super().validate(attrs)
             unsupported = {
                 "suffix": attrs.get("suffix") is not None,
                 "logit_bias": bool(attrs.get("logit_bias")),
@@ -211,13 +285,19 @@ class CompletionsApi(_OpenAIView):
                     raise serializers.ValidationError({name: "This portal does not support it."})
             return attrs
 
-    @extend_schema(exclude=True)
+    @extend_schema(
+        request=InputSerializer,
+        responses={(200, "application/json"): OpenApiTypes.OBJECT},
+        tags=["openai"],
+        description="OpenAI's completions (text_completion objects; SSE with stream=true).",
+    )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
         variant = _variant_for(v["model"])
-        prompts = v["prompt"] if isinstance(v["prompt"], list) else [v["prompt"]]
+        prompts = v["prompt"]
+        logprobs = v["logprobs"]
         params = {
             "max_new_tokens": v["max_tokens"] if v["max_tokens"] is not None else 16,
             "temperature": v["temperature"] if v["temperature"] is not None else 1.0,
@@ -225,7 +305,9 @@ class CompletionsApi(_OpenAIView):
             "n": v["n"] or 1,
             "stop": v["stop"] or [],
             "seed": v["seed"],
-            "logprobs": v["logprobs"] is not None,
+            "top_k": max(v["top_k"] or 0, 0),
+            "logprobs": logprobs is not None,
+            "top_logprobs": logprobs or 0,
             "echo": bool(v["echo"]),
         }
         job = job_submit(
@@ -277,34 +359,46 @@ def _head(job: GenerationJob) -> dict:
     }
 
 
-def _logprobs(output: dict, offset: int) -> dict:
+def _logprobs(output: dict, *, echo: bool) -> dict:
     tokens = output.get("tokens") or []
     lps = output.get("logprobs") or []
-    offsets, at = [], offset
-    for token in tokens:
-        offsets.append(at)
-        at += len(token)
+    tops = output.get("top_logprobs") or [{t: lp} for t, lp in zip(tokens, lps, strict=False)]
+    offsets = output.get("text_offset")
+    if offsets is None:  # a job from before offsets were stored
+        offsets, at = [], 0
+        for token in tokens:
+            offsets.append(at)
+            at += len(token)
+    if echo and output.get("prompt_tokens") is not None:
+        prompt_tokens = output["prompt_tokens"]
+        prompt_lps = output.get("prompt_logprobs") or [None] * len(prompt_tokens)
+        prompt_tops = output.get("prompt_top_logprobs") or [
+            None if lp is None else {t: lp}
+            for t, lp in zip(prompt_tokens, prompt_lps, strict=False)
+        ]
+        tokens = prompt_tokens + tokens
+        lps = prompt_lps + lps
+        tops = prompt_tops + tops
+        offsets = output["prompt_text_offset"] + offsets
     return {
         "tokens": tokens,
         "token_logprobs": lps,
-        "top_logprobs": [{t: lp} for t, lp in zip(tokens, lps, strict=False)],
+        "top_logprobs": tops,
         "text_offset": offsets,
     }
 
 
 def _completion_body(job: GenerationJob) -> dict:
-    choices = []
-    for output in job.outputs:
-        prompt = job.prompts[output["prompt_index"]]
-        echo_len = len(prompt) if job.params.get("echo") else 0
-        choices.append(
-            {
-                "text": output["text"],
-                "index": output["index"],
-                "logprobs": _logprobs(output, echo_len) if job.params.get("logprobs") else None,
-                "finish_reason": FINISH_REASONS.get(output["finish_reason"], "stop"),
-            }
-        )
+    echo = bool(job.params.get("echo"))
+    choices = [
+        {
+            "text": output["text"],
+            "index": output["index"],
+            "logprobs": _logprobs(output, echo=echo) if job.params.get("logprobs") else None,
+            "finish_reason": FINISH_REASONS.get(output["finish_reason"], "stop"),
+        }
+        for output in job.outputs
+    ]
     return {
         **_head(job),
         "choices": choices,
@@ -314,6 +408,14 @@ def _completion_body(job: GenerationJob) -> dict:
             "total_tokens": job.prompt_tokens + job.completion_tokens,
         },
     }
+
+
+def _prompt_text(job: GenerationJob, prompt_index: int) -> str:
+    prompt = job.prompts[prompt_index]
+    if isinstance(prompt, str):
+        return prompt
+    processor = tokenizer_get(job.variant)
+    return processor.decode(prompt) if processor is not None else ""
 
 
 def _stream(job: GenerationJob, *, include_usage: bool) -> Iterator[bytes]:
@@ -365,7 +467,7 @@ def _stream(job: GenerationJob, *, include_usage: bool) -> Iterator[bytes]:
                     continue
                 text = data["text"]
                 if echo and index not in sent_text:
-                    text = job.prompts[index // n] + text
+                    text = _prompt_text(job, index // n) + text
                 sent_tokens[index] = sent_tokens.get(index, 0) + 1
                 finish = data.get("finish_reason")
                 yield chunk(index, text, FINISH_REASONS.get(finish) if finish else None, data)
@@ -401,3 +503,104 @@ def _stream(job: GenerationJob, *, include_usage: bool) -> Iterator[bytes]:
             job.refresh_from_db()
             if job.is_active:
                 job_cancel(job=job, reason="Cancelled: the client closed the stream.")
+
+
+def _tokenizer(request: Request, model: str):
+    variant = _variant_for(model)
+    access_require(user=request.user, variant=variant, purpose="generate")
+    processor = tokenizer_get(variant)
+    if processor is None:
+        raise ServiceUnavailable(
+            f"The tokenizer of {variant} cannot be loaded right now; try again later.",
+            code="tokenizer_unavailable",
+        )
+    return variant, processor
+
+
+class TokenizeApi(_OpenAIView):
+    """vLLM's `/tokenize`: the ids the model sees for a text (with BOS unless
+    `add_special_tokens` is false)."""
+
+    class InputSerializer(_Strict):
+        model = serializers.CharField()
+        prompt = serializers.CharField(trim_whitespace=False, allow_blank=True)
+        add_special_tokens = serializers.BooleanField(required=False, default=True)
+        return_token_strs = serializers.BooleanField(required=False, allow_null=True, default=False)
+
+    class OutputSerializer(serializers.Serializer):
+        count = serializers.IntegerField()
+        max_model_len = serializers.IntegerField()
+        tokens = serializers.ListField(child=serializers.IntegerField())
+        token_strs = serializers.ListField(child=serializers.CharField(), allow_null=True)
+
+    @extend_schema(request=InputSerializer, responses=OutputSerializer, tags=["openai"])
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        variant, processor = _tokenizer(request, v["model"])
+        ids = processor.encode(v["prompt"])
+        if v["add_special_tokens"]:
+            ids = [processor.bos_id(), *ids]
+        strs = [processor.id_to_piece(t) for t in ids] if v["return_token_strs"] else None
+        return Response(
+            {
+                "count": len(ids),
+                "max_model_len": variant.context_length,
+                "tokens": ids,
+                "token_strs": strs,
+            }
+        )
+
+
+class DetokenizeApi(_OpenAIView):
+    """vLLM's `/detokenize`: the text of a list of token ids."""
+
+    class InputSerializer(_Strict):
+        model = serializers.CharField()
+        tokens = serializers.ListField(child=serializers.IntegerField(min_value=0))
+
+    class OutputSerializer(serializers.Serializer):
+        prompt = serializers.CharField()
+
+    @extend_schema(request=InputSerializer, responses=OutputSerializer, tags=["openai"])
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        _, processor = _tokenizer(request, v["model"])
+        vocab = processor.vocab_size()
+        if any(t >= vocab for t in v["tokens"]):
+            raise serializers.ValidationError({"tokens": f"Token ids must be below {vocab}."})
+        return Response({"prompt": processor.decode(v["tokens"])})
+
+
+class ChatCompletionsApi(_OpenAIView):
+    """There is no chat format to apply: say so, in OpenAI's shape."""
+
+    @extend_schema(request=None, responses={400: OpenApiTypes.OBJECT}, tags=["openai"])
+    def post(self, request: Request) -> Response:
+        return openai_error(
+            400,
+            "The models served here are LLaMA base models: they have no chat format, so "
+            "/v1/chat/completions is not offered. Use /v1/completions with a plain-text "
+            "prompt (write the dialogue into the prompt yourself).",
+            code="chat_not_supported",
+            param="messages",
+        )
+
+
+def not_found(request, *args, **kwargs) -> JsonResponse:
+    """Any other path under /v1/: JSON, as an OpenAI client expects."""
+    return JsonResponse(
+        {
+            "error": {
+                "message": f"There is no {request.method} {request.path} here. The routes are "
+                "/v1/models, /v1/completions, /v1/tokenize and /v1/detokenize.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "unknown_url",
+            }
+        },
+        status=404,
+    )

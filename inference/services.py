@@ -35,13 +35,18 @@ from inference.models import (
     JobState,
     can_move,
 )
-from inference.tokens import prompt_token_counts
+from inference.tokens import TokenCount, prompt_token_counts, tokenizer_get
 
 logger = logging.getLogger(__name__)
 
 DAY = timedelta(hours=24)
 MAX_STOP_SEQUENCES = 4
 SEED_LIMIT = 2**63 - 1
+MAX_TOP_LOGPROBS = 20  # as vLLM (OpenAI: 5)
+# Prompts of one scoring job (at most one new token each, n 1). Such a job needs no cache
+# rows on the worker (one batched forward pass), so it is bounded by its tokens instead:
+# at most what a generation job of JOBS_MAX_SEQUENCES full contexts could hold.
+MAX_SCORING_PROMPTS = 1024
 
 
 class InvalidTransition(Conflict):
@@ -58,16 +63,25 @@ PARAM_DEFAULTS: dict[str, Any] = {
     "seed": None,
     "stop": [],
     "logprobs": False,
+    "top_logprobs": 0,
     "echo": False,
     "n": 1,
 }
+
+Prompt = str | list[int]
+
+
+def is_scoring(params: dict[str, Any]) -> bool:
+    """At most one new token per prompt, one choice: a cache-less forward pass on the worker,
+    limited by its tokens rather than by sequences or jobs."""
+    return params["max_new_tokens"] <= 1 and params["n"] == 1
 
 
 def _bad(message: str, param: str) -> InvalidInput:
     return InvalidInput(message, code="invalid_parameter", extra={"param": param})
 
 
-def params_normalize(params: dict[str, Any], *, prompts: list[str]) -> dict[str, Any]:
+def params_normalize(params: dict[str, Any], *, prompts: list[Prompt]) -> dict[str, Any]:
     """Defaults filled in, every value checked against the portal's limits.
 
     A job always gets a concrete seed (a random one when none was given): a job that is
@@ -78,10 +92,24 @@ def params_normalize(params: dict[str, Any], *, prompts: list[str]) -> dict[str,
     if unknown:
         raise _bad(f"Unknown parameter(s): {', '.join(sorted(unknown))}.", sorted(unknown)[0])
     p = {**PARAM_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    p["logprobs"] = bool(p["logprobs"])
+    p["echo"] = bool(p["echo"])
     max_new = p["max_new_tokens"]
     limit = settings.JOBS_MAX_NEW_TOKENS
-    if not isinstance(max_new, int) or isinstance(max_new, bool) or not 1 <= max_new <= limit:
-        raise _bad(f"max_new_tokens must be a whole number from 1 to {limit}.", "max_new_tokens")
+    # 0 new tokens is "score the prompt": it only makes sense with the prompt echoed.
+    least = 0 if p["echo"] else 1
+    if not isinstance(max_new, int) or isinstance(max_new, bool) or not least <= max_new <= limit:
+        extra = " (0, to score the prompt only, needs echo)" if max_new == 0 else ""
+        raise _bad(
+            f"max_new_tokens must be a whole number from 1 to {limit}{extra}.", "max_new_tokens"
+        )
+    top = p["top_logprobs"]
+    if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise _bad(
+            f"top_logprobs must be a whole number from 0 to {MAX_TOP_LOGPROBS}.", "top_logprobs"
+        )
+    if top and not p["logprobs"]:
+        raise _bad("top_logprobs needs logprobs.", "top_logprobs")
     try:
         p["temperature"] = float(p["temperature"])
         p["top_p"] = float(p["top_p"])
@@ -107,15 +135,19 @@ def params_normalize(params: dict[str, Any], *, prompts: list[str]) -> dict[str,
     if len(stop) > MAX_STOP_SEQUENCES or any(len(s) > 200 for s in stop):
         raise _bad(f"At most {MAX_STOP_SEQUENCES} stop sequences of 200 characters.", "stop")
     p["stop"] = stop
-    p["logprobs"] = bool(p["logprobs"])
-    p["echo"] = bool(p["echo"])
     n = p["n"]
     most = settings.JOBS_MAX_SEQUENCES
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise _bad("n must be a whole number, at least 1.", "n")
     if not prompts:
         raise _bad("Give at least one prompt.", "prompt")
-    if len(prompts) * n > most:
+    if is_scoring(p):
+        if len(prompts) > MAX_SCORING_PROMPTS:
+            raise _bad(
+                f"{len(prompts)} prompts; one scoring job takes at most {MAX_SCORING_PROMPTS}.",
+                "prompt",
+            )
+    elif len(prompts) * n > most:
         raise _bad(
             f"{len(prompts)} prompt(s) x n={n} is {len(prompts) * n} sequences; "
             f"one job runs at most {most}.",
@@ -123,8 +155,18 @@ def params_normalize(params: dict[str, Any], *, prompts: list[str]) -> dict[str,
         )
     longest = settings.JOBS_MAX_PROMPT_CHARS
     for i, prompt in enumerate(prompts):
+        if isinstance(prompt, list):
+            if not prompt or not all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt
+            ):
+                raise _bad(
+                    "A token-id prompt must be a non-empty list of token ids (whole numbers "
+                    "from 0).",
+                    "prompt",
+                )
+            continue
         if not isinstance(prompt, str):
-            raise _bad("Every prompt must be a string.", "prompt")
+            raise _bad("Every prompt must be a string or a list of token ids.", "prompt")
         if len(prompt) > longest:
             raise _bad(
                 f"Prompt {i + 1} has {len(prompt)} characters; the most is {longest}.", "prompt"
@@ -132,10 +174,23 @@ def params_normalize(params: dict[str, Any], *, prompts: list[str]) -> dict[str,
     return p
 
 
-def _check_context(variant: ModelVariant, prompts: list[str], max_new: int) -> int:
-    """Prompt tokens of the whole job; 400 with the limit when one prompt cannot fit."""
+def _check_context(variant: ModelVariant, prompts: list[Prompt], params: dict[str, Any]) -> int:
+    """Prompt tokens of the whole job; 400 with the limit when one prompt cannot fit, or
+    when a scoring job holds more tokens than JOBS_MAX_SEQUENCES full contexts."""
     limit = variant.context_length
-    counts = prompt_token_counts(variant, prompts)
+    max_new = params["max_new_tokens"]
+    texts = [p for p in prompts if isinstance(p, str)]
+    text_counts = iter(prompt_token_counts(variant, texts) if texts else [])
+    counts = [
+        TokenCount(len(p), exact=True) if isinstance(p, list) else next(text_counts)
+        for p in prompts
+    ]
+    id_prompts = [p for p in prompts if isinstance(p, list)]
+    processor = tokenizer_get(variant) if id_prompts else None
+    if processor is not None and max(max(p) for p in id_prompts) >= processor.vocab_size():
+        raise _bad(
+            f"Token ids must be below the vocabulary size, {processor.vocab_size()}.", "prompt"
+        )
     for i, tc in enumerate(counts):
         total = tc.count + max_new
         if tc.exact and total > limit:
@@ -152,15 +207,49 @@ def _check_context(variant: ModelVariant, prompts: list[str], max_new: int) -> i
                 code="context_length_exceeded",
                 extra={"param": "prompt", "limit": limit, "prompt_tokens": tc.count},
             )
-    return sum(tc.count for tc in counts)
+    total = sum(tc.count for tc in counts)
+    most = settings.JOBS_MAX_SEQUENCES * limit
+    if is_scoring(params) and total > most:
+        raise InvalidInput(
+            f"These prompts have {total} tokens; one scoring job takes at most {most} "
+            f"({settings.JOBS_MAX_SEQUENCES} contexts of {limit}). Send fewer prompts per "
+            "request.",
+            code="context_length_exceeded",
+            extra={"param": "prompt", "limit": most, "prompt_tokens": total},
+        )
+    return total
 
 
 # --- Quotas ---------------------------------------------------------------------------------
 
 
-def _check_limits(*, user, need: int, now: datetime) -> None:
-    active = GenerationJob.objects.filter(owner=user, state__in=ACTIVE_STATES).count()
+def _check_limits(
+    *, user, need: int, now: datetime, scoring: bool = False, variant: ModelVariant | None = None
+) -> None:
+    mine = GenerationJob.objects.filter(owner=user, state__in=ACTIVE_STATES)
     most = settings.JOBS_MAX_ACTIVE_PER_USER
+    if scoring and variant is not None:
+        # Scoring jobs are one forward pass each, batched with the others: what bounds them
+        # is the tokens in flight, as many as the user's generation jobs could hold at once.
+        in_flight = (
+            mine.filter(params__max_new_tokens__lte=1, params__n=1).aggregate(
+                total=Sum("token_charge")
+            )["total"]
+            or 0
+        )
+        room = most * settings.JOBS_MAX_SEQUENCES * variant.context_length
+        if in_flight + need > room:
+            raise RateLimited(
+                f"Your scoring requests in progress hold {in_flight} tokens; with this one's "
+                f"{need} that is more than the {room} allowed at once. Wait for some to "
+                "finish.",
+                code="too_many_jobs",
+                retry_after=1,
+                extra={"limit": room},
+            )
+        active = 0
+    else:
+        active = mine.exclude(params__max_new_tokens__lte=1, params__n=1).count()
     if active >= most:
         raise RateLimited(
             f"You have {active} jobs queued or running, the most allowed at once. Wait for "
@@ -256,7 +345,7 @@ def job_submit(
     *,
     user,
     variant: ModelVariant,
-    prompts: list[str],
+    prompts: list[Prompt],
     params: dict[str, Any],
     token=None,
     source: str = JobSource.API,
@@ -265,14 +354,14 @@ def job_submit(
     """Check access, parameters and the owner's limits; record the job; queue it on commit."""
     access_require(user=user, variant=variant, purpose="generate")
     p = params_normalize(params, prompts=prompts)
-    prompt_tokens = _check_context(variant, prompts, p["max_new_tokens"])
+    prompt_tokens = _check_context(variant, prompts, p)
     need = prompt_tokens + p["max_new_tokens"] * p["n"] * len(prompts)
     now = timezone.now()
     with transaction.atomic():
         # One submission per user at a time, so two parallel requests cannot both pass the
         # limits on the same count.
         get_user_model().objects.select_for_update().filter(pk=user.pk).first()
-        _check_limits(user=user, need=need, now=now)
+        _check_limits(user=user, need=need, now=now, scoring=is_scoring(p), variant=variant)
         job = GenerationJob.objects.create(
             owner=user,
             variant=variant,

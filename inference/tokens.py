@@ -59,6 +59,11 @@ def _tokenizer_for(variant: ModelVariant):
     return _processor(str(dest), row.sha256)
 
 
+def tokenizer_get(variant: ModelVariant):
+    """The size's SentencePiece processor (no torch), or None when it cannot be had."""
+    return _tokenizer_for(variant)
+
+
 def prompt_token_counts(variant: ModelVariant, prompts: list[str]) -> list[TokenCount]:
     """Tokens of each prompt as the model sees it (with BOS)."""
     processor = _tokenizer_for(variant)

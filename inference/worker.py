@@ -200,8 +200,18 @@ class BatchRun:
         p = job.params
         tokenizer = self.llama.tokenizer
         limit = self.decoder.max_seq_len
+        vocab = self.llama.model.args.vocab_size
         for i, prompt in enumerate(job.prompts):
-            count = len(tokenizer.encode(prompt, bos=True))
+            if isinstance(prompt, list) and not all(0 <= t < vocab for t in prompt):
+                self._end(
+                    job,
+                    JobState.FAILED,
+                    error=(
+                        f"Prompt {i + 1} has token ids outside the vocabulary (0 to {vocab - 1})."
+                    ),
+                )
+                return
+            count = len(prompt) if isinstance(prompt, list) else len(tokenizer.encode(prompt))
             if count + p["max_new_tokens"] > limit:
                 self._end(
                     job,
@@ -228,6 +238,7 @@ class BatchRun:
                     stop=tuple(p.get("stop") or ()),
                     echo=p.get("echo", False),
                     logprobs=p.get("logprobs", False),
+                    top_logprobs=p.get("top_logprobs", 0),
                 )
                 self.decoder.add(prompt, params, callback=self._on_token, request_id=(key, index))
         self.buffer.add(job.pk, "state", {"state": JobState.RUNNING, "attempt": job.attempts})
@@ -298,26 +309,47 @@ class BatchRun:
         )
 
     def _output(self, completion, index: int, prompt_index: int) -> dict:
-        tokens = None
-        if completion.logprobs is not None:
-            tokens = [self._piece_text(t) for t in completion.tokens]
-        return {
+        out = {
             "index": index,
             "prompt_index": prompt_index,
             "text": completion.text,
             "token_ids": completion.tokens,
-            "tokens": tokens,
+            "tokens": None,
             "logprobs": completion.logprobs,
             "prompt_logprobs": completion.prompt_logprobs,
             "finish_reason": completion.finish_reason,
         }
+        if completion.logprobs is None:
+            return out
+        from inference.llama.generation import token_strings  # torch: workers only
+
+        tokenizer = self.llama.tokenizer
+        # The strings of what the text shows: the prompt's tokens when it was echoed, then
+        # the new ones; offsets are where each starts in `text`.
+        out["tokens"] = token_strings(tokenizer, completion.tokens)
+        out["top_logprobs"] = self._named(completion.top_logprobs)
+        start = 0
+        if completion.prompt_logprobs is not None:
+            prompt_strs = token_strings(tokenizer, completion.prompt_tokens, first=True)
+            out["prompt_token_ids"] = completion.prompt_tokens
+            out["prompt_tokens"] = prompt_strs
+            out["prompt_top_logprobs"] = self._named(completion.prompt_top_logprobs)
+            out["prompt_text_offset"] = _offsets(prompt_strs, 0)
+            start = len(completion.text) - len("".join(out["tokens"]))
+        out["text_offset"] = _offsets(out["tokens"], max(start, 0))
+        return out
+
+    def _named(self, tops: list | None) -> list | None:
+        """{token id: logprob} -> {token text: logprob}, as OpenAI's top_logprobs."""
+        if tops is None:
+            return None
+        piece = self._piece_text
+        return [None if top is None else {piece(t): lp for t, lp in top.items()} for top in tops]
 
     def _piece_text(self, token_id: int) -> str:
-        piece = self.llama.tokenizer.piece(token_id)
-        if piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:
-            value = int(piece[3:5], 16)
-            return chr(value) if value < 0x80 else ""
-        return piece.replace("\u2581", " ")
+        from inference.llama.generation import token_strings  # torch: workers only
+
+        return token_strings(self.llama.tokenizer, [token_id])[0]
 
     def _end(self, job: GenerationJob, state: str, *, error: str = "", **result) -> None:
         written = job_finish(job=job, state=state, error=error, worker=self.worker.node, **result)
@@ -363,6 +395,14 @@ class BatchRun:
             self.buffer.flush()  # at most every 10 ms; at once for `end` events
             if self.delay:
                 time.sleep(self.delay)
+
+
+def _offsets(strings: list[str], start: int) -> list[int]:
+    offsets, at = [], start
+    for text in strings:
+        offsets.append(at)
+        at += len(text)
+    return offsets
 
 
 # --- The task body -----------------------------------------------------------------------------
