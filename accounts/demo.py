@@ -9,7 +9,7 @@ from django.db import transaction
 from accounts import services
 from accounts.models import ApplicationState, Grant, GrantStatus, User
 from accounts.selectors import REVIEWER_GROUP, license_current_version
-from catalog.models import DEFAULT_LICENSE_SLUG, License
+from catalog.models import DEFAULT_LICENSE_SLUG, License, ModelVariant
 
 DEMO_PASSWORD = "demo-portal-password-2024"  # noqa: S105 (published demo credentials)
 
@@ -41,8 +41,6 @@ def _user(email: str, first: str, last: str, **flags) -> User:
 @transaction.atomic
 def seed_demo_accounts() -> list[tuple[str, str]]:
     """Create (once) a reviewer, an admin and a researcher approved for the demo size."""
-    from catalog.models import ModelVariant
-
     reviewer = _user(REVIEWER, "Rita", "Reviewer", is_staff=True)
     reviewer.groups.add(Group.objects.get_or_create(name=REVIEWER_GROUP)[0])
     admin = _user(ADMIN, "Ada", "Admin", is_staff=True, is_superuser=True)
@@ -132,8 +130,6 @@ _WAITING = [
 
 
 def _seed_waiting_applications() -> None:
-    from catalog.models import ModelVariant
-
     for email, first, last, org, kind, country, position, page, sizes, use_case in _WAITING:
         user = _user(email, first, last)
         if user.applications.exists():

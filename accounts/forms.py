@@ -8,6 +8,7 @@ from django_countries import countries
 
 from accounts.models import OrganizationType, TokenScope
 from catalog.models import ModelVariant
+from catalog.selectors import variant_list_published
 
 
 class ApplicationForm(forms.Form):
@@ -59,8 +60,6 @@ class ApplicationForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        from catalog.selectors import variant_list_published
-
         self.fields["country"].choices = [("", "Choose a country"), *list(countries)]
         self.fields["requested_variants"].queryset = variant_list_published()
 

@@ -8,6 +8,7 @@ from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
 
 from accounts.models import User
+from accounts.services import audit_record, token_revoke_all
 
 
 @receiver(pre_save, sender=User)
@@ -25,8 +26,6 @@ def _kill_tokens_on_credential_change(sender, instance: User, created: bool, **k
     old = instance.__dict__.pop("_credentials_before", None)
     if created or not old:
         return
-    from accounts.services import token_revoke_all
-
     if old["is_active"] and not instance.is_active:
         token_revoke_all(user=instance, reason="account deactivated")
     elif old["password"] != instance.password:
@@ -35,8 +34,6 @@ def _kill_tokens_on_credential_change(sender, instance: User, created: bool, **k
 
 @receiver(user_login_failed)
 def _audit_failed_login(sender, credentials: dict, request=None, **kwargs) -> None:
-    from accounts.services import audit_record
-
     email = str(credentials.get("email") or credentials.get("username") or "")[:254]
     audit_record(
         actor=None, action="login.failed", target=f"email:{email.lower()}", ip=_client_ip(request)
@@ -50,8 +47,6 @@ def _client_ip(request) -> str | None:
 @receiver(password_changed)
 @receiver(password_reset)
 def _audit_password_change(sender, request=None, user=None, **kwargs) -> None:
-    from accounts.services import audit_record
-
     if user is not None:
         audit_record(
             actor=user,

@@ -12,6 +12,9 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import (
+    AUDIT_GENESIS,
+    OPEN_STATES,
+    AccessToken,
     Application,
     ApplicationEvent,
     ApplicationState,
@@ -22,7 +25,7 @@ from accounts.models import (
     User,
 )
 from catalog.models import DEFAULT_LICENSE_SLUG, License, LicenseVersion, ModelVariant
-from core.errors import PermissionDenied
+from core.errors import NotFound, PermissionDenied
 
 REVIEWER_GROUP = "reviewers"
 PURPOSES = ("download", "generate")
@@ -287,8 +290,6 @@ def application_latest_for_user(*, user) -> Application | None:
 
 
 def application_get_for_user(*, user, application_id: int) -> Application:
-    from core.errors import NotFound
-
     application = Application.objects.filter(pk=application_id, user=user).first()
     if application is None:
         raise NotFound("There is no such application on your account.")
@@ -337,8 +338,6 @@ def grants_for_user(*, user) -> QuerySet[Grant]:
 
 def audit_first_broken() -> tuple[AuditEntry, str] | None:
     """The first entry whose hash or link does not verify, with why; None if the chain holds."""
-    from accounts.models import AUDIT_GENESIS
-
     previous = AUDIT_GENESIS
     for entry in AuditEntry.objects.order_by("id").iterator(chunk_size=2000):
         if entry.prev_hash != previous:
@@ -379,8 +378,6 @@ class ApplicantStatus:
 
 def applicant_status(*, user) -> ApplicantStatus:
     """What the applicant's status page shows, with every reason that blocks use right now."""
-    from accounts.models import OPEN_STATES
-
     application = application_latest_for_user(user=user)
     timeline: list[ApplicationEvent] = []
     decisions: list = []
@@ -436,15 +433,10 @@ def applicant_status(*, user) -> ApplicantStatus:
 
 
 def token_list_for_user(*, user):
-    from accounts.models import AccessToken
-
     return AccessToken.objects.filter(user=user).order_by("revoked_at", "-created_at")
 
 
 def token_get_for_user(*, user, token_id: int):
-    from accounts.models import AccessToken
-    from core.errors import NotFound
-
     token = AccessToken.objects.filter(pk=token_id, user=user).first()
     if token is None:
         raise NotFound("There is no such token on your account.")

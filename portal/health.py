@@ -13,6 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 from django.db import connection
 
+from core import storage
+from portal.celery import app
+
 Check = Callable[[], str | None]
 
 
@@ -37,15 +40,11 @@ def _check_redis() -> str | None:
 
 
 def _check_s3() -> str | None:
-    from core import storage
-
     storage.ping()
     return None
 
 
 def _check_worker() -> str | None:
-    from portal.celery import app
-
     # The broker must answer first: Celery's ping would otherwise retry the connection.
     redis_client().ping()
     replies = app.control.ping(timeout=settings.HEALTHZ_WORKER_TIMEOUT) or []

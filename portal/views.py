@@ -5,14 +5,13 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from core.errors import server_error_response
+from catalog.selectors import variant_list_published
+from core.errors import server_error_response, wants_json
 from portal.health import run_checks
 
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    from catalog.selectors import variant_list_published
-
     return render(request, "portal/home.html", {"variants": variant_list_published()})
 
 
@@ -48,8 +47,6 @@ def error_500(request: HttpRequest) -> HttpResponse:
 
 
 def _error_page(request: HttpRequest, status: int, message: str) -> HttpResponse:
-    from core.errors import wants_json
-
     if wants_json(request):
         return JsonResponse({"error": {"code": str(status), "message": message}}, status=status)
     # A bare template with no context processors, so an error page never fails in turn.

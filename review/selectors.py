@@ -24,6 +24,7 @@ from accounts.models import (
     SizeOutcome,
 )
 from catalog.models import LicenseVersion
+from review.access import application_get_for_review
 from review.models import Claim, Flag, InternalNote, ReasonTemplate
 
 QUEUE_STATES = (ApplicationState.SUBMITTED, ApplicationState.RETURNED)
@@ -225,8 +226,6 @@ def _license_status(user, now: datetime) -> list[LicenseStatus]:
 
 def application_review_file(*, application_id: int, now: datetime | None = None) -> ReviewFile:
     """Everything the detail page shows, in a fixed number of queries."""
-    from review.access import application_get_for_review
-
     now = now or timezone.now()
     application = application_get_for_review(application_id)
     claim = Claim.objects.select_related("reviewer").filter(application_id=application.pk).first()

@@ -14,6 +14,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from accounts.selectors import access_check, access_require
 from catalog.models import ModelVariant, WeightFile
 from core import storage
 from core.errors import InvalidInput, NotFound, PermissionDenied, ServiceUnavailable
@@ -157,8 +158,6 @@ def download_link_create(*, user, file: WeightFile) -> DownloadLink:
 def download_links_issue(*, user, variant: ModelVariant) -> list[DownloadLink]:
     """A usable link for each file of `variant`: the user's live ones, new ones where the
     last one expired, was revoked or is used up. Access is checked first."""
-    from accounts.selectors import access_require
-
     access_require(user=user, variant=variant, purpose="download")
     files = list(WeightFile.objects.filter(variant=variant).order_by("path"))
     live = {
@@ -209,8 +208,6 @@ def download_link_use(*, link_id: str, user, ip: str | None, user_agent: str) ->
     A DownloadEvent is written only when the URL is handed out; every refusal raises a
     PortalError that says why and what to do, and writes nothing.
     """
-    from accounts.selectors import access_check
-
     if user is None or not user.is_authenticated:
         raise PermissionDenied(
             "Sign in to the portal (or send your API token with the 'download' scope) to use "

@@ -12,6 +12,8 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from accounts.authentication import require_scope, token_authenticate
+from accounts.selectors import access_check, access_require
 from catalog.selectors import variant_get_published, variant_list_published, variant_manifest
 from core.errors import PortalError, render_error
 from weights.selectors import variant_checklist
@@ -25,8 +27,6 @@ def _client_ip(request: HttpRequest) -> str | None:
 def _authenticate(request: HttpRequest, scope: str = "download") -> None:
     """Session or `Authorization: Bearer llp_...`; raises PermissionDenied for a bad token
     or one without the scope. A request carrying a token gets JSON refusals."""
-    from accounts.authentication import require_scope, token_authenticate
-
     result = token_authenticate(request)
     if result is not None:
         request.user, request.auth = result
@@ -69,8 +69,6 @@ def variant_list(request: HttpRequest) -> HttpResponse:
 def variant_detail(request: HttpRequest, slug: str) -> HttpResponse:
     """The model card for everyone; files, checksums and links only for those who may
     download (the one access check decides)."""
-    from accounts.selectors import access_check
-
     variant = variant_get_published(slug=slug)
     context = {"variant": variant, "links": None, "refusal": None}
     if request.user.is_authenticated:
@@ -98,8 +96,6 @@ def download(request: HttpRequest, link_id: str) -> HttpResponse:
 
 
 def _variant_for_download(request: HttpRequest, slug: str):
-    from accounts.selectors import access_require
-
     variant = variant_get_published(slug=slug)
     access_require(user=request.user, variant=variant, purpose="download")
     return variant
