@@ -274,10 +274,14 @@ S3_READ_TIMEOUT = env_float("S3_READ_TIMEOUT", 30.0)
 
 # --- Weight distribution ----------------------------------------------------------------
 # A download link (/dl/<id>) lives this long and may be used this many times; each use
-# redirects to an S3 URL signed for WEIGHTS_PRESIGN_SECONDS only.
+# redirects to an S3 URL signed for WEIGHTS_PRESIGN_SECONDS only. That URL is a bearer
+# credential nobody can revoke (a revoked grant stops /dl/, not a URL already handed out),
+# so it lives no longer than a client needs to start its next request: portal-client
+# fetches a fresh one through /dl/ before its URL nears the end, download.sh on each
+# (re)try, and S3 lets a request that started in time finish.
 WEIGHTS_LINK_SECONDS = env_int("WEIGHTS_LINK_SECONDS", 24 * 60 * 60)
 WEIGHTS_LINK_MAX_USES = env_int("WEIGHTS_LINK_MAX_USES", 20)
-WEIGHTS_PRESIGN_SECONDS = env_int("WEIGHTS_PRESIGN_SECONDS", 5 * 60)
+WEIGHTS_PRESIGN_SECONDS = env_int("WEIGHTS_PRESIGN_SECONDS", 2 * 60)
 # publish_weights holds about one part in memory (plus one copy while it is sent).
 WEIGHTS_UPLOAD_PART_SIZE = env_int("WEIGHTS_UPLOAD_PART_SIZE", 64 * 1024 * 1024)
 

@@ -15,9 +15,11 @@ import os
 import re
 import struct
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 from tqdm import tqdm
@@ -108,19 +110,51 @@ def bytes_present(dest: Path, size: int) -> int:
     return min(size, sum(_COUNTER.unpack_from(raw, i)[0] for i in range(0, len(raw) - 7, 8)))
 
 
-class _SignedUrl:
-    """The current signed S3 URL, shared by the threads; renewed once when it stops working."""
+def signed_lifetime(url: str) -> float | None:
+    """Seconds a presigned URL is valid for from its signing (SigV4 `X-Amz-Expires`), or
+    None when it does not say."""
+    values = parse_qs(urlsplit(url).query).get("X-Amz-Expires")
+    try:
+        return float(values[0]) if values else None
+    except ValueError:
+        return None
 
-    def __init__(self, fresh: Callable[[], str]):
+
+# A URL is renewed before a request once less than this share of its lifetime is left:
+# S3 checks the signature's expiry when a request starts, so a long ranged GET begun in
+# time finishes, and no request is spent on a 403.
+RENEW_WHEN_LEFT = 0.25
+
+
+class _SignedUrl:
+    """The current signed S3 URL, shared by the threads.
+
+    The portal signs URLs for a short time (two minutes by default), so that one copied
+    out of a log or a shell history is soon useless. Before each request the threads ask
+    for the URL; it is fetched afresh through the portal's /dl/ link when the last one is
+    near its end (and at once when S3 refuses it), so a download of any length never
+    holds a URL longer than the portal allows.
+    """
+
+    def __init__(self, fresh: Callable[[], str], clock: Callable[[], float] = time.monotonic):
         self._fresh = fresh
+        self._clock = clock
         self._lock = threading.Lock()
         self._url: str | None = None
+        self._renew_at = float("inf")
         self._generation = 0
 
     def get(self) -> tuple[str, int]:
         with self._lock:
-            if self._url is None:
+            if self._url is None or self._clock() >= self._renew_at:
+                fetched_at = self._clock()
                 self._url = self._fresh()
+                lifetime = signed_lifetime(self._url)
+                self._renew_at = (
+                    fetched_at + lifetime * (1 - RENEW_WHEN_LEFT)
+                    if lifetime is not None
+                    else float("inf")
+                )
                 self._generation += 1
             return self._url, self._generation
 
