@@ -113,7 +113,12 @@ class JobsApi(_Api):
             child=serializers.CharField(trim_whitespace=False), required=False
         )
         logprobs = serializers.BooleanField(required=False)
-        echo = serializers.BooleanField(required=False)
+        top_logprobs = serializers.IntegerField(
+            required=False, help_text="With logprobs: the N likeliest tokens too (0-20)"
+        )
+        echo = serializers.BooleanField(
+            required=False, help_text="Prompt in front of the text (max_new_tokens 0: score it)"
+        )
         n = serializers.IntegerField(required=False, help_text="Choices per prompt")
 
         def validate(self, attrs: dict) -> dict:

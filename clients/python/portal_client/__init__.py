@@ -10,8 +10,10 @@ from portal_client.jobs import (
     JobNotFound,
     LicensePending,
     NoAccess,
+    Piece,
     QuotaExceeded,
 )
+from portal_client.scoring import Score
 
 __all__ = [
     "AuthenticationFailed",
@@ -24,7 +26,9 @@ __all__ = [
     "JobNotFound",
     "LicensePending",
     "NoAccess",
+    "Piece",
     "PortalClientError",
     "QuotaExceeded",
+    "Score",
 ]
 __version__ = "0.1.0"

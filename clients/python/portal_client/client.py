@@ -46,9 +46,10 @@ class DownloadReport:
 # Generation jobs (generate, stream, jobs, cancel) live in jobs.py; imported here, after
 # PortalClientError exists, because jobs.py builds its exceptions on it.
 from portal_client.jobs import JobsMixin  # noqa: E402
+from portal_client.scoring import ScoringMixin  # noqa: E402
 
 
-class Client(JobsMixin):
+class Client(JobsMixin, ScoringMixin):
     def __init__(
         self,
         url: str,
@@ -67,6 +68,14 @@ class Client(JobsMixin):
                 code="no_token",
             )
         self.url = url.rstrip("/")
+        for suffix in ("/api/v1", "/v1"):
+            if self.url.endswith(suffix):
+                raise PortalClientError(
+                    f"Give the portal's own address, without {suffix}: "
+                    f"Client({self.url.removesuffix(suffix)!r}, ...). The client adds the API "
+                    f"paths itself ({suffix} is where the OpenAI client's base_url points).",
+                    code="bad_url",
+                )
         self.token = token
         self.workers = max(1, workers or default_workers())
         self.chunk_size = chunk_size

@@ -69,6 +69,13 @@ class JobCancelled(JobFailed):
     """The job was cancelled (by you, or because access ended); `job` has any partial text."""
 
 
+# What a job takes (the portal's POST /api/v1/jobs); anything else is a TypeError here, so a
+# misspelt option (max_tokens for max_new_tokens) is not silently dropped.
+JOB_PARAMETERS = frozenset(
+    {"max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "logprobs", "top_logprobs",
+     "echo", "n"}
+)  # fmt: skip
+
 _TOKEN_CODES = {"token_invalid", "token_revoked", "token_expired", "token_scope", "anonymous"}
 
 
@@ -98,6 +105,17 @@ def _error_for(response: requests.Response) -> PortalClientError:
             message = f"{message} {json.dumps(fields)}"
         return BadParameters(message, param=error.get("param"), limit=error.get("limit"), **kwargs)
     return PortalClientError(message, **kwargs)
+
+
+class Piece(str):
+    """Streamed text; `index` is the choice it belongs to (0 with one prompt and n=1)."""
+
+    index: int
+
+    def __new__(cls, text: str, index: int = 0) -> Piece:
+        piece = super().__new__(cls, text)
+        piece.index = index
+        return piece
 
 
 @dataclass
@@ -155,8 +173,15 @@ class JobsMixin:
         """Queue a job and return its record at once (state "queued").
 
         Parameters: max_new_tokens, temperature (0: greedy), top_p, top_k, seed, stop (a
-        list of strings), logprobs (bool), echo (bool), n (choices per prompt).
+        list of strings), logprobs (bool), top_logprobs (alternatives per token, with
+        logprobs), echo (bool), n (choices per prompt). Any other raises TypeError.
         """
+        unknown = sorted(set(params) - JOB_PARAMETERS)
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword argument(s) {', '.join(unknown)}; a job takes "
+                f"{', '.join(sorted(JOB_PARAMETERS))}"
+            )
         body: dict[str, Any] = {"model": model}
         if isinstance(prompt, str):
             body["prompt"] = prompt
@@ -211,22 +236,28 @@ class JobsMixin:
                 elif line.startswith("data:"):
                     data.append(line[5:].lstrip())
 
-    def stream(self, model: str, prompt: str, **params: Any) -> Iterator[str]:
-        """Submit a job and yield the first choice's text as it is generated. Raises
-        JobFailed / JobCancelled at the end if the job did not succeed."""
+    def stream(self, model: str, prompt: str | list[str], **params: Any) -> Iterator[Piece]:
+        """Submit a job and yield its text as it is generated: one prompt and n=1 give the
+        text in order; with several prompts or choices the pieces of all of them come
+        interleaved, each a `Piece` (a str) whose `.index` says which choice it extends
+        (prompt i, choice k: index i * n + k). Raises JobFailed / JobCancelled at the end
+        if the job did not succeed."""
         job = self.submit(model, prompt, **params)
-        shown = ""
+        shown: dict[int, str] = {}
         for event, data in self.events(job["id"]):
-            if event == "token" and data.get("index", 0) == 0 and data["text"]:
-                shown += data["text"]
-                yield data["text"]
+            if event == "token" and data["text"]:
+                index = data.get("index", 0)
+                shown[index] = shown.get(index, "") + data["text"]
+                yield Piece(data["text"], index)
             elif event == "reset":
-                shown = ""  # rerun after a worker died: same seed, so the same text follows
+                shown = {}  # rerun after a worker died: same seed, so the same text follows
             elif event == "end":
                 self._raise_unless_succeeded(data)
-                text = data["outputs"][0]["text"] if data.get("outputs") else ""
-                if text.startswith(shown) and len(text) > len(shown):
-                    yield text[len(shown) :]
+                for output in data.get("outputs") or []:
+                    index, text = output["index"], output["text"]
+                    have = shown.get(index, "")
+                    if text.startswith(have) and len(text) > len(have):
+                        yield Piece(text[len(have) :], index)
 
     def generate(self, model: str, prompt: str | list[str], **params: Any) -> Generation:
         """Submit a job, wait for it, return its result (`.text`, `.texts`, `.usage`)."""
