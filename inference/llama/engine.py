@@ -73,8 +73,9 @@ class Llama:
         parallel: Parallel | None = None,
         quantize: str | None = None,
     ) -> Llama:
-        """Load a checkpoint; the inference form of the weights (fused projections, and
-        int8 when `quantize="int8"`) is built here, the files are not changed."""
+        """Load a checkpoint; the inference form of the weights (fused projections, packed
+        for oneDNN on the CPU, int8 when `quantize="int8"`) is built here, the files are
+        not changed."""
         if quantize is not None and quantize not in QUANT_MODES:
             raise ValueError(f"unknown quantization {quantize!r}; one of {', '.join(QUANT_MODES)}")
         tok = load_tokenizer(ckpt_dir, tokenizer)
@@ -88,7 +89,9 @@ class Llama:
             manifest=manifest,
             parallel=parallel,
         )
-        return cls(model.prepare(quantize), tok)
+        # On the CPU, float32 and bfloat16 weights go into oneDNN's layout (see
+        # Transformer.prepare); state_dict() still gives the checkpoint's tensors.
+        return cls(model.prepare(quantize, pack=True), tok)
 
     def decoder(self, max_batch_size: int = 8, max_seq_len: int | None = None) -> BatchDecoder:
         return BatchDecoder(

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import SMALL_ROWS, Proj, small_linear
+from .kernels import SMALL_ROWS, Proj, can_pack, small_linear
 from .parallel import Parallel
 
 _SINGLE = Parallel()
@@ -463,6 +463,9 @@ class Transformer(nn.Module):
         self.quantize: str | None = None
         self._out: Proj | None = None
         self._prepared_for: tuple | None = None
+        self._released = False  # float weights given up for packed or int8 ones
+        self._dense: dict[str, tuple[Proj, int, int]] = {}
+        self._register_state_dict_hook(Transformer._dense_state_dict)
         # CPU decode steps pick 1 or all threads by measured speed (None: always all).
         self.threads: ThreadChooser | None = ThreadChooser()
 
@@ -497,44 +500,73 @@ class Transformer(nn.Module):
         # load_state_dict) since, they are rebuilt. In-place updates need nothing: the
         # parameters are views of the fused matrices.
         first = self.layers[0].attention.wq.weight
-        return (first.data_ptr(), first.dtype, first.device, self.output.weight.data_ptr())
+        return (first.data_ptr(), self.dtype, first.device, self.output.weight.data_ptr())
 
-    def prepare(self, quantize: str | None = None) -> Transformer:
-        """Build the inference form of the weights: fused q/k/v and gate/up matrices (the
-        parameters become views of them), optionally weight-only int8 (`quantize="int8"`,
-        which releases the float weights: the model is then for inference only).
+    def prepare(self, quantize: str | None = None, *, pack: bool = False) -> Transformer:
+        """Build the inference form of the weights: fused q/k/v and gate/up matrices.
 
-        Called lazily on the first inference pass; call it yourself to quantize.
+        - default: the parameters become views of the fused matrices (no second copy,
+          state_dict and training untouched); done lazily on the first inference pass;
+        - `pack=True` (CPU, float32 or bfloat16; `Llama.load` asks for it): the fused
+          matrices are reordered into oneDNN's layout, which multiplies a few rows about
+          twice as fast, and the plain float weights are released;
+        - `quantize="int8"`: weight-only int8 with per-channel scales; float weights
+          released, activations in bfloat16 on the CPU.
+
+        Released, the model is for inference only: its parameters are on `meta`, and
+        `state_dict()` rebuilds them from the prepared form (int8: dequantized).
         """
-        if self.quantize is not None:
-            if quantize not in (None, self.quantize):
-                raise ValueError(f"already quantized to {self.quantize}")
+        if self._released:
+            if quantize != self.quantize:
+                raise ValueError(f"the weights were already prepared (quantize={self.quantize})")
             return self
         act = self.dtype
         if quantize is not None and act == torch.float32 and self.device.type == "cpu":
             # ATen's int8 kernel is vectorised for bfloat16 activations on the CPU.
             self.to(torch.bfloat16)
             act = torch.bfloat16
+        pack = pack and quantize is None and can_pack(act, self.device)
+        release = pack or quantize is not None
+        dense: dict[str, tuple[Proj, int, int]] = {}
+
+        def build(names: list[str], linears: list[nn.Linear]) -> Proj:
+            if release:
+                weight = torch.cat([lin.weight.detach() for lin in linears])
+            else:
+                weight = _fuse(linears)
+            splits = tuple(lin.out_features for lin in linears)
+            proj = Proj(weight, quantize=quantize, act_dtype=act, pack=pack, splits=splits)
+            if release:
+                offset = 0
+                for name, lin in zip(names, linears, strict=True):
+                    dense[name + ".weight"] = (proj, offset, offset + lin.out_features)
+                    offset += lin.out_features
+                _release(linears)
+            return proj
+
         with torch.no_grad():
-            for block in self.layers:
+            for i, block in enumerate(self.layers):
                 a, f = block.attention, block.feed_forward
-                widths = (a.wq.out_features, a.wk.out_features, a.wv.out_features)
-                qkv = [a.wq, a.wk, a.wv]
-                a.qkv = Proj(_fuse(qkv), quantize=quantize, act_dtype=act, splits=widths)
-                a.o = Proj(_fuse([a.wo]), quantize=quantize, act_dtype=act)
-                w13 = [f.w1, f.w3]
-                f.w13 = Proj(
-                    _fuse(w13), quantize=quantize, act_dtype=act, splits=(f.w1.out_features,) * 2
-                )
-                f.down = Proj(_fuse([f.w2]), quantize=quantize, act_dtype=act)
-                if quantize is not None:
-                    _release([*qkv, a.wo, *w13, f.w2])
-            self._out = Proj(_fuse([self.output]), quantize=quantize, act_dtype=act)
-            if quantize is not None:
-                _release([self.output])
+                pa, pf = f"layers.{i}.attention.", f"layers.{i}.feed_forward."
+                a.qkv = build([pa + "wq", pa + "wk", pa + "wv"], [a.wq, a.wk, a.wv])
+                a.o = build([pa + "wo"], [a.wo])
+                f.w13 = build([pf + "w1", pf + "w3"], [f.w1, f.w3])
+                f.down = build([pf + "w2"], [f.w2])
+            self._out = build(["output"], [self.output])
         self.quantize = quantize
+        self._released = release
+        self._dense = dense
         self._prepared_for = self._signature()
         return self
+
+    @staticmethod
+    def _dense_state_dict(module: Transformer, state_dict, prefix: str, local_metadata) -> None:
+        """state_dict hook: released weights come back from their prepared form."""
+        built: dict[int, torch.Tensor] = {}
+        for key, (proj, a, b) in module._dense.items():
+            if id(proj) not in built:
+                built[id(proj)] = proj.dense()
+            state_dict[prefix + key] = built[id(proj)][a:b]
 
     def weight_bytes(self) -> int:
         """Bytes of weights a decode step reads (all but the embedding table)."""
@@ -548,9 +580,9 @@ class Transformer(nn.Module):
         return sum(p.nbytes() for p in projs) + norms
 
     def _use_fused(self) -> bool:
-        if self.quantize is not None:
-            if torch.is_grad_enabled() and self.training and self.norm.weight.requires_grad:
-                raise RuntimeError("a quantized model is for inference only")
+        if self._released:
+            if self.dtype != self._prepared_for[1] and self.quantize is None:
+                raise RuntimeError("the weights were packed in another dtype: reload instead")
             return True
         if not self.fused or (torch.is_grad_enabled() and self.output.weight.requires_grad):
             return False

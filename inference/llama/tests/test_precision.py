@@ -250,3 +250,51 @@ def test_static_decode_equals_the_dynamic_one():
             for t in range(12, 20):
                 step = model.decode(toks[:rows, t], torch.full((rows,), t), cache, static=True)
                 torch.testing.assert_close(step, full[:rows, t], atol=1e-5, rtol=0)
+
+
+# -- packed (oneDNN layout) ------------------------------------------------------------------
+def test_packed_float32_weights_equal_the_reference_and_give_back_the_state_dict():
+    model = random_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    toks = tokens(11)
+    with torch.inference_mode():
+        model.fused = False
+        ref_full = model(toks)
+        model.fused = True
+        model.prepare(pack=True)
+        full = model(toks)
+        steps = cached_logits(model, toks, 12)
+    assert model.layers[0].attention.qkv.kind == "packed"
+    assert model.layers[0].attention.wq.weight.device.type == "meta"  # no second copy
+    torch.testing.assert_close(full, ref_full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(steps, ref_full[:, 12:], atol=1e-5, rtol=0)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name
+    hf = to_transformers(model)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(toks).logits, ref_full, atol=1e-4, rtol=0)
+
+
+def test_packed_bfloat16_stays_within_its_tolerance():
+    toks = tokens(12)
+    with torch.inference_mode():
+        ref = random_model()(toks)
+        model = random_model().to(torch.bfloat16).prepare(pack=True)
+        full = model(toks)
+        steps = cached_logits(model, toks, 12)
+    bound = TOLERANCE["bfloat16"] * ref.abs().max()
+    assert (full - ref).abs().max() <= bound
+    assert (steps - ref[:, 12:]).abs().max() <= bound
+
+
+def test_an_int8_state_dict_holds_the_dequantized_weights():
+    model = random_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    after = model.prepare("int8").state_dict()
+    w, back = before["layers.1.feed_forward.w3.weight"], after["layers.1.feed_forward.w3.weight"]
+    scale = w.abs().amax(dim=1, keepdim=True) / 127
+    # Half an int8 step, plus bfloat16's roundings (2^-8 relative each) of the weight
+    # before quantizing, of the scale and of the result: measured 2.3 of them at most.
+    assert ((back.float() - w).abs() <= scale / 2 + 4 * w.abs() / 256).all()
