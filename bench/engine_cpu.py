@@ -3,7 +3,9 @@
     .venv/bin/python bench/engine_cpu.py [--threads N] [--new-tokens 64] [--repeats 3]
 
 A ~100M-parameter LLaMA with random weights (dim 768, 8 layers, vocab 32000), float32,
-the same weights and thread count for both. Decode speed comes from the time of each
+the same weights and thread count for both; the engine's weights in the form
+`Llama.load` gives them (fused, packed for oneDNN). For llama.cpp and the other
+precisions see bench/engine_vs_llamacpp.py. Decode speed comes from the time of each
 decode step (the engine's `BatchDecoder.step`, transformers' steps timestamped by a
 stopping criterion), prefill left out, the median over `--repeats` runs: the machine is
 shared, and a median ignores the steps where another process took the cores. Prints:
@@ -107,6 +109,8 @@ def main() -> None:
 
     model = init_weights(Transformer(ARGS), seed=0).eval().requires_grad_(False)
     hf = to_transformers(model)
+    # The inference form Llama.load builds: fused projections, oneDNN-packed weights.
+    model.prepare(pack=True)
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(3, ARGS.vocab_size, (8, ns.prompt_len), generator=gen)
     n_params = ARGS.n_params()
@@ -153,7 +157,7 @@ def main() -> None:
     print(f"engine batch-8 / batch-1 throughput: {rates['engine', 8] / rates['engine', 1]:.2f}x")
     bw = memcpy_bandwidth()
     # Per token every weight is read once, except the embedding table (one row).
-    weight_bytes = (n_params - ARGS.vocab_size * ARGS.dim) * 4
+    weight_bytes = model.weight_bytes()
     achieved = weight_bytes * rates["engine", 1]
     print(
         f"memcpy bandwidth {bw / 1e9:.1f} GB/s; batch-1 weight traffic "
