@@ -14,8 +14,8 @@ them and the answers encode them.
 
 `TextGuardMiddleware` applies the rule to every request before a view sees it (path, query,
 form fields, JSON bodies, headers): one place, so a new view or serializer cannot forget it.
-`validate_text` is the same rule as a Django/DRF validator, for fields whose messages are
-shown next to the field; `text_problem` is the rule itself.
+`text_check` is the same rule for a service called from outside a request (a management
+command, a task); `text_problem` is the rule itself.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 
 from core.errors import InvalidInput, render_error
@@ -47,14 +46,6 @@ def text_problem(value: str) -> str | None:
                 "not a Unicode character; send text as valid UTF-8"
             )
     return None
-
-
-def validate_text(value: Any) -> None:
-    """Django and DRF field validator: the rule above, for one string."""
-    if isinstance(value, str):
-        problem = text_problem(value)
-        if problem:
-            raise ValidationError(f"The text {problem}.", code="invalid_text")
 
 
 def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
