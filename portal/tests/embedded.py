@@ -1,8 +1,9 @@
 """The web process of `make run` on its embedded SQLite database, for tests that need it live.
 
-`prepare(var)` migrates a fresh database under `var/` and seeds what the tests act on (in
-a subprocess, so the test run's own PostgreSQL settings stay untouched); `EmbeddedServer`
-serves it the way `make run` does (`devtools.stack_web serve`) and keeps its log.
+`EmbeddedStack.prepare()` migrates a fresh database under `var/` and seeds what the tests
+act on (in a subprocess, so the test run's own PostgreSQL settings stay untouched); `serve()`
+serves it the way `make run` does (`devtools.stack_web serve`) and keeps its log, with a
+Redis of its own (the jobs it queues must not reach the suite's workers).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from devtools.services import free_port, stop_process
+from devtools.services import free_port, redis_command, stop_process, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 APPLICANTS = 3
 
 
-def embedded_env(var: Path, **extra: str) -> dict[str, str]:
+def _embedded_env(var: Path, redis_port: int, extra: dict[str, str]) -> dict[str, str]:
     """The environment of `make run` (no DATABASE_URL: SQLite under var/), debug on."""
     env = {
         k: v
@@ -35,8 +36,7 @@ def embedded_env(var: Path, **extra: str) -> dict[str, str]:
         {
             "DJANGO_DEBUG": "1",
             "PORTAL_VAR_DIR": str(var),
-            # The test run's Redis (its own db): job submissions queue their messages there.
-            "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/6"),
+            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             "PYTHONUNBUFFERED": "1",
             **extra,
         }
@@ -100,45 +100,54 @@ print("SETUP " + json.dumps({
 """
 
 
-def prepare(var: Path, env: dict[str, str]) -> dict:
-    """Migrate and seed the embedded database; returns sessions, a token, application ids."""
-    var.mkdir(parents=True, exist_ok=True)
-    code = f"APPLICANTS = {APPLICANTS}\n{_SETUP}"
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**env, "DJANGO_SETTINGS_MODULE": "portal.settings"},
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("SETUP "))
-    return json.loads(line.removeprefix("SETUP "))
+class EmbeddedStack:
+    """A private Redis, then `prepare()` (the database), then `serve()` (the web process)."""
 
-
-class EmbeddedServer:
-    def __init__(self, env: dict[str, str], log: Path):
+    def __init__(self, tmp_path: Path, **extra_env: str):
+        self.var = tmp_path / "var"
+        self.var.mkdir(parents=True, exist_ok=True)
+        self.log = tmp_path / "server.log"
+        redis_port = free_port()
+        self.env = _embedded_env(self.var, redis_port, extra_env)
+        self.redis = subprocess.Popen(
+            redis_command(port=redis_port, data_dir=self.var / "redis"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.web: subprocess.Popen | None = None
         self.port = free_port()
-        self.log = log
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
+        wait_for_port(redis_port, timeout=30, proc=self.redis)
+
+    def prepare(self) -> dict:
+        """Migrate and seed the database; returns sessions, a token, application ids."""
+        code = f"APPLICANTS = {APPLICANTS}\n{_SETUP}"
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env={**self.env, "DJANGO_SETTINGS_MODULE": "portal.settings"},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        line = next(x for x in result.stdout.splitlines() if x.startswith("SETUP "))
+        return json.loads(line.removeprefix("SETUP "))
+
+    def serve(self, timeout: float = 60) -> None:
+        """Start the web process as `make run` does and wait until it answers."""
+        with open(self.log, "ab") as out:
+            self.web = subprocess.Popen(
                 [sys.executable, "-m", "devtools.stack_web", "serve", str(self.port)],
                 cwd=ROOT,
-                env=env,
+                env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text(errors="replace")[-3000:]
+            assert self.web.poll() is None, self.output()[-3000:]
             try:
                 with urllib.request.urlopen(f"{self.url}/accounts/login/", timeout=5):
                     return
@@ -146,8 +155,14 @@ class EmbeddedServer:
                 time.sleep(0.3)
         raise AssertionError(f"the server did not answer within {timeout}s")
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def output(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def stop(self) -> None:
-        stop_process(self.proc, grace=5)
+        if self.web is not None:
+            stop_process(self.web, grace=5)
+        stop_process(self.redis, grace=5)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 import urllib.request
 
 import pytest
 
 from core.logging import RedactSecretsFilter
-from portal.tests.embedded import EmbeddedServer, embedded_env, prepare
+from portal.tests.embedded import EmbeddedStack
 
 TOKEN = "llp_" + "Zx9" * 14
 SIGNATURE = "0123456789abcdef" * 4
@@ -27,19 +28,21 @@ def test_the_access_log_handler_redacts():
 
 @pytest.mark.slow
 def test_the_access_log_of_make_run_redacts_tokens_and_signatures(tmp_path):
-    var = tmp_path / "var"
-    env = embedded_env(var)
-    prepare(var, env)
-    server = EmbeddedServer(env, tmp_path / "server.log")
+    stack = EmbeddedStack(tmp_path)
     try:
-        server.wait_ready()
+        stack.prepare()
+        stack.serve()
         for query in (f"token={TOKEN}", f"X-Amz-Signature={SIGNATURE}&page=2"):
-            with urllib.request.urlopen(f"{server.url}/accounts/login/?{query}", timeout=30):
+            with urllib.request.urlopen(f"{stack.url}/accounts/login/?{query}", timeout=30):
                 pass
+        # The server writes a request's line after sending its answer.
+        deadline = time.monotonic() + 30
+        while stack.output().count("GET /accounts/login/?") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
-        server.stop()
+        stack.stop()
 
-    log = server.output()
+    log = stack.output()
     assert "GET /accounts/login/?token=llp_[redacted] HTTP/1.1" in log
     assert "GET /accounts/login/?X-Amz-Signature=[redacted]&page=2 HTTP/1.1" in log
     assert TOKEN not in log

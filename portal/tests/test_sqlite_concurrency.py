@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import pytest
 from django.utils import timezone
 
-from portal.tests.embedded import EmbeddedServer, embedded_env, prepare
+from portal.tests.embedded import EmbeddedStack
 
 CSRF = "a" * 32  # a CSRF secret of our own: cookie and form field carry the same value
 WRITERS = 50
@@ -120,18 +120,16 @@ def _send(port: int, call: Call, start: threading.Barrier) -> Outcome:
 
 @pytest.mark.slow
 def test_fifty_concurrent_writers_get_no_5xx_and_one_decision_wins(tmp_path):
-    var = tmp_path / "var"
-    env = embedded_env(var, JOBS_MAX_ACTIVE_PER_USER="1000")
-    setup = prepare(var, env)
-    server = EmbeddedServer(env, tmp_path / "server.log")
+    stack = EmbeddedStack(tmp_path, JOBS_MAX_ACTIVE_PER_USER="1000")
     try:
-        server.wait_ready()
+        setup = stack.prepare()
+        stack.serve()
         calls = _calls(setup)
         start = threading.Barrier(len(calls))
         outcomes: list[Outcome] = [None] * len(calls)  # type: ignore[list-item]
 
         def run(i: int) -> None:
-            outcomes[i] = _send(server.port, calls[i], start)
+            outcomes[i] = _send(stack.port, calls[i], start)
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
         for thread in threads:
@@ -139,9 +137,9 @@ def test_fifty_concurrent_writers_get_no_5xx_and_one_decision_wins(tmp_path):
         for thread in threads:
             thread.join(timeout=300)
     finally:
-        server.stop()
+        stack.stop()
 
-    log = server.output()
+    log = stack.output()
     broken = [o for o in outcomes if o.error or o.status is None or o.status >= 500]
     assert not broken, (
         [(o.call.kind, o.status, o.error, o.body[:300]) for o in broken],
