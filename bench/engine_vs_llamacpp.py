@@ -337,7 +337,8 @@ def report(results: list[dict], ns: argparse.Namespace, bw: tuple[float, float])
     log(
         f"{datetime.now():%Y-%m-%d %H:%M}, {ns.threads} threads, prompt {ns.prompt_len}, "
         f"{ns.new_tokens} new tokens, {ns.rounds} rounds; decode tok/s, median of rounds "
-        f"[min-max]; memory: read {read_bw / 1e9:.1f} GB/s, copy {copy_bw / 1e9:.1f} GB/s"
+        f"[min-max]; ratios: median of the rounds' ratios [min-max]; memory: read "
+        f"{read_bw / 1e9:.1f} GB/s, copy {copy_bw / 1e9:.1f} GB/s"
     )
     head = (
         "| shape | precision | batch | engine | transformers | llama.cpp | engine / llama.cpp "
@@ -345,6 +346,14 @@ def report(results: list[dict], ns: argparse.Namespace, bw: tuple[float, float])
     )
     log(head)
     log("|" + "---|" * 9)
+
+    def ratio(a: list[float] | None, b: list[float] | None) -> str:
+        # Per round, the two ran minutes apart at most: the median of the rounds' ratios
+        # is steadier under changing load than a ratio of medians.
+        if not a or not b:
+            return "-"
+        rs = [x / y for x, y in zip(a, b, strict=True)]
+        return f"{median(rs):.2f}x [{min(rs):.2f}-{max(rs):.2f}]"
 
     def cell(xs: list[float] | None) -> str:
         if not xs:
@@ -355,8 +364,8 @@ def report(results: list[dict], ns: argparse.Namespace, bw: tuple[float, float])
         rates = res["rates"]
         for b in (1, 8):
             e, h, c = (rates.get(f"{k}@{b}") for k in ("engine", "transformers", "llama.cpp"))
-            vs_cpp = f"{median(e) / median(c):.2f}x" if e and c else "-"
-            vs_hf = f"{median(e) / median(h):.2f}x" if e and h else "-"
+            vs_cpp = ratio(e, c)
+            vs_hf = ratio(e, h)
             loads = res["load"]
             log(
                 f"| {res['shape']} ({res['n_params'] / 1e6:.0f}M) | {res['precision']} | {b} | "
@@ -391,7 +400,14 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
+    ap.add_argument("--report", type=Path, nargs="+", help="print the tables of saved --json files")
     ns = ap.parse_args()
+    if ns.report:
+        saved = [json.loads(f.read_text()) for f in ns.report]
+        results = [r for d in saved for r in d["results"]]
+        ns.json = None
+        report(results, ns, tuple(saved[-1]["bandwidth"]))
+        return
     ns.tools = ns.tools.resolve()
     for need in ("bin/llama-batched-bench", "bin/llama-simple", "convert_hf_to_gguf.py"):
         if not (ns.tools / need).exists():
