@@ -550,55 +550,133 @@ class BatchDecoder:
         return toks.to(self.device), lens
 
     def _score_prompts(self, group: list[_Seq], logits: torch.Tensor) -> None:
-        """Prompt log-probabilities (and the top alternatives) from logits at every
-        position ([rows, length, vocab]); position 0 has no prediction, hence None."""
-        for i, s in enumerate(group):
-            if not s.params.scores_prompt or not self.par.is_leader:
-                continue
-            n = len(s.prompt_tokens)
-            s.prompt_logprobs = [None]
-            s.prompt_top_logprobs = [None] if s.params.top_logprobs else None
-            if n < 2:
-                continue
-            lp = torch.log_softmax(logits[i, : n - 1].float(), dim=-1)
-            target = torch.tensor(s.prompt_tokens[1:], device=lp.device)
-            s.prompt_logprobs += lp.gather(1, target[:, None])[:, 0].tolist()
-            if s.params.top_logprobs:
-                s.prompt_top_logprobs += _top(lp, s.params.top_logprobs)
+        """Prompt log-probabilities from logits at every position ([rows, length, vocab])."""
+        if self.par.is_leader:
+            for i, s in enumerate(group):
+                self._score_prompt(s, logits[i])
+
+    def _score_prompt(self, s: _Seq, logits: torch.Tensor) -> None:
+        """One prompt's log-probabilities (and top alternatives) from the logits at its
+        positions ([length, vocab]); position 0 has no prediction, hence None."""
+        if not s.params.scores_prompt:
+            return
+        n = len(s.prompt_tokens)
+        s.prompt_logprobs = [None]
+        s.prompt_top_logprobs = [None] if s.params.top_logprobs else None
+        if n < 2:
+            return
+        lp = torch.log_softmax(logits[: n - 1].float(), dim=-1)
+        target = torch.tensor(s.prompt_tokens[1:], device=lp.device)
+        s.prompt_logprobs += lp.gather(1, target[:, None])[:, 0].tolist()
+        if s.prompt_top_logprobs is not None:
+            s.prompt_top_logprobs += _top(lp, s.params.top_logprobs)
 
     def _run_one_pass(self, seqs: list[_Seq]) -> list[Completion]:
-        """Requests of at most one new token, in cache-less forward passes batched by
-        length: score the prompt when asked, sample the one token, finish."""
+        """Requests of at most one new token, batched without cache rows of their own:
+        score the prompt when asked, sample the one token, finish.
+
+        Prompts that differ only in a short ending (a harness's choices after one context)
+        share one prefill of their common prefix in a scratch cache and decode their endings
+        together; the others go through cache-less forward passes batched by length.
+        """
+        clusters, alone = ([], seqs) if self.par.enabled else _clusters(seqs)
         done: list[Completion] = []
-        seqs = sorted(seqs, key=lambda s: -len(s.prompt_tokens))  # less padding per pass
-        for group in _groups(seqs, SCORE_TOKEN_BUDGET):
-            sample = [s for s in group if s.params.max_new_tokens > 0]
-            try:
-                toks, lens = self._padded(group)
-                logits = self.model.forward(toks)
-                self._score_prompts(group, logits)
-                picks: dict[int, tuple] = {}
-                if sample and self.par.is_leader:
-                    at = [i for i, s in enumerate(group) if s.params.max_new_tokens > 0]
-                    last = logits[
-                        torch.tensor(at, device=self.device),
-                        torch.tensor([lens[i] - 1 for i in at], device=self.device),
-                    ]
+        for batch in _cluster_batches(clusters, SCORE_TOKEN_BUDGET):
+            members = [s for _, group in batch for s in group]
+            done += self._score_pass(members, lambda batch=batch: self._shared_logits(batch))
+        alone = sorted(alone, key=lambda s: -len(s.prompt_tokens))  # less padding per pass
+        for group in _groups(alone, SCORE_TOKEN_BUDGET):
+            done += self._score_pass(group, lambda group=group: self._forward_logits(group))
+        return done
+
+    def _forward_logits(self, group: list[_Seq]) -> list[torch.Tensor]:
+        toks, lens = self._padded(group)
+        logits = self.model.forward(toks)
+        return [logits[i, :n] for i, n in enumerate(lens)]
+
+    def _shared_logits(self, batch: list[tuple[int, list[_Seq]]]) -> list[torch.Tensor]:
+        """Logits at every prompt position of each member ([length, vocab]), computing
+        each cluster's common prefix once: prefill it into the first member's row of a
+        scratch cache, copy that row's keys and values to the other members' rows, then
+        decode every member's ending one position at a time, all rows together."""
+        members = [s for _, group in batch for s in group]
+        width = max(len(s.prompt_tokens) for s in members)
+        cache = self.model.new_cache(len(members), width)
+        firsts, row = [], 0
+        for _, group in batch:
+            firsts.append(row)
+            row += len(group)
+        heads = torch.zeros(len(batch), max(p for p, _ in batch), dtype=torch.long)
+        for c, (p, group) in enumerate(batch):
+            heads[c, :p] = torch.tensor(group[0].prompt_tokens[:p])
+        shared = self.model.prefill(
+            heads.to(self.device), cache, torch.tensor(firsts, device=self.device), None
+        )
+        starts = []
+        for (p, group), first in zip(batch, firsts, strict=True):
+            for layer_kv in cache.kv:  # [2, rows, kv_heads, positions, head_dim]
+                layer_kv[:, first + 1 : first + len(group), :, :p] = layer_kv[
+                    :, first : first + 1, :, :p
+                ]
+            starts += [p] * len(group)
+        steps = max(len(s.prompt_tokens) - p for s, p in zip(members, starts, strict=True))
+        tails: list[torch.Tensor] = []
+        for j in range(steps):
+            toks, pos = [], []
+            for s, p in zip(members, starts, strict=True):
+                at = min(p + j, len(s.prompt_tokens) - 1)  # ended rows repeat their last
+                toks.append(s.prompt_tokens[at])
+                pos.append(at)
+            tails.append(
+                self.model.decode(
+                    torch.tensor(toks, device=self.device),
+                    torch.tensor(pos, device=self.device),
+                    cache,
+                    span=max(pos) + 1,
+                )
+            )
+        out = []
+        row = 0
+        for c, (p, group) in enumerate(batch):
+            for s in group:
+                k = len(s.prompt_tokens) - p
+                ending = torch.stack([tails[j][row] for j in range(k)])
+                out.append(torch.cat([shared[c, :p], ending]))
+                row += 1
+        return out
+
+    def _score_pass(
+        self, group: list[_Seq], compute: Callable[[], list[torch.Tensor]]
+    ) -> list[Completion]:
+        """Run `compute` (logits at every prompt position of each request), score the
+        prompts, sample the one new token where asked, finish the requests."""
+        done: list[Completion] = []
+        sample = [s for s in group if s.params.max_new_tokens > 0]
+        picks: dict[int, tuple] = {}
+        try:
+            logits = compute()
+            if self.par.is_leader:
+                for s, rows in zip(group, logits, strict=True):
+                    self._score_prompt(s, rows)
+                if sample:
+                    last = torch.stack(
+                        [rows[-1] for s, rows in zip(group, logits, strict=True) if s in sample]
+                    )
                     for s, *pick in zip(sample, *self._sample(sample, last), strict=True):
                         picks[id(s)] = tuple(pick)
-            except RuntimeError as exc:
-                if self.par.enabled:
-                    raise
-                log.exception("scoring pass failed for %d requests", len(group))
-                for seq in group:
-                    seq.error = f"{type(exc).__name__}: {exc}"
-                    done.append(self._finish(seq, ERROR))
-                continue
+        except RuntimeError as exc:
+            if self.par.enabled:
+                raise
+            log.exception("scoring pass failed for %d requests", len(group))
             for seq in group:
-                reason: str | None = None
-                if id(seq) in picks:
-                    reason = self._accept(seq, *picks[id(seq)])
-                done.append(self._finish(seq, reason or LENGTH))
+                seq.error = f"{type(exc).__name__}: {exc}"
+                done.append(self._finish(seq, ERROR))
+            return done
+        for seq in group:
+            reason: str | None = None
+            if id(seq) in picks:
+                reason = self._accept(seq, *picks[id(seq)])
+            done.append(self._finish(seq, reason or LENGTH))
         return done
 
     def _sample(
@@ -782,6 +860,78 @@ def _groups(seqs: list[_Seq], budget: int) -> list[list[_Seq]]:
     if current:
         groups.append(current)
     return groups
+
+
+# Prompts share a prefill when they have at least this many tokens in common and each
+# differs in at most SHARE_MAX_ENDING tokens (decoded one position at a time).
+SHARE_MIN_PREFIX = 4
+SHARE_MAX_ENDING = 16
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _clusters(seqs: list[_Seq]) -> tuple[list[tuple[int, list[_Seq]]], list[_Seq]]:
+    """(prefix length, members) of the prompts worth prefilling once, and the rest.
+
+    Sorted, prompts with a common prefix are neighbours; a cluster's prefix is the shortest
+    of its neighbours' common prefixes, and always leaves each member at least one token.
+    """
+    clusters: list[tuple[int, list[_Seq]]] = []
+    alone: list[_Seq] = []
+    current: list[_Seq] = []
+    prefix = 0
+
+    def close() -> None:
+        if len(current) > 1:
+            clusters.append((prefix, list(current)))
+        else:
+            alone.extend(current)
+
+    for s in sorted(seqs, key=lambda s: s.prompt_tokens):
+        n = len(s.prompt_tokens)
+        if current:
+            p = min(prefix, _common(current[-1].prompt_tokens, s.prompt_tokens), n - 1)
+            endings = [len(x.prompt_tokens) - p for x in current] + [n - p]
+            if p >= SHARE_MIN_PREFIX and max(endings) <= SHARE_MAX_ENDING:
+                current.append(s)
+                prefix = p
+                continue
+            close()
+        current, prefix = [s], n - 1
+    if current:
+        close()
+    return clusters, alone
+
+
+def _cluster_batches(
+    clusters: list[tuple[int, list[_Seq]]], budget: int
+) -> list[list[tuple[int, list[_Seq]]]]:
+    """Clusters packed into passes whose scratch cache (rows x longest prompt) fits
+    `budget` tokens; a cluster too large for one pass is cut into parts."""
+    batches: list[list[tuple[int, list[_Seq]]]] = []
+    current: list[tuple[int, list[_Seq]]] = []
+    rows = width = 0
+    for p, members in clusters:
+        longest = max(len(s.prompt_tokens) for s in members)
+        per_pass = max(2, budget // longest)
+        for i in range(0, len(members), per_pass):
+            part = members[i : i + per_pass]
+            if current and (rows + len(part)) * max(width, longest) > budget:
+                batches.append(current)
+                current, rows, width = [], 0, 0
+            current.append((p, part))
+            rows += len(part)
+            width = max(width, longest)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _top(lp: torch.Tensor, k: int) -> list[dict[int, float]]:

@@ -121,3 +121,38 @@ def test_top_logprobs_is_bounded():
         SamplingParams(top_logprobs=21)
     with pytest.raises(ValueError):
         SamplingParams(max_new_tokens=-1)
+
+
+def test_prompts_with_a_common_context_share_its_prefill(pair, monkeypatch):
+    """A harness's choices: one context, several short endings. The context is prefilled
+    once per pass; every number still equals transformers'."""
+    model, hf = pair
+    context = [1, 30, 31, 32, 33, 34, 35, 36]
+    endings = [[40], [41, 42], [43, 44, 45], [46], [30, 31]]
+    other = [[1, 9, 8, 7, 6, 5], [1, 9, 8, 7, 6, 4, 3]]  # a second cluster
+    prompts = [context + e for e in endings] + other + [[5, 6]]
+    calls = []
+    for name in ("forward", "prefill", "decode"):
+        original = getattr(model, name)
+        monkeypatch.setattr(
+            model, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k)
+        )
+    for max_new in (0, 1):
+        calls.clear()
+        params = SamplingParams(max_new_tokens=max_new, echo=True, logprobs=True, top_logprobs=3)
+        completions = generate(model, None, prompts, params)
+        # one prefill for both clusters, their endings decoded together, one plain forward
+        assert calls.count("prefill") == 1 and calls.count("forward") == 1
+        assert calls.count("decode") == 3  # the longest ending
+        for ids, c in zip(prompts, completions, strict=True):
+            ref = _reference(hf, ids)
+            expected = ref[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+            assert c.prompt_logprobs[0] is None
+            torch.testing.assert_close(
+                torch.tensor(c.prompt_logprobs[1:]), expected, atol=1e-4, rtol=0
+            )
+            for pos, top in enumerate(c.prompt_top_logprobs[1:]):
+                assert list(top) == torch.topk(ref[pos], 3).indices.tolist()
+            if max_new:
+                assert c.tokens == [int(ref[-1].argmax())]
+                assert c.logprobs[0] == pytest.approx(float(ref[-1].max()), abs=1e-4)
