@@ -43,10 +43,15 @@ DAY = timedelta(hours=24)
 MAX_STOP_SEQUENCES = 4
 SEED_LIMIT = 2**63 - 1
 MAX_TOP_LOGPROBS = 20  # as vLLM (OpenAI: 5)
-# Prompts of one scoring job (at most one new token each, n 1). Such a job needs no cache
-# rows on the worker (one batched forward pass), so it is bounded by its tokens instead:
-# at most what a generation job of JOBS_MAX_SEQUENCES full contexts could hold.
+# Scoring jobs (at most one new token per prompt, n 1) need no cache rows on the worker: they
+# are forward passes of at most SCORE_TOKEN_BUDGET tokens each, batched across jobs. So they
+# are bounded by tokens, not by sequences or jobs: one job holds at most this many prompts
+# and this many full contexts of tokens, and a user's scoring jobs in flight at most
+# SCORING_ACTIVE_CONTEXTS full contexts (256: what a harness sending 8 concurrent requests of
+# 32 prompts needs, whatever their length).
 MAX_SCORING_PROMPTS = 1024
+SCORING_JOB_CONTEXTS = 64
+SCORING_ACTIVE_CONTEXTS = 256
 
 
 class InvalidTransition(Conflict):
@@ -208,12 +213,11 @@ def _check_context(variant: ModelVariant, prompts: list[Prompt], params: dict[st
                 extra={"param": "prompt", "limit": limit, "prompt_tokens": tc.count},
             )
     total = sum(tc.count for tc in counts)
-    most = settings.JOBS_MAX_SEQUENCES * limit
+    most = SCORING_JOB_CONTEXTS * limit
     if is_scoring(params) and total > most:
         raise InvalidInput(
             f"These prompts have {total} tokens; one scoring job takes at most {most} "
-            f"({settings.JOBS_MAX_SEQUENCES} contexts of {limit}). Send fewer prompts per "
-            "request.",
+            f"({SCORING_JOB_CONTEXTS} contexts of {limit}). Send fewer prompts per request.",
             code="context_length_exceeded",
             extra={"param": "prompt", "limit": most, "prompt_tokens": total},
         )
@@ -237,7 +241,7 @@ def _check_limits(
             )["total"]
             or 0
         )
-        room = most * settings.JOBS_MAX_SEQUENCES * variant.context_length
+        room = SCORING_ACTIVE_CONTEXTS * variant.context_length
         if in_flight + need > room:
             raise RateLimited(
                 f"Your scoring requests in progress hold {in_flight} tokens; with this one's "

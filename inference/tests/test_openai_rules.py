@@ -174,3 +174,33 @@ def test_generation_jobs_still_count_against_the_active_limit(researcher, publis
             prompts=["x"],
             params={"max_new_tokens": 0, "echo": True},
         )
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        ('{"model": "demo", "prompt": "a\\u0000b"}', "prompt"),
+        ('{"model": "demo", "prompt": ["ok", "\\ud800"]}', "prompt"),
+        ('{"model": "demo", "prompt": "ok", "stop": ["\\udfff"]}', "stop"),
+        ('{"model": "demo", "prompt": "ok", "stop": "x\\u0000"}', "stop"),
+    ],
+)
+def test_nul_and_lone_surrogates_are_400s_never_stored(oai_client, raw, param):
+    response = oai_client.post("/v1/completions", raw, content_type="application/json")
+    error = response.json()["error"]
+    assert response.status_code == 400
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert not GenerationJob.objects.exists()
+
+
+def test_scoring_jobs_in_flight_are_bounded_by_their_tokens(researcher, published_demo):
+    from core.errors import RateLimited
+
+    # 64 prompts of 255 token ids with one new token: 64 x 256 tokens, one job's most
+    prompts = [[1, *([7] * 254)]] * 64
+    params = {"max_new_tokens": 1, "echo": True, "logprobs": True}
+    for _ in range(4):  # 4 x 16,384 tokens: the 256 contexts of 256 tokens allowed at once
+        job_submit(user=researcher, variant=published_demo, prompts=prompts, params=params)
+    with pytest.raises(RateLimited) as limited:
+        job_submit(user=researcher, variant=published_demo, prompts=prompts, params=params)
+    assert limited.value.code == "too_many_jobs" and limited.value.extra["limit"] == 256 * 256
