@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 CLAIM_POLL_SECONDS = 0.05  # how often a batch with free slots looks for queued jobs
 
 _models: dict[str, Any] = {}
+# One decoder (and its KV cache: gigabytes for 7B) per size, kept between batches: allocating
+# it for every batch would cost a scoring request, which uses no cache, more than its work.
+_decoders: dict[tuple, Any] = {}
 _models_lock = threading.Lock()
 _active_run: BatchRun | None = None
 _listener: threading.Thread | None = None
@@ -107,6 +110,16 @@ def model_for(variant: ModelVariant):
         logger.info("loaded %s from %s in %.1fs", variant, directory, time.monotonic() - started)
         _models[variant.slug] = llama
         return llama
+
+
+def _decoder_for(llama, variant: ModelVariant, max_batch: int):
+    key = (variant.slug, id(llama), max_batch, variant.context_length)
+    decoder = _decoders.get(key)
+    if decoder is None or decoder.has_work():
+        _decoders.clear()  # one size per process in practice: free the old cache first
+        decoder = llama.decoder(max_batch_size=max_batch, max_seq_len=variant.context_length)
+        _decoders[key] = decoder
+    return decoder
 
 
 # --- Identity and liveness --------------------------------------------------------------------
@@ -182,9 +195,7 @@ class BatchRun:
         self.variant = variant
         self.worker = worker
         self.max_batch = settings.JOBS_MAX_BATCH_SIZE
-        self.decoder = llama.decoder(
-            max_batch_size=self.max_batch, max_seq_len=variant.context_length
-        )
+        self.decoder = _decoder_for(llama, variant, self.max_batch)
         self.running: dict[str, _Running] = {}
         self.buffer = events.EventBuffer()
         self.delay = settings.JOBS_STEP_DELAY_SECONDS
@@ -453,12 +464,14 @@ def job_run(job_id: str, *, node: str = "", soft_time_limit: float | None = None
         run.add(claimed)
         run.run(admit_until=admit_until)
     except SoftTimeLimitExceeded:
+        _decoders.clear()  # it still holds the stopped batch's requests
         run.fail_all(
             f"The job ran past the time limit of {limit:g} seconds and was stopped. Ask for "
             "fewer new tokens."
         )
         return "time limit"
     except Exception as exc:
+        _decoders.clear()
         logger.exception("generation failed on %s", node)
         reason = type(exc).__name__
         if "OutOfMemory" in reason:
