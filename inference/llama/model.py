@@ -17,13 +17,14 @@ rank's slice of the weights, exactly the slice of the original model-parallel sh
 two collectives per layer are in `Attention.forward` / `FeedForward.forward`.
 
 Inference runs on a prepared form of the weights (`Transformer.prepare`, done lazily on
-the first call without gradients): q/k/v fused into one matrix and gate/up into another,
-optionally quantized to int8 (`kernels.Proj`), RoPE as a precomputed cos/sin table, the
-keys and values of a layer in one cache tensor, so a decode step is a few kernels per
-layer. In float32 and half precision the original parameters become views of the fused
-matrices (no second copy, state_dict unchanged); quantized, they are released. The
-module-by-module code (`fused = False`, or any pass that records gradients, as training
-the demo does) is the reference the fused path is tested against.
+the first call without gradients, or by `Llama.load`): q/k/v fused into one matrix and
+gate/up into another (`kernels.Proj`), RoPE as a precomputed cos/sin table, the keys and
+values of a layer in one cache tensor, so a decode step is a few kernels per layer. By
+default the original parameters become views of the fused matrices (no second copy,
+state_dict unchanged); packed for oneDNN or quantized to int8, the plain weights are
+released and state_dict() rebuilds them. The module-by-module code (`fused = False`, or
+any pass that records gradients, as training the demo does) is the reference the fused
+path is tested against.
 """
 
 from __future__ import annotations
@@ -207,8 +208,18 @@ class KVCache:
 class _Step:
     """What one forward pass needs besides the activations (shared by all layers)."""
 
-    __slots__ = ("cache", "cos", "freqs", "mask", "mode", "positions", "rows", "sin", "slots")
-    __slots__ += ("span",)
+    __slots__ = (
+        "cache",
+        "cos",
+        "freqs",
+        "mask",
+        "mode",
+        "positions",
+        "rows",
+        "sin",
+        "slots",
+        "span",
+    )
 
     def __init__(self, mode: str, **kw: Any):
         self.mode = mode
