@@ -27,13 +27,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
-from django.http import Http404, JsonResponse, StreamingHttpResponse
+from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
 from rest_framework.permissions import IsAuthenticated
-from rest_framework.renderers import JSONRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -45,7 +45,7 @@ from core.errors import PortalError, RateLimited, ServiceUnavailable
 from inference import streams
 from inference.models import GenerationJob, JobSource, JobState
 from inference.services import job_cancel, job_submit
-from inference.tokens import tokenizer_get
+from inference.tokens import tokenizer_file, tokenizer_get
 
 _TYPES = {
     400: "invalid_request_error",
@@ -573,6 +573,43 @@ class DetokenizeApi(_OpenAIView):
         if any(t >= vocab for t in v["tokens"]):
             raise serializers.ValidationError({"tokens": f"Token ids must be below {vocab}."})
         return Response({"prompt": processor.decode(v["tokens"])})
+
+
+class _BinaryRenderer(BaseRenderer):
+    """Lets `Accept: application/octet-stream` through; an error still renders as JSON."""
+
+    media_type = "application/octet-stream"
+    format = "bin"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
+        return JSONRenderer().render(data)
+
+
+class TokenizerFileApi(_OpenAIView):
+    """The size's SentencePiece `tokenizer.model`, for anyone who may run it, so a harness can
+    tokenize locally (`python -m inference.llama export-hf` makes a transformers tokenizer of
+    it with the weights; the file alone loads with `sentencepiece`)."""
+
+    renderer_classes = [JSONRenderer, _BinaryRenderer]
+
+    @extend_schema(
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["openai"]
+    )
+    def get(self, request: Request, model: str) -> FileResponse:
+        variant = _variant_for(model)
+        access_require(user=request.user, variant=variant, purpose="generate")
+        path = tokenizer_file(variant)
+        if path is None:
+            raise ServiceUnavailable(
+                f"The tokenizer of {variant} cannot be loaded right now; try again later.",
+                code="tokenizer_unavailable",
+            )
+        return FileResponse(
+            path.open("rb"),
+            as_attachment=True,
+            filename="tokenizer.model",
+            content_type="application/octet-stream",
+        )
 
 
 class ChatCompletionsApi(_OpenAIView):

@@ -7,6 +7,11 @@ app_name = "openai"
 urlpatterns = [
     path("models", openai_api.ModelsApi.as_view(), name="models"),
     path("models/<str:model>", openai_api.ModelDetailApi.as_view(), name="model"),
+    path(
+        "models/<str:model>/tokenizer.model",
+        openai_api.TokenizerFileApi.as_view(),
+        name="tokenizer-file",
+    ),
     path("completions", openai_api.CompletionsApi.as_view(), name="completions"),
     path("tokenize", openai_api.TokenizeApi.as_view(), name="tokenize"),
     path("detokenize", openai_api.DetokenizeApi.as_view(), name="detokenize"),

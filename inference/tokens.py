@@ -42,7 +42,9 @@ def _processor(path: str, sha256: str):
     return processor
 
 
-def _tokenizer_for(variant: ModelVariant):
+def tokenizer_file(variant: ModelVariant) -> Path | None:
+    """The size's `tokenizer.model`, fetched and SHA-256 verified on first use; None when it
+    cannot be had (not stored yet, S3 down)."""
     from core import storage
 
     row = WeightFile.objects.filter(variant=variant, path=TOKENIZER_PATH).first()
@@ -56,7 +58,17 @@ def _tokenizer_for(variant: ModelVariant):
     except (*storage.S3Error, storage.ChecksumMismatch, OSError) as exc:
         logger.warning("tokenizer of %s unavailable, estimating prompt tokens: %s", variant, exc)
         return None
-    return _processor(str(dest), row.sha256)
+    return dest
+
+
+def _tokenizer_for(variant: ModelVariant):
+    path = tokenizer_file(variant)
+    if path is None:
+        return None
+    sha256 = WeightFile.objects.filter(variant=variant, path=TOKENIZER_PATH).values_list(
+        "sha256", flat=True
+    )[0]
+    return _processor(str(path), sha256)
 
 
 def tokenizer_get(variant: ModelVariant):

@@ -204,3 +204,22 @@ def test_scoring_jobs_in_flight_are_bounded_by_their_tokens(researcher, publishe
     with pytest.raises(RateLimited) as limited:
         job_submit(user=researcher, variant=published_demo, prompts=prompts, params=params)
     assert limited.value.code == "too_many_jobs" and limited.value.extra["limit"] == 256 * 256
+
+
+def test_grant_holders_download_the_tokenizer(
+    oai_client, api_client, outsider, published_demo, demo_checkpoint
+):
+    from accounts.services import token_create
+
+    response = oai_client.get(
+        "/v1/models/demo/tokenizer.model", HTTP_ACCEPT="application/octet-stream"
+    )
+    assert response.status_code == 200
+    assert (
+        b"".join(response.streaming_content) == (demo_checkpoint / "tokenizer.model").read_bytes()
+    )
+    assert "tokenizer.model" in response["Content-Disposition"]
+
+    key = token_create(user=outsider, name="x", scopes=["generate"])[1]
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert _error(api_client.get("/v1/models/demo/tokenizer.model"), 403)["code"] == "no_grant"
