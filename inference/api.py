@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -78,6 +78,7 @@ class _Api(APIView):
 class GenerationModelsApi(_Api):
     """The model sizes you may run now."""
 
+    @extend_schema_serializer(component_name="GenerationModel")
     class OutputSerializer(serializers.Serializer):
         slug = serializers.CharField()
         size = serializers.CharField()

@@ -29,7 +29,7 @@ from typing import Any
 from django.conf import settings
 from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
 from rest_framework.permissions import IsAuthenticated
@@ -126,15 +126,22 @@ class _OpenAIView(APIView):
 _OPENAI_PARAM = {"max_new_tokens": "max_tokens", "top_logprobs": "logprobs", "prompts": "prompt"}
 
 
-def _first_error(detail: Any, param: str | None = None) -> tuple[str | None, str]:
+def _first_error(
+    detail: Any, param: str | None = None, where: str | None = None
+) -> tuple[str | None, str]:
+    """(the top-level parameter, "where: message") of the first error. A list field's
+    errors are keyed by item index: `param` stays the parameter, `where` says `tokens[16]`."""
     if isinstance(detail, dict):
         key, value = next(iter(detail.items()))
-        name = None if key == "non_field_errors" else key
-        return _first_error(value, name or param)
+        if key == "non_field_errors":
+            return _first_error(value, param, where)
+        if param is None:
+            return _first_error(value, str(key), str(key))
+        return _first_error(value, param, f"{where}[{key}]")
     if isinstance(detail, list) and detail:
-        return _first_error(detail[0], param)
+        return _first_error(detail[0], param, where)
     message = str(detail)
-    return param, f"{param}: {message}" if param else message
+    return param, f"{where}: {message}" if where else message
 
 
 def _model_object(variant: ModelVariant) -> dict:
@@ -161,7 +168,7 @@ class ModelsApi(_OpenAIView):
 
 
 class ModelDetailApi(_OpenAIView):
-    @extend_schema(responses=OpenApiTypes.OBJECT, tags=["openai"])
+    @extend_schema(responses=OpenApiTypes.OBJECT, tags=["openai"], operation_id="v1_model_retrieve")
     def get(self, request: Request, model: str) -> Response:
         variant = _variant_for(model)
         if variant not in variants_accessible(user=request.user, purpose="generate"):
@@ -240,6 +247,7 @@ class _Strict(serializers.Serializer):
 
 
 class CompletionsApi(_OpenAIView):
+    @extend_schema_serializer(component_name="CompletionRequest")
     class InputSerializer(_Strict):
         model = serializers.CharField()
         prompt = PromptField()
@@ -521,12 +529,14 @@ class TokenizeApi(_OpenAIView):
     """vLLM's `/tokenize`: the ids the model sees for a text (with BOS unless
     `add_special_tokens` is false)."""
 
+    @extend_schema_serializer(component_name="TokenizeRequest")
     class InputSerializer(_Strict):
         model = serializers.CharField()
         prompt = serializers.CharField(trim_whitespace=False, allow_blank=True)
         add_special_tokens = serializers.BooleanField(required=False, default=True)
         return_token_strs = serializers.BooleanField(required=False, allow_null=True, default=False)
 
+    @extend_schema_serializer(component_name="TokenizeResponse")
     class OutputSerializer(serializers.Serializer):
         count = serializers.IntegerField()
         max_model_len = serializers.IntegerField()
@@ -556,10 +566,12 @@ class TokenizeApi(_OpenAIView):
 class DetokenizeApi(_OpenAIView):
     """vLLM's `/detokenize`: the text of a list of token ids."""
 
+    @extend_schema_serializer(component_name="DetokenizeRequest")
     class InputSerializer(_Strict):
         model = serializers.CharField()
         tokens = serializers.ListField(child=serializers.IntegerField(min_value=0))
 
+    @extend_schema_serializer(component_name="DetokenizeResponse")
     class OutputSerializer(serializers.Serializer):
         prompt = serializers.CharField()
 

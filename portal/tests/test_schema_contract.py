@@ -75,3 +75,16 @@ def test_a_format_outside_the_enum_is_refused_with_a_message(token_client, path,
     error = response.json()["error"]
     assert error["code"] == "not_found"
     assert error["message"]
+
+
+@pytest.mark.django_db
+def test_an_invalid_list_item_is_named_by_its_parameter(token_client):
+    # The error's `param` is declared a string: a list item's index once came back as `param`.
+    response = token_client.post(
+        "/v1/detokenize", {"model": "demo", "tokens": [1, -1]}, content_type="application/json"
+    )
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "tokens"
+    assert error["message"].startswith("tokens[1]: ")
