@@ -377,7 +377,8 @@ class BatchRun:
 
     # -- the loop ---------------------------------------------------------------------------
     def _claim_more(self) -> None:
-        free = self.max_batch - self.decoder.active - self.decoder.waiting
+        # Scoring jobs take no cache rows: the jobs that came with them still join this step.
+        free = self.max_batch - self.decoder.active - self.decoder.waiting_for_rows
         for job in jobs_claim_queued(variant=self.variant, worker=self.worker, limit=free):
             self.add(job)
 

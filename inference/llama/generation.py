@@ -356,6 +356,12 @@ class BatchDecoder:
         with self._lock:
             return len(self._pending) + len(self._incoming) + len(self._one_pass)
 
+    @property
+    def waiting_for_rows(self) -> int:
+        """Queued requests that will need a cache row (one-pass requests need none)."""
+        with self._lock:
+            return len(self._pending) + sum(not s.params.one_pass for s in self._incoming)
+
     def has_work(self) -> bool:
         with self._lock:
             return bool(self._by_id or self._cancels)
