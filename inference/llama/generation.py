@@ -11,6 +11,14 @@ any time, also while others are running (continuous batching); each `step()`
    first token,
 4. hands each new token to its request's callback and returns the requests that finished.
 
+Requests of at most one new token (scoring: `max_new_tokens` 0 scores the prompt only, 1 is
+what evaluation harnesses send) take no cache row: each step runs all of them at once, in
+cache-less forward passes batched by length, or, for prompts that differ only in a short
+ending (a task's choices after one context), one prefill of the common prefix in a scratch
+cache and a few decode passes for the endings. With `echo` and `logprobs` every prompt
+position is scored (`prompt_logprobs`, the first None) and `top_logprobs` N adds the N
+likeliest tokens at each position.
+
 Each request samples from its own `torch.Generator`, so a seeded request draws the same
 tokens whatever else shares its batch. Under tensor parallelism rank 0 drives: it
 broadcasts new requests and cancellations at the start of a step and the sampled tokens
