@@ -262,6 +262,7 @@ def check_prior_refusal(application: Application) -> FlagResult | None:
     decides again, whatever the size's policy."""
     revoked = (
         Grant.objects.filter(user_id=application.user_id, status=GrantStatus.REVOKED)
+        .exclude(revoked_by_id=application.user_id)  # given up by withdrawing: not a refusal
         .select_related("variant")
         .order_by("-revoked_at")
         .first()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from datetime import UTC, datetime
 
@@ -403,10 +404,15 @@ AUDIT_GENESIS = "0" * 64
 class AuditEntry(models.Model):
     """An append-only, hash-chained record of a security-relevant action.
 
-    `hash` covers this entry's content and the previous entry's hash, so editing or
-    deleting a row breaks the chain from there on (`manage.py verify_audit`).
+    `hash` is an HMAC (keyed by `settings.AUDIT_KEYS`, which the database never holds) over
+    every field of the entry and the previous entry's hash, so editing, removing or
+    re-chaining rows is found by `manage.py verify_audit`, and so is cutting the chain's tail
+    (its head is anchored in S3 and the log). On PostgreSQL a trigger refuses UPDATE and
+    DELETE (migration 0006). Entries written before the keyed hash have an empty `key_id`
+    and a plain SHA-256 over fewer fields; they may only precede the keyed ones.
     """
 
+    seq = models.PositiveBigIntegerField(unique=True, help_text="Position in the chain, from 1")
     created_at = models.DateTimeField()
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -417,15 +423,18 @@ class AuditEntry(models.Model):
     target = models.CharField(max_length=300, blank=True)
     data = models.JSONField(default=dict, blank=True)
     ip = models.GenericIPAddressField(null=True, blank=True)
+    key_id = models.CharField(
+        max_length=64, blank=True, help_text="Which AUDIT_KEYS key signed it (empty: legacy)"
+    )
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
 
     class Meta:
-        ordering = ["id"]
+        ordering = ["seq"]
         verbose_name_plural = "audit entries"
 
     def __str__(self) -> str:
-        return f"#{self.pk} {self.action} {self.target}"
+        return f"#{self.seq} {self.action} {self.target}"
 
     def save(self, *args, **kwargs):
         if self.pk is not None:
@@ -435,8 +444,9 @@ class AuditEntry(models.Model):
     def delete(self, *args, **kwargs):
         raise ValueError("Audit entries are append-only.")
 
-    def compute_hash(self) -> str:
-        """SHA-256 over the previous hash and this entry's content, in a canonical form."""
+    def compute_hash(self, key: bytes | None) -> str:
+        """The entry's hash: HMAC-SHA256 with `key` over every field, or (key None) the
+        legacy plain SHA-256 of the entries written before the keyed hash."""
         content = {
             "prev": self.prev_hash,
             "at": self.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -446,5 +456,13 @@ class AuditEntry(models.Model):
             "data": self.data,
             "ip": self.ip or "",
         }
+        if key is None:
+            canonical = json.dumps(
+                content, sort_keys=True, separators=(",", ":"), ensure_ascii=True
+            )
+            return hashlib.sha256(canonical.encode()).hexdigest()
+        # The actor link is not hashed: it becomes NULL when the account is deleted. The hashed
+        # actor_ref names who it was, and verification requires the link to agree with it.
+        content.update({"seq": self.seq, "key_id": self.key_id})
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()

@@ -11,8 +11,8 @@ from datetime import datetime, timedelta
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from accounts.audit import chain_check_database
 from accounts.models import (
-    AUDIT_GENESIS,
     OPEN_STATES,
     AccessToken,
     Application,
@@ -22,9 +22,17 @@ from accounts.models import (
     Grant,
     GrantStatus,
     LicenseAcceptance,
+    SizeDecision,
+    SizeOutcome,
     User,
 )
-from catalog.models import DEFAULT_LICENSE_SLUG, License, LicenseVersion, ModelVariant
+from catalog.models import (
+    DEFAULT_LICENSE_SLUG,
+    AccessPolicy,
+    License,
+    LicenseVersion,
+    ModelVariant,
+)
 from core.errors import NotFound, PermissionDenied
 
 REVIEWER_GROUP = "reviewers"
@@ -333,19 +341,109 @@ def grants_for_user(*, user) -> QuerySet[Grant]:
     )
 
 
+# --- What justifies a grant -----------------------------------------------------------
+
+
+def grant_problems(grant: Grant) -> list[str]:
+    """Why an active grant is not justified; empty when it is. The one statement of the rule.
+
+    A grant in force must come from an approved decision on its application, for a size that
+    application still requests, while the application is neither withdrawn nor a draft;
+    given by the size's policy (manual: a person; two reviewers: two different people;
+    automatic: nobody, and then only for someone with no rejected size and no access revoked
+    by a reviewer before); by people other than the applicant; both approvals on the same submitted
+    text (a first approval before a resubmission does not count); to an active account. Whether the license in
+    force was accepted before each use is checked where uses are recorded
+    (`manage.py verify_access`).
+    """
+    if grant.status != GrantStatus.ACTIVE:
+        return []
+    problems: list[str] = []
+    application = grant.application
+    if application is None:
+        return ["no application approved it"]
+    applicant_id = application.user_id
+    if grant.user_id != applicant_id:
+        problems.append("it belongs to someone other than the applicant")
+    if not grant.user.is_active:
+        problems.append("the account is deactivated")
+    if application.state not in (
+        ApplicationState.SUBMITTED,
+        ApplicationState.RETURNED,
+        ApplicationState.APPROVED,
+    ):
+        problems.append(f"its application is {application.state}")
+    if not application.requested_variants.filter(pk=grant.variant_id).exists():
+        problems.append(f"its application does not request {grant.variant}")
+    decision = application.decisions.filter(variant_id=grant.variant_id).first()
+    if decision is None or decision.outcome != SizeOutcome.APPROVED:
+        problems.append(f"no approved decision on {grant.variant} in its application")
+        return problems
+    deciders = [decision.decided_by_id, decision.first_approved_by_id]
+    if applicant_id in deciders:
+        problems.append("the applicant decided it")
+    policy = grant.variant.access_policy
+    if policy == AccessPolicy.MANUAL and decision.decided_by_id is None:
+        problems.append("the size needs a reviewer's approval and has none")
+    if policy == AccessPolicy.TWO_REVIEWERS and (
+        None in deciders or decision.decided_by_id == decision.first_approved_by_id
+    ):
+        problems.append("the size needs two different reviewers' approvals")
+    if policy == AccessPolicy.AUTOMATIC and decision.decided_by_id is None:
+        refused_before = SizeDecision.objects.filter(
+            application__user_id=applicant_id,
+            outcome=SizeOutcome.REJECTED,
+            decided_at__lt=decision.decided_at,
+        ).exists() or (
+            Grant.objects.filter(
+                user_id=applicant_id,
+                status=GrantStatus.REVOKED,
+                revoked_at__lt=decision.decided_at,
+            )
+            .exclude(revoked_by_id=applicant_id)
+            .exists()
+        )
+        if refused_before:
+            problems.append("it was approved automatically after a rejection or revocation")
+    # Both approvals must be given to one submitted text: the submission in force when the
+    # size was decided (a later return and resubmission does not undo a decided size).
+    submission = (
+        application.events.filter(
+            to_state=ApplicationState.SUBMITTED, created_at__lte=decision.decided_at
+        )
+        .exclude(from_state=ApplicationState.SUBMITTED)  # per-size events keep the state
+        .order_by("-created_at", "-id")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    if submission is None:
+        problems.append("it was decided before the application was submitted")
+    elif decision.first_approved_at is not None and decision.first_approved_at < submission:
+        problems.append("its first approval was given to an earlier text of the application")
+    return problems
+
+
+def grants_unjustified() -> list[tuple[Grant, list[str]]]:
+    """Every active grant that `grant_problems` finds fault with (`manage.py verify_access`)."""
+    found = []
+    active = Grant.objects.filter(status=GrantStatus.ACTIVE).select_related(
+        "user", "variant", "application"
+    )
+    for grant in active.iterator(chunk_size=500):
+        problems = grant_problems(grant)
+        if problems:
+            found.append((grant, problems))
+    return found
+
+
 # --- Audit ---------------------------------------------------------------------------
 
 
 def audit_first_broken() -> tuple[AuditEntry, str] | None:
-    """The first entry whose hash or link does not verify, with why; None if the chain holds."""
-    previous = AUDIT_GENESIS
-    for entry in AuditEntry.objects.order_by("id").iterator(chunk_size=2000):
-        if entry.prev_hash != previous:
-            return entry, "its link to the previous entry does not match (an entry was removed)"
-        if entry.compute_hash() != entry.hash:
-            return entry, "its content does not match its hash (the entry was edited)"
-        previous = entry.hash
-    return None
+    """The first entry whose hash, link, sequence or actor does not verify, with why; None
+    if the chain holds. (`verify_audit` also compares the chain with its anchor.)"""
+    report = chain_check_database()
+    return None if report.broken is None else (report.broken, report.why)
 
 
 # --- The applicant's status page -----------------------------------------------------

@@ -32,3 +32,16 @@ def grants_expire() -> int:
 )
 def grants_notify_expiring() -> int:
     return services.grant_notify_expiring()
+
+
+@shared_task(
+    name="accounts.audit_anchor",
+    acks_late=True,
+    max_retries=0,
+    soft_time_limit=30,
+    time_limit=60,
+    queue="default",
+)
+def audit_anchor() -> int:
+    """Copy the audit chain's head outside the database (S3 and the log)."""
+    return services.audit_anchor_write().seq

@@ -252,6 +252,22 @@ def object_exists(key: str, *, size: int | None = None) -> bool:
     return head is not None and (size is None or head["ContentLength"] == size)
 
 
+def object_put(key: str, body: bytes, *, content_type: str = "application/json") -> None:
+    """Store a small object in one request (records such as the audit log's anchor)."""
+    client().put_object(Bucket=bucket(), Key=key, Body=body, ContentType=content_type)
+
+
+def object_get(key: str) -> bytes | None:
+    """A small object's bytes, or None when there is none. Raises `S3Error` when the server
+    cannot be reached."""
+    try:
+        return client().get_object(Bucket=bucket(), Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
 def object_delete(key: str) -> None:
     client().delete_object(Bucket=bucket(), Key=key)
 

@@ -262,6 +262,23 @@ CELERY_BEAT_SCHEDULE = {
 }
 HEALTHZ_WORKER_TIMEOUT = env_float("HEALTHZ_WORKER_TIMEOUT", 1.0)
 
+# --- Audit log ----------------------------------------------------------------------------
+# Keys of the audit log's keyed hash (HMAC-SHA256) as "id:secret" pairs, newest first: new
+# entries are signed with the first, and every listed key still verifies what it signed.
+# Rotate by putting a new pair in front and keeping the old ones. The database never holds
+# them, so someone with only database access cannot re-sign an edited entry. Empty: one key
+# derived from DJANGO_SECRET_KEY (id "secret-key"), which then must never change.
+AUDIT_KEYS = env_list("AUDIT_KEYS", [])
+# The chain's head (sequence number, hash) is written to this S3 object and to the log
+# ("portal.audit") this often, so that `verify_audit` finds truncation and re-chaining.
+AUDIT_ANCHOR_OBJECT = env_str("AUDIT_ANCHOR_OBJECT", "audit/head.json")
+AUDIT_ANCHOR_SECONDS = env_int("AUDIT_ANCHOR_SECONDS", 60)
+CELERY_BEAT_SCHEDULE["accounts.audit_anchor"] = {
+    "task": "accounts.audit_anchor",
+    "schedule": AUDIT_ANCHOR_SECONDS,
+    "options": {"queue": "default", "expires": AUDIT_ANCHOR_SECONDS},
+}
+
 # --- S3 -------------------------------------------------------------------------------
 S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL", "http://127.0.0.1:8333")
 S3_ACCESS_KEY_ID = env_str("S3_ACCESS_KEY_ID", "portal-dev")
@@ -403,6 +420,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
+        # Every audit append and anchor, whatever the level: a copy of the chain's head
+        # outside the database.
+        "portal.audit": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # botocore logs request URLs (with signatures) at DEBUG: keep it quiet whatever the level.
         "botocore": {"level": "WARNING"},
         "boto3": {"level": "WARNING"},

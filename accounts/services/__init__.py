@@ -25,7 +25,7 @@ from accounts.services.applications import (
     application_withdraw,
     use_case_min_chars,
 )
-from accounts.services.audit import audit_record
+from accounts.services.audit import audit_anchor_read, audit_anchor_write, audit_record
 from accounts.services.decisions import application_approve, application_reject, application_return
 from accounts.services.grants import (
     grant_create,
@@ -66,6 +66,8 @@ __all__ = [
     "application_start",
     "application_submit",
     "application_withdraw",
+    "audit_anchor_read",
+    "audit_anchor_write",
     "audit_record",
     "grant_create",
     "grant_expire_due",

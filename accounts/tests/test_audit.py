@@ -1,16 +1,31 @@
-"""The hash-chained audit log: appends link, edits and removals are found."""
+"""The hash-chained audit log: appends link, edits and removals are found.
+
+The attacker of these tests can write to the database as its owner (triggers bypassed, as a
+superuser can); they do not hold AUDIT_KEYS and cannot write to S3."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 from django.contrib.auth import authenticate
-from django.db import connection
+from django.db import connection, transaction
 
 from accounts import services
 from accounts.models import AUDIT_GENESIS, AuditEntry
 from accounts.selectors import audit_first_broken
 
 pytestmark = pytest.mark.django_db
+
+
+@contextmanager
+def as_database_owner():
+    """Write as someone who can bypass the append-only trigger (PostgreSQL's
+    session_replication_role needs a superuser), as an attacker with database access would."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL session_replication_role = replica")
+        yield cursor
 
 
 def three_entries(actor):
@@ -31,7 +46,8 @@ def test_entries_link_to_the_previous_one(outsider):
 
 def test_an_edited_entry_is_named(outsider):
     entries = three_entries(outsider)
-    AuditEntry.objects.filter(pk=entries[1].pk).update(data={"i": 99})
+    with as_database_owner():
+        AuditEntry.objects.filter(pk=entries[1].pk).update(data={"i": 99})
     broken, why = audit_first_broken()
     assert broken.pk == entries[1].pk
     assert "edited" in why
@@ -39,7 +55,7 @@ def test_an_edited_entry_is_named(outsider):
 
 def test_a_removed_entry_breaks_the_link_of_the_next(outsider):
     entries = three_entries(outsider)
-    with connection.cursor() as cursor:
+    with as_database_owner() as cursor:
         cursor.execute("DELETE FROM accounts_auditentry WHERE id = %s", [entries[1].pk])
     broken, why = audit_first_broken()
     assert broken.pk == entries[2].pk

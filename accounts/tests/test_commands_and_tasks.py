@@ -11,28 +11,35 @@ from accounts import tasks
 from accounts.demo import DEMO_PASSWORD, seed_demo_accounts
 from accounts.models import Application, ApplicationState, AuditEntry, Grant, User
 from accounts.selectors import access_check, user_is_reviewer
+from accounts.tests.test_audit import as_database_owner
 from catalog.models import ModelVariant
 
 pytestmark = pytest.mark.django_db
 
 
-def test_verify_audit_passes_on_an_intact_chain(researcher, capsys):
+def test_verify_audit_passes_on_an_intact_chain(researcher, capsys, s3):
+    call_command("audit_anchor")
     call_command("verify_audit")
     assert "intact" in capsys.readouterr().out
 
 
 def test_verify_audit_names_the_edited_entry(researcher):
     entry = AuditEntry.objects.order_by("id")[2]
-    AuditEntry.objects.filter(pk=entry.pk).update(target="grant:999")
+    with as_database_owner():
+        AuditEntry.objects.filter(pk=entry.pk).update(target="grant:999")
     with pytest.raises(CommandError) as excinfo:
-        call_command("verify_audit")
+        call_command("verify_audit", "--no-anchor")
     assert f"#{entry.pk}" in str(excinfo.value)
     assert "edited" in str(excinfo.value)
 
 
 def test_the_periodic_tasks_are_scheduled():
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    assert {"accounts.grants_expire", "accounts.grants_notify_expiring"} <= scheduled
+    assert {
+        "accounts.grants_expire",
+        "accounts.grants_notify_expiring",
+        "accounts.audit_anchor",
+    } <= scheduled
 
 
 def test_the_tasks_expire_and_notify(researcher, mailoutbox, django_capture_on_commit_callbacks):
