@@ -420,32 +420,51 @@ class ThreadChooser:
     by ~1.7x). Splitting the work into chunks that idle threads take in turn, done from
     Python threads, measured no better than one thread under load (Python's per-chunk
     overhead), so instead each step runs with the thread count whose recent steps were
-    faster: a moving average per batch size, the other count tried every `explore` steps.
+    faster: a moving average per batch size. The other count is tried again after
+    `explore` steps, and after twice as many each time it loses again (up to `longest`),
+    since a losing try can cost ten normal steps (1B, load 5.6: 2 threads 1.0-1.8 tok/s,
+    1 thread 6-15). A try's time replaces that count's average: the old one is stale.
     Results are the same either way in float32 (the few-row kernels split by output
     rows, never along a dot product).
     """
 
-    def __init__(self, explore: int = 12, decay: float = 0.7):
+    def __init__(self, explore: int = 8, longest: int = 128, decay: float = 0.7):
         self.explore = explore
+        self.longest = longest
         self.decay = decay
         self.avg: dict[tuple[int, int], float] = {}  # (rows, threads) -> seconds
-        self.count = 0
+        self.interval: dict[int, int] = {}  # rows -> steps between tries
+        self.since: dict[int, int] = {}  # rows -> steps since the last try
+        self.trying: dict[int, int] = {}  # rows -> the thread count being tried
 
     def choose(self, rows: int, most: int) -> int:
         if most < 2:
             return most
-        self.count += 1
         one, full = self.avg.get((rows, 1)), self.avg.get((rows, most))
         if full is None:
             return most
         if one is None:
             return 1
         best, other = (1, most) if one < full else (most, 1)
-        return other if self.count % self.explore == 0 else best
+        n = self.since.get(rows, 0) + 1
+        if n >= self.interval.get(rows, self.explore):
+            self.since[rows] = 0
+            self.trying[rows] = other
+            return other
+        self.since[rows] = n
+        return best
 
     def record(self, rows: int, threads: int, seconds: float) -> None:
         key = (rows, threads)
         old = self.avg.get(key)
+        if self.trying.get(rows) == threads:
+            del self.trying[rows]
+            self.avg[key] = seconds
+            rival = [v for (r, t), v in self.avg.items() if r == rows and t != threads]
+            lost = bool(rival) and seconds > rival[0]
+            interval = self.interval.get(rows, self.explore)
+            self.interval[rows] = min(2 * interval, self.longest) if lost else self.explore
+            return
         self.avg[key] = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
 
 

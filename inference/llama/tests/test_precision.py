@@ -224,6 +224,28 @@ def test_thread_chooser_keeps_the_faster_count_and_retries_the_other():
     assert chooser.choose(8, 2) == 2
 
 
+def test_thread_chooser_tries_a_loser_less_often_and_switches_on_a_win():
+    chooser = ThreadChooser(explore=4, longest=16)
+    chooser.record(1, 2, 0.010)
+    chooser.record(1, 1, 0.004)
+
+    def until_try() -> int:
+        for n in range(1, 100):
+            if chooser.choose(1, 2) == 2:
+                return n
+        raise AssertionError("never tried")
+
+    gaps = []
+    for _ in range(4):
+        gaps.append(until_try())
+        chooser.record(1, 2, 0.009)  # the try loses again
+    assert gaps == [4, 8, 16, 16]
+    until_try()
+    chooser.record(1, 2, 0.002)  # now it wins: its time replaces the stale average
+    assert chooser.choose(1, 2) == 2
+    assert chooser.interval[1] == 4
+
+
 def test_decode_restores_the_thread_count(two_threads):
     model = random_model()
     model.threads = ThreadChooser()
