@@ -3,10 +3,13 @@ published, and each size's published files."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
 from catalog.models import ModelVariant, WeightFile
+from core import workers
 from core.errors import NotFound
 
 
@@ -50,3 +53,63 @@ def variant_manifest(variant: ModelVariant) -> dict:
             for f in variant_files(variant)
         ],
     }
+
+
+# --- Whether a size can be used now -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Availability:
+    """What a size offers right now: published files to download, and live workers to run
+    it. Shown on the model page, in the console's approve step, by the APIs and the
+    playground; job submission refuses a size that cannot run."""
+
+    size: str
+    queue: str
+    files: bool
+    workers: int | None  # None: the broker cannot be asked
+
+    @property
+    def runnable(self) -> bool:
+        return self.files and bool(self.workers)
+
+    @property
+    def download_note(self) -> str:
+        return "" if self.files else f"LLaMA {self.size} has no published files yet."
+
+    @property
+    def run_note(self) -> str:
+        if not self.files:
+            return f"LLaMA {self.size} has no published files yet, so no worker can run it."
+        if self.workers is None:
+            return (
+                f"Whether a worker serves LLaMA {self.size} cannot be told now: the job "
+                "broker does not answer. Try again in a minute."
+            )
+        if self.workers == 0:
+            return (
+                f"No worker serves LLaMA {self.size} now (queue {self.queue}): its jobs "
+                "cannot run until an operator starts one."
+            )
+        return ""
+
+
+def variants_availability(variants) -> dict[str, Availability]:
+    """Availability of each variant by slug: one query for the files, one SCAN per queue."""
+    variants = list(variants)
+    with_files = set(
+        WeightFile.objects.filter(variant__in=variants).values_list("variant_id", flat=True)
+    )
+    return {
+        v.slug: Availability(
+            size=v.size,
+            queue=v.queue_name,
+            files=v.pk in with_files,
+            workers=workers.consumers(v.queue_name),
+        )
+        for v in variants
+    }
+
+
+def variant_availability(variant: ModelVariant) -> Availability:
+    return variants_availability([variant])[variant.slug]

@@ -11,9 +11,14 @@ shared notes for what each one changes when a worker dies):
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 
-from celery import Celery
+from celery import Celery, signals
+from django.conf import settings
+
+from core import workers
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
@@ -33,3 +38,41 @@ app.conf.update(
 
 
 app.autodiscover_tasks()
+
+logger = logging.getLogger(__name__)
+_presence_stop = threading.Event()
+_announced: dict[str, list[str]] = {}  # node -> queues, for the withdrawal at shutdown
+
+
+def _consumed_queues(consumer) -> list[str]:
+    return sorted(queue.name for queue in consumer.task_consumer.queues)
+
+
+@signals.worker_ready.connect
+def _announce_presence(sender, **kwargs) -> None:
+    """Keep saying which queues this worker consumes (core/workers.py), so the catalog, the
+    APIs and job submission know which sizes can run now."""
+    node, queues = sender.hostname, _consumed_queues(sender)
+    _announced[node] = queues
+
+    def loop() -> None:
+        while not _presence_stop.is_set():
+            try:
+                workers.announce(node=node, queues=queues)
+            except Exception:  # Redis away: the keys lapse, which is the truth
+                logger.warning("could not announce queues %s", queues, exc_info=True)
+            _presence_stop.wait(settings.WORKER_PRESENCE_SECONDS)
+
+    _presence_stop.clear()
+    threading.Thread(target=loop, name="queue-presence", daemon=True).start()
+
+
+@signals.worker_shutting_down.connect
+def _withdraw_presence(**kwargs) -> None:
+    """A worker going away says so at once (its running jobs finish or are handed back)."""
+    _presence_stop.set()
+    for node, queues in list(_announced.items()):
+        try:
+            workers.withdraw(node=node, queues=queues)
+        except Exception:
+            logger.warning("could not withdraw queues %s", queues, exc_info=True)

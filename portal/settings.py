@@ -261,6 +261,9 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 HEALTHZ_WORKER_TIMEOUT = env_float("HEALTHZ_WORKER_TIMEOUT", 1.0)
+# How often each worker says which queues it consumes (core/workers.py); a killed worker's
+# sizes show as not served after three periods.
+WORKER_PRESENCE_SECONDS = env_float("WORKER_PRESENCE_SECONDS", 2.0)
 
 # --- Audit log ----------------------------------------------------------------------------
 # Keys of the audit log's keyed hash (HMAC-SHA256) as "id:secret" pairs, newest first: new
