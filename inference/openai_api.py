@@ -444,7 +444,7 @@ def _stream(job: GenerationJob, *, include_usage: bool) -> Iterator[bytes]:
             logprobs = {
                 "tokens": [piece],
                 "token_logprobs": [token.get("logprob")],
-                "top_logprobs": [{piece: token.get("logprob")}],
+                "top_logprobs": [token.get("top_logprobs") or {piece: token.get("logprob")}],
                 "text_offset": [len(sent_text.get(index, ""))],
             }
         body = {

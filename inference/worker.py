@@ -279,6 +279,8 @@ class BatchRun:
         }
         if event.logprob is not None:
             data["piece"] = self._piece_text(event.token_id)
+        if event.top_logprobs is not None:
+            data["top_logprobs"] = self._named([event.top_logprobs])[0]
         self.buffer.add(key, "token", data)
 
     def _complete(self, completion) -> None:

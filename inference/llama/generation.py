@@ -138,6 +138,7 @@ class TokenEvent:
     text: str
     logprob: float | None = None
     finish_reason: str | None = None
+    top_logprobs: dict[int, float] | None = None  # with SamplingParams.top_logprobs
 
 
 @dataclass
@@ -750,7 +751,9 @@ class BatchDecoder:
         delta = seq.text[seq.emitted : end] if end > seq.emitted else ""
         seq.emitted = max(seq.emitted, end)
         if seq.callback is not None:
-            event = TokenEvent(seq.request_id, seq.n_sampled - 1, token, delta, logprob, reason)
+            event = TokenEvent(
+                seq.request_id, seq.n_sampled - 1, token, delta, logprob, reason, top
+            )
             try:
                 keep_going = seq.callback(event)
             except Cancel:

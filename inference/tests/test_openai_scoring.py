@@ -136,3 +136,19 @@ def test_eight_concurrent_requests_of_32_prompts_are_all_scored(
         for a, b in zip(first, [c.logprobs.token_logprobs for c in result.choices], strict=True):
             assert a[0] is None and b[0] is None
             torch.testing.assert_close(torch.tensor(a[1:]), torch.tensor(b[1:]), atol=1e-5, rtol=0)
+
+
+def test_a_stream_carries_the_top_alternatives_of_each_token(jobs_worker, published_demo, oai):
+    chunks = list(
+        oai.completions.create(
+            model="demo", prompt="The river", max_tokens=5, temperature=0, logprobs=3, stream=True
+        )
+    )
+    with_logprobs = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    assert with_logprobs
+    for lp in with_logprobs:
+        [top] = lp.top_logprobs
+        assert len(top) == 3
+        assert lp.token_logprobs[0] == pytest.approx(max(top.values()))  # greedy
+    job = GenerationJob.objects.get()
+    assert len(with_logprobs) == len(job.outputs[0]["token_ids"])
