@@ -192,9 +192,6 @@ class PromptField(serializers.JSONField):
     """A string, a list of strings, a list of token ids, or a list of lists of ids, as
     OpenAI and vLLM accept; always a list of prompts inside."""
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-
     def to_internal_value(self, data: Any) -> list[str | list[int]]:
         if isinstance(data, str):
             return [data]
