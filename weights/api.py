@@ -16,7 +16,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import TokenAuthentication, require_scope
-from catalog.selectors import variant_get_published
+from catalog.selectors import variant_availability, variant_get_published
+from core.errors import NotFound
 from weights.services import download_links_issue
 
 
@@ -78,6 +79,9 @@ class VariantLinksApi(APIView):
         require_scope(request, "download")
         variant = variant_get_published(slug=slug)
         links = download_links_issue(user=request.user, variant=variant)
+        if not links:
+            # A client must not report "0 files downloaded, all verified" for an empty size.
+            raise NotFound(variant_availability(variant).download_note, code="not_stored")
         return Response(
             VariantLinksOutput(
                 {

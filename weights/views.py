@@ -14,7 +14,12 @@ from django.views.decorators.http import require_GET
 
 from accounts.authentication import require_scope, token_authenticate
 from accounts.selectors import access_check, access_require
-from catalog.selectors import variant_get_published, variant_list_published, variant_manifest
+from catalog.selectors import (
+    variant_availability,
+    variant_get_published,
+    variant_list_published,
+    variant_manifest,
+)
 from core.errors import PortalError, render_error
 from weights.selectors import variant_checklist
 from weights.services import download_link_use, download_links_issue
@@ -70,7 +75,12 @@ def variant_detail(request: HttpRequest, slug: str) -> HttpResponse:
     """The model card for everyone; files, checksums and links only for those who may
     download (the one access check decides)."""
     variant = variant_get_published(slug=slug)
-    context = {"variant": variant, "links": None, "refusal": None}
+    context = {
+        "variant": variant,
+        "links": None,
+        "refusal": None,
+        "availability": variant_availability(variant),
+    }
     if request.user.is_authenticated:
         decision = access_check(user=request.user, variant=variant, purpose="download")
         if decision.allowed:

@@ -296,3 +296,25 @@ def test_download_sh_verifies_with_shasum_where_there_is_no_sha256sum(
 
     assert run.returncode == 0, run.stderr
     _assert_checkpoint(target, published_13b)
+
+
+def test_portal_client_fails_with_a_reason_for_a_size_with_no_files(live_server, tmp_path, db):
+    """Approved for 7B, nothing published: not "0 file(s) downloaded ... all verified"."""
+    from accounts.services import token_create
+    from accounts.tests.factories import UserFactory, grant_access
+    from catalog.models import WeightFile
+
+    WeightFile.objects.filter(variant__slug="7b").delete()
+    user = UserFactory()
+    grant_access(user, "7b")
+    key = token_create(user=user, name="t", scopes=["download"])[1]
+    env = {**os.environ, "PORTAL_URL": live_server.url, "PORTAL_TOKEN": key}
+
+    run = subprocess.run(
+        [sys.executable, "-m", "portal_client", "download", "7B", "--dir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+    assert run.returncode == 1
+    assert "LLaMA 7B has no published files yet." in run.stderr
+    assert "downloaded" not in run.stdout + run.stderr

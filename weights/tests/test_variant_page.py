@@ -95,3 +95,35 @@ def test_download_sh_is_a_personal_script_with_the_files_and_their_digests(
     for file in WeightFile.objects.filter(variant=published_7b):
         assert f"{file.sha256} {file.size} {file.path} http://testserver/dl/" in script
     assert hashlib.sha256(b"").hexdigest() not in script
+
+
+def test_the_model_page_tells_whether_files_and_a_worker_are_there(client, db):
+    from django.utils import timezone
+
+    from catalog.models import ModelVariant, WeightFile
+    from core import workers
+
+    WeightFile.objects.filter(variant__slug="7b").delete()
+    html = client.get("/models/7b/").content.decode()
+    assert '<dd id="availability-files">LLaMA 7B has no published files yet.</dd>' in html
+    assert "no published files yet, so no worker can run it" in html
+
+    WeightFile.objects.create(
+        variant=ModelVariant.objects.get(slug="7b"),
+        path="params.json",
+        size=1,
+        sha256="0" * 64,
+        md5="0" * 32,
+        s3_key="page/7b/params.json",
+        uploaded_at=timezone.now(),
+    )
+    html = client.get("/models/7b/").content.decode()
+    assert '<dd id="availability-files">published</dd>' in html
+    assert "No worker serves LLaMA 7B now (queue gpu.7b)" in html
+
+    workers.announce(node="page@test", queues=["gpu.7b"])
+    try:
+        html = client.get("/models/7b/").content.decode()
+        assert '<dd id="availability-run">served by 1 worker</dd>' in html
+    finally:
+        workers.withdraw(node="page@test", queues=["gpu.7b"])
