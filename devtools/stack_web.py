@@ -1,7 +1,8 @@
 """Processes of `make run` that prepare before they serve.
 
 python -m devtools.stack_web web PORT   migrate, wait for Redis and S3, seed the demo
-                                        accounts, then serve
+                                        accounts, then serve (gunicorn; with PORTAL_DEV=1
+                                        Django's server, reloading on code changes)
 python -m devtools.stack_web beat ARGS  publish the demo model (slow the first time),
                                         then become Celery beat
 python -m devtools.stack_web serve PORT only serve (the tests prepare the database first)
@@ -43,8 +44,35 @@ def beat(args: list[str]) -> None:
     os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "portal", "beat", *args])
 
 
+def gunicorn_argv(port: str) -> list[str]:
+    """compose's web server (gunicorn, gthread workers, WhiteNoise for static files).
+
+    Its listen backlog (2048) queues a burst of connections where Django's development
+    server (backlog 10) had the kernel reset them. A short graceful timeout keeps
+    `make run`'s Ctrl-C within its budget; the access log is redacted.
+    """
+    workers = os.environ.get("PORTAL_WEB_WORKERS", "2")
+    return [
+        *(sys.executable, "-m", "gunicorn", "portal.wsgi:application"),
+        *("--bind", f"127.0.0.1:{port}", "--backlog", "2048"),
+        *("--worker-class", "gthread", "--workers", workers, "--threads", "8"),
+        *("--timeout", "120", "--graceful-timeout", "2"),
+        *("--access-logfile", "-", "--error-logfile", "-"),
+        # Its default control socket is one path per user: two servers would share it.
+        "--no-control-socket",
+        *("--logger-class", "devtools.gunicorn_logging.RedactingLogger"),
+    ]
+
+
 def serve(port: str) -> None:
-    """Django's threaded development server, with a listen backlog that holds a burst.
+    """Become gunicorn on 127.0.0.1:port."""
+    argv = gunicorn_argv(port)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+
+
+def serve_dev(port: str) -> None:
+    """Django's development server, reloading on code changes, with a backlog for bursts.
 
     Its own backlog of 10 makes the kernel reset the connections of a burst beyond that
     (16 of 50 simultaneous clients were reset); queued, they are served a moment later.
@@ -58,7 +86,7 @@ def serve(port: str) -> None:
 
     command = Runserver()
     command.server_cls = BurstWSGIServer
-    call_command(command, f"127.0.0.1:{port}", use_reloader=False, use_threading=True)
+    call_command(command, f"127.0.0.1:{port}", use_reloader=True, use_threading=True)
 
 
 def main() -> None:
@@ -71,6 +99,9 @@ def main() -> None:
         serve(sys.argv[2])
         return
     port = sys.argv[2]
+    if os.environ.get("RUN_MAIN") == "true":  # the reloader's child: its parent prepared
+        serve_dev(port)
+        return
     from django.conf import settings
     from django.core.management import call_command
 
@@ -82,10 +113,14 @@ def main() -> None:
     _wait("Redis", lambda: redis_client().ping())
     _wait("S3", storage.ensure_bucket)
     call_command("seed_demo", only=["accounts"])
-    print(f"\n  The portal is up: http://127.0.0.1:{port}/   (health: /healthz)\n", flush=True)
-    if not settings.DEBUG:
+    dev = os.environ.get("PORTAL_DEV") == "1"
+    if not dev and not settings.DEBUG:
         call_command("collectstatic", interactive=False, verbosity=0)
-    serve(port)
+    print(f"\n  The portal is up: http://127.0.0.1:{port}/   (health: /healthz)\n", flush=True)
+    if dev:
+        serve_dev(port)
+    else:
+        serve(port)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 `EmbeddedStack.prepare()` migrates a fresh database under `var/` and seeds what the tests
 act on (in a subprocess, so the test run's own PostgreSQL settings stay untouched); `serve()`
-serves it the way `make run` does (`devtools.stack_web serve`) and keeps its log, with a
-Redis of its own (the jobs it queues must not reach the suite's workers).
+serves it the way `make run` does (`devtools.stack_web serve`: gunicorn) and keeps its
+log, with a Redis of its own (the jobs it queues must not reach the suite's workers).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The development server's access log (`make run`) never prints a token or a signature."""
+"""The web server's access log (`make run`'s gunicorn, `make run-dev`'s Django server) never
+prints a token or a signature."""
 
 from __future__ import annotations
 
@@ -24,6 +25,31 @@ def test_the_access_log_handler_redacts():
     assert handlers
     for handler in handlers:
         assert any(isinstance(f, RedactSecretsFilter) for f in handler.filters), handler
+
+
+def test_gunicorns_access_log_redacts():
+    from gunicorn.config import Config
+
+    from devtools.gunicorn_logging import RedactingLogger
+
+    logger = RedactingLogger(Config())
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keep = Keep()
+    logger.access_log.addHandler(keep)
+    try:
+        logger.access_log.info('"%(r)s"', {"r": f"GET /dl/x?X-Amz-Signature={SIGNATURE} HTTP/1.1"})
+        logger.access_log.info('"%(r)s"', {"r": f"GET /v1/jobs?token={TOKEN} HTTP/1.1"})
+    finally:
+        logger.access_log.removeHandler(keep)
+    assert seen == [
+        '"GET /dl/x?X-Amz-Signature=[redacted] HTTP/1.1"',
+        '"GET /v1/jobs?token=llp_[redacted] HTTP/1.1"',
+    ]
 
 
 @pytest.mark.slow

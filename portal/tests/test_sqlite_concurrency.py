@@ -1,9 +1,10 @@
 """`make run`'s embedded SQLite under a burst of concurrent writers.
 
-50 clients start at once against the live development server: job submissions (token),
-token creations (page form), and reviewers deciding the same applications, each twice
-(two reviewers, a double-submitted form). None may get a 5xx or a reset connection, and
-of each application's deciders exactly one wins; the others get a 409 that says why.
+50 clients start at once against the live server (`make run`'s gunicorn): job
+submissions (token), token creations (page form), and reviewers deciding the same
+applications, each twice (two reviewers, a double-submitted form). None may get a 5xx or
+a reset connection, and of each application's deciders exactly one wins; the others get
+a 409 that says why.
 """
 
 from __future__ import annotations
