@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts import services as accounts_services
 from accounts.models import Application, Grant, SizeDecision, SizeOutcome
 from catalog.models import AccessPolicy, ModelVariant
-from catalog.selectors import variant_get
+from catalog.selectors import variant_availability, variant_get
 from core.errors import InvalidInput, NotFound
 from review import charts, selectors, services, stats
 from review.access import application_get_for_review, grant_get_for_review, reviewer_required
@@ -276,6 +276,11 @@ class Approve(_SizeDecision):
                 f"{variant} needs two reviewers: yours is the first approval, and the grant "
                 "waits for a second, different reviewer to confirm."
             )
+        if variant is not None:
+            # Approving a size that cannot be used yet is allowed; the reviewer should know.
+            note = variant_availability(variant).run_note
+            if note:
+                lines.append(f"Note: {note}")
         return lines
 
     def perform(self, subject: Subject, data: dict, *, reviewer):

@@ -253,3 +253,14 @@ def test_a_template_reason_is_written_out_for_the_reviewer_to_edit(reviewer_clie
     )
     assert response.status_code == 200
     assert ("reason", template.text) in confirm_page(response).fields
+
+
+def test_the_approve_step_says_when_a_size_cannot_be_used_yet(reviewer_client):
+    from catalog.models import WeightFile
+
+    WeightFile.objects.filter(variant__slug="7b").delete()
+    application = submit(None, "7b")
+    response = reviewer_client.post(url("approve", application), {"size": "7b"})
+    content = response.content.decode()
+    assert "Confirm: Approve LLaMA 7B" in content
+    assert "Note: LLaMA 7B has no published files yet, so no worker can run it." in content
