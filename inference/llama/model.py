@@ -420,7 +420,8 @@ class ThreadChooser:
     by ~1.7x). Splitting the work into chunks that idle threads take in turn, done from
     Python threads, measured no better than one thread under load (Python's per-chunk
     overhead), so instead each step runs with the thread count whose recent steps were
-    faster: a moving average per batch size. The other count is tried again after
+    faster: a moving average per batch size (a new batch size starts with the count
+    that wins for the others). The other count is tried after
     `explore` steps, and after twice as many each time it loses again (up to `longest`),
     since a losing try can cost ten normal steps (1B, load 5.6: 2 threads 1.0-1.8 tok/s,
     1 thread 6-15). A try's time replaces that count's average: the old one is stale.
@@ -441,18 +442,32 @@ class ThreadChooser:
         if most < 2:
             return most
         one, full = self.avg.get((rows, 1)), self.avg.get((rows, most))
-        if full is None:
-            return most
-        if one is None:
-            return 1
-        best, other = (1, most) if one < full else (most, 1)
+        if one is not None and full is not None:
+            best, other = (1, most) if one < full else (most, 1)
+            limit = self.interval.get(rows, self.explore)
+        elif one is not None or full is not None:  # measure the other soon
+            best = 1 if one is not None else most
+            other = most if best == 1 else 1
+            limit = 2
+        else:  # a new batch size starts with what wins for the others
+            best = self._best_elsewhere(most)
+            other = most if best == 1 else 1
+            limit = self.explore if self.avg else 2
         n = self.since.get(rows, 0) + 1
-        if n >= self.interval.get(rows, self.explore):
+        if n >= limit:
             self.since[rows] = 0
             self.trying[rows] = other
             return other
         self.since[rows] = n
         return best
+
+    def _best_elsewhere(self, most: int) -> int:
+        wins = {1: 0, most: 0}
+        for (rows, threads), seconds in self.avg.items():
+            rival = self.avg.get((rows, most if threads == 1 else 1))
+            if rival is not None and seconds < rival:
+                wins[threads] = wins.get(threads, 0) + 1
+        return 1 if wins[1] > wins[most] else most
 
     def record(self, rows: int, threads: int, seconds: float) -> None:
         key = (rows, threads)
