@@ -247,6 +247,24 @@ def object_head(key: str) -> dict | None:
         raise
 
 
+def object_readable_size(key: str) -> int | None:
+    """The object's size as read back with a one-byte ranged GET, or None when there is no
+    such object. Unlike HEAD (answered from metadata), this fails with `S3Error` whenever the
+    store cannot serve the bytes themselves, so a download is not sent to a broken store."""
+    try:
+        response = client().get_object(Bucket=bucket(), Key=key, Range="bytes=0-0")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    with contextlib.closing(response["Body"]):
+        response["Body"].read()
+    content_range = response.get("ContentRange", "")  # "bytes 0-0/<size>"
+    if "/" in content_range:
+        return int(content_range.rsplit("/", 1)[1])
+    return int(response["ContentLength"])
+
+
 def object_exists(key: str, *, size: int | None = None) -> bool:
     head = object_head(key)
     return head is not None and (size is None or head["ContentLength"] == size)

@@ -247,11 +247,11 @@ def download_link_use(*, link_id: str, user, ip: str | None, user_agent: str) ->
         raise PermissionDenied(decision.message, code=decision.code)
 
     try:
-        head = storage.object_head(link.file.s3_key)
+        stored_size = storage.object_readable_size(link.file.s3_key)
     except storage.S3Error as exc:
-        logger.warning("S3 unreachable for download of %s: %s", link.file, type(exc).__name__)
+        logger.warning("S3 cannot serve %s: %s", link.file, type(exc).__name__)
         raise storage.unavailable(exc) from exc
-    if head is None or head["ContentLength"] != link.file.size:
+    if stored_size != link.file.size:
         logger.error("%s is in the manifest but not in S3 as recorded", link.file)
         raise ServiceUnavailable(
             f"{link.file.path} is missing from the file store. The portal team has been "

@@ -14,6 +14,8 @@ PORTAL_URL='{{ base }}'
 MODEL='{{ variant.slug }}'
 TARGET_DIR="${1:-./llama-{{ variant.slug }}}"
 MAX_TRIES="${PORTAL_MAX_TRIES:-6}"
+# How long to keep retrying while the portal or the file store is unreachable (seconds).
+RETRY_SECONDS="${PORTAL_RETRY_SECONDS:-600}"
 # Extra curl options for the file transfers, e.g. "--limit-rate 20M" or "--proxy ...".
 CURL_OPTS="${PORTAL_CURL_OPTS:-}"
 
@@ -64,6 +66,20 @@ refresh_links() {
   say "fetched fresh links"
 }
 
+# Wait before the next try, doubling up to a minute; fail (without sleeping) once the next
+# try would start after the retry budget of this file.
+backoff() {
+  now=$(date +%s)
+  if [ $((now + delay)) -gt "$deadline" ]; then
+    say "error: $path: giving up after retrying for ${RETRY_SECONDS}s (set PORTAL_RETRY_SECONDS to wait longer); run the script again to resume."
+    return 1
+  fi
+  say "warning: $path: $1; retrying in ${delay}s."
+  sleep "$delay"
+  delay=$((delay * 2)); [ "$delay" -gt 60 ] && delay=60
+  return 0
+}
+
 failed=0
 while read -r sha size path <&3; do
   dest="$TARGET_DIR/$path"
@@ -76,6 +92,7 @@ while read -r sha size path <&3; do
   try=1
   delay=1
   ok=0
+  deadline=$(( $(date +%s) + RETRY_SECONDS ))
   while [ "$try" -le "$MAX_TRIES" ]; do
     link=$(awk -v p="$path" '$3 == p { print $4 }' "$WORK/links")
     if [ -z "$link" ]; then say "error: $path: no link for it in the portal's answer."; break; fi
@@ -92,9 +109,13 @@ while read -r sha size path <&3; do
           [ "$have" -gt 0 ] && say "resuming $path at byte $have"
           say "downloading $path ($size bytes)"
           # shellcheck disable=SC2086 # CURL_OPTS is a list of options on purpose
+          before=$have
           if ! curl -fS --progress-bar $CURL_OPTS -C - -o "$part" "$location"; then
-            say "warning: $path: transfer interrupted; retrying in ${delay}s (try $try of $MAX_TRIES)."
-            sleep "$delay"; delay=$((delay * 2)); try=$((try + 1))
+            # Progress renews the budget: a long download over a flaky line keeps going.
+            if [ "$(size_of "$part")" -gt "$before" ]; then
+              delay=1; deadline=$(( $(date +%s) + RETRY_SECONDS ))
+            fi
+            backoff "transfer interrupted" || break
             continue
           fi
         fi
@@ -125,8 +146,7 @@ while read -r sha size path <&3; do
         ;;
       000|429|5*)
         message=$(json_field "$WORK/body" message 2>/dev/null)
-        say "warning: $path: the portal did not answer properly (HTTP $status${message:+: $message}); retrying in ${delay}s (try $try of $MAX_TRIES)."
-        sleep "$delay"; delay=$((delay * 2)); try=$((try + 1))
+        backoff "the portal did not answer properly (HTTP $status${message:+: $message})" || break
         ;;
       *)
         say "error: $path: unexpected answer HTTP $status from the portal."

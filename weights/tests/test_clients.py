@@ -318,3 +318,49 @@ def test_portal_client_fails_with_a_reason_for_a_size_with_no_files(live_server,
     assert run.returncode == 1
     assert "LLaMA 7B has no published files yet." in run.stderr
     assert "downloaded" not in run.stdout + run.stderr
+
+
+def test_download_sh_rides_out_an_outage_and_gives_up_without_a_last_sleep(
+    live_server, published_13b, token_13b, tmp_path
+):
+    """While the portal is unreachable (played by a curl that fails the link requests for a
+    while), the script retries with backoff and finishes once it answers again; with a
+    budget too short for the next wait, it stops at once instead of sleeping first."""
+    script = tmp_path / "download.sh"
+    script.write_text(_script(live_server, token_13b))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    counter = tmp_path / "failures"
+    # The first three requests for a /dl/ link fail as if the portal were down (curl exit 7).
+    (fake / "curl").write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *"/dl/"*)\n'
+        f"  n=$(cat {counter} 2>/dev/null || echo 0)\n"
+        f'  if [ "$n" -lt 3 ]; then echo $((n + 1)) > {counter}; exit 7; fi ;;\n'
+        "esac\n"
+        'exec /usr/bin/curl "$@"\n'
+    )
+    (fake / "curl").chmod(0o755)
+    env = {**os.environ, "PORTAL_TOKEN": token_13b, "PATH": f"{fake}:{os.environ['PATH']}"}
+
+    run = subprocess.run(
+        ["sh", str(script), str(tmp_path / "ok")], env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("the portal did not answer properly (HTTP 000)") == 3
+    assert "retrying in 1s." in run.stderr and "retrying in 2s." in run.stderr
+    _assert_checkpoint(tmp_path / "ok", published_13b)
+
+    counter.write_text("0")
+    short = subprocess.run(
+        ["sh", str(script), str(tmp_path / "short")],
+        env={**env, "PORTAL_RETRY_SECONDS": "2"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert short.returncode != 0
+    # The first file: waits of 1 s then 2 s would end after its 2 s budget, so one retry
+    # and then it stops at once (the next file then meets the last simulated failure).
+    first = [line for line in short.stderr.splitlines() if "consolidated.00.pth:" in line]
+    assert sum("retrying in" in line for line in first) == 1
+    assert "giving up after retrying for 2s" in first[-1]

@@ -310,3 +310,56 @@ def test_signed_urls_and_tokens_never_reach_the_logs(
         assert secret not in logged
     event = DownloadEvent.objects.get()
     assert signature not in f"{event.user_agent} {event.ip}"
+
+
+def test_a_store_that_answers_but_cannot_serve_reads_gets_503_and_records_nothing(
+    client, researcher, published_7b, s3
+):
+    """A proxy in front of SeaweedFS answers HEAD (metadata) but fails every GET, as a store
+    whose volume servers are down does: /dl/ must not send anyone there."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    upstream = urlsplit(s3.endpoint)
+
+    class ReadsFail(BaseHTTPRequestHandler):
+        def do_HEAD(self):  # forwarded as is: the signature covers the Host header we keep
+            conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=10)
+            conn.request("HEAD", self.path, headers=dict(self.headers))
+            reply = conn.getresponse()
+            self.send_response(reply.status)
+            for name, value in reply.getheaders():
+                self.send_header(name, value)
+            self.end_headers()
+            conn.close()
+
+        def do_GET(self):
+            body = b"<Error><Code>ServiceUnavailable</Code><Message>volume down</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), ReadsFail)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    link = _link(researcher, published_7b)
+    client.force_login(researcher)
+    try:
+        with override_settings(S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.server_port}"):
+            storage.reset_client()
+            assert storage.object_head(link.file.s3_key)["ContentLength"] == link.file.size
+            response = client.get(f"/dl/{link.id}", HTTP_ACCEPT="application/json")
+    finally:
+        storage.reset_client()
+        proxy.shutdown()
+        proxy.server_close()
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "storage_unavailable"
+    _assert_nothing_recorded(link)

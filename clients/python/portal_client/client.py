@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +56,8 @@ class Client(JobsMixin, ScoringMixin):
         *,
         workers: int | None = None,
         chunk_size: int = transfer.CHUNK,
-        retries: int = 6,
+        retries: int | None = None,
+        retry_seconds: float = 300.0,
         timeout: float = 30.0,
         progress: bool = True,
     ):
@@ -79,7 +79,11 @@ class Client(JobsMixin, ScoringMixin):
         self.token = token
         self.workers = max(1, workers or default_workers())
         self.chunk_size = chunk_size
+        # While the portal or the file store is unreachable, keep trying with backoff for
+        # `retry_seconds` (and at most `retries` times, when given); never sleep after the
+        # last try.
         self.retries = retries
+        self.retry_seconds = retry_seconds
         self.timeout = timeout
         self.progress = progress
         self._local = threading.local()
@@ -97,25 +101,23 @@ class Client(JobsMixin, ScoringMixin):
 
     def _portal_get(self, url: str, **kwargs) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
-        delay = 1.0
-        for attempt in range(1, self.retries + 1):
+        budget = transfer.RetryBudget(seconds=self.retry_seconds, tries=self.retries)
+        while True:
             try:
                 response = self._session().get(url, headers=headers, timeout=self.timeout, **kwargs)
             except requests.RequestException as exc:
-                if attempt == self.retries:
+                if not budget.wait():
                     raise PortalClientError(
-                        f"Cannot reach the portal at {self.url}: {type(exc).__name__}.",
+                        f"Cannot reach the portal at {self.url} ({type(exc).__name__}); gave up "
+                        f"after retrying for {budget.elapsed:.0f} s.",
                         code="unreachable",
                     ) from None
-            else:
-                if response.status_code not in (429, 502, 503, 504) or attempt == self.retries:
-                    return response
-                retry_after = response.headers.get("Retry-After", "")
-                if retry_after.isdigit():
-                    delay = max(delay, float(retry_after))
-            time.sleep(delay)
-            delay = min(delay * 2, 30)
-        raise AssertionError("unreachable")
+                continue
+            if response.status_code not in (429, 502, 503, 504):
+                return response
+            retry_after = response.headers.get("Retry-After", "")
+            if not budget.wait(at_least=float(retry_after) if retry_after.isdigit() else 0):
+                return response
 
     @staticmethod
     def _refusal(response: requests.Response) -> PortalClientError:
@@ -195,6 +197,7 @@ class Client(JobsMixin, ScoringMixin):
                 workers=self.workers,
                 chunk_size=self.chunk_size,
                 retries=self.retries,
+                retry_seconds=self.retry_seconds,
                 timeout=self.timeout,
                 progress=self.progress,
                 on_receive=on_receive,

@@ -267,6 +267,35 @@ def _release(response: requests.Response) -> None:
         response.raw.release_conn()
 
 
+class RetryBudget:
+    """Backoff (1 s doubling to 30 s) within a time budget and, optionally, a number of
+    tries. `wait()` sleeps before the next try and returns True, or returns False at once
+    when that try would start after the budget: no sleep before giving up."""
+
+    def __init__(self, *, seconds: float, tries: int | None = None, sleep=time.sleep):
+        self.seconds, self.tries, self.sleep = seconds, tries, sleep
+        self.reset()
+
+    def reset(self) -> None:
+        """Progress was made: the budget starts again."""
+        self.started, self.failures, self.delay = time.monotonic(), 0, 1.0
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def wait(self, *, at_least: float = 0.0) -> bool:
+        self.failures += 1
+        delay = max(self.delay, at_least)
+        if self.tries is not None and self.failures >= self.tries:
+            return False
+        if self.elapsed + delay > self.seconds:
+            return False
+        self.sleep(delay)
+        self.delay = min(self.delay * 2, 30.0)
+        return True
+
+
 def download_file(
     *,
     dest: Path,
@@ -276,7 +305,8 @@ def download_file(
     session_factory: Callable[[], requests.Session],
     workers: int = 4,
     chunk_size: int = CHUNK,
-    retries: int = 6,
+    retries: int | None = None,
+    retry_seconds: float = 300.0,
     timeout: float = 30.0,
     progress: bool = True,
     on_receive: Callable[[int], None] | None = None,
@@ -292,6 +322,7 @@ def download_file(
         workers=workers,
         chunk_size=chunk_size,
         retries=retries,
+        retry_seconds=retry_seconds,
         timeout=timeout,
         progress=progress,
         on_receive=on_receive,
@@ -309,11 +340,13 @@ class _Download:
     """
 
     def __init__(self, *, dest: Path, size: int, sha256: str, fresh_url, session_factory,
-                 workers: int, chunk_size: int, retries: int, timeout: float, progress: bool,
+                 workers: int, chunk_size: int, retries: int | None, retry_seconds: float,
+                 timeout: float, progress: bool,
                  on_receive, error_class: type):  # fmt: skip
         self.dest, self.size, self.sha256 = dest, size, sha256
         self.session_factory, self.on_receive = session_factory, on_receive
         self.chunk_size, self.retries, self.timeout = chunk_size, retries, timeout
+        self.retry_seconds = retry_seconds
         self.error_class = error_class
         self.part_path, self.state_path = _paths(dest)
         self.state = _State(self.state_path, sha256=sha256, size=size, chunk_size=chunk_size)
@@ -393,7 +426,8 @@ class _Download:
     def _fetch(self, index: int) -> None:
         start, end = self._bounds(index)
         session, buffer = self._thread_tools()
-        attempt, delay = 0, 1.0
+        # Each worker has its own budget; bytes received renew it.
+        budget = RetryBudget(seconds=self.retry_seconds, tries=self.retries, sleep=self.stop.wait)
         while not self.stop.is_set():
             with self.cond:
                 offset = start + self.done[index]
@@ -418,15 +452,13 @@ class _Download:
             except (requests.RequestException, _Retryable) as exc:
                 with self.cond:
                     if start + self.done[index] > offset:
-                        attempt, delay = 0, 1.0  # progress resets the retry budget
-                attempt += 1
-                if attempt > self.retries:
+                        budget.reset()  # progress renews the budget
+                if not budget.wait():
                     raise self.error_class(
-                        f"{self.dest.name}: download failed after {self.retries} retries "
-                        f"({redact(str(exc))}). Run the same command again to resume."
+                        f"{self.dest.name}: download failed after retrying for "
+                        f"{budget.elapsed:.0f} s ({redact(str(exc))}). Run the same command "
+                        "again to resume."
                     ) from None
-                self.stop.wait(delay)
-                delay = min(delay * 2, 30)
 
     def _receive(self, response, index: int, offset: int, end: int, buffer) -> bool:
         """Write the body at `offset`; True once the chunk is complete or the run is stopping."""
