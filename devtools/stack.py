@@ -12,10 +12,11 @@ Ctrl-C stops them in order:
     worker  a Celery worker for the default queue and the demo model's queue
     beat    publishes the demo model to S3 (once), then runs Celery beat (periodic tasks)
 
-Ctrl-C stops the worker first (warm shutdown: running jobs finish; after 7 s a cold one
-hands them back to the queue), then web and beat (3 s each at most), then Redis and S3
-(SeaweedFS takes about 40 s to exit on SIGTERM, so after 2 s it is killed): 14 s at most,
-about 6 s when idle (an idle Celery worker alone takes 3 to 4 s to stop).
+Ctrl-C stops the worker first (warm shutdown: running jobs finish; after 6 s a cold one
+hands them back to the queue, after 2.5 s more it is killed), then web and beat (3 s
+each at most), then Redis and S3 (SeaweedFS takes about 40 s to exit on SIGTERM, so
+after 2 s it is killed): 13.5 s at most, about 7 s when idle (an idle Celery worker
+alone takes 3 to 4 s to stop).
 
 Running it again keeps var/ and so every account, application and uploaded file.
 """
@@ -77,7 +78,7 @@ def main() -> None:
             ],
             # Warm first (running jobs finish), then cold (acks_late jobs are handed back
             # to the queue at once), then SIGKILL.
-            stop_steps=[(signal.SIGTERM, 7.0), (signal.SIGQUIT, 2.0)],
+            stop_steps=[(signal.SIGTERM, 6.0), (signal.SIGQUIT, 2.5)],
             signal_group=False,
         ),
         Service(

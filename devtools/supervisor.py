@@ -78,6 +78,33 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def _group_has_live_members(pgid: int) -> bool:
+    """Whether a process of the group still runs; zombies do not count.
+
+    A service's orphans (gunicorn workers killed by their master as it exits) wait for
+    PID 1 to reap them, which some inits do late: `killpg(pgid, 0)` would count them.
+    """
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat.rsplit(b")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
 class Supervisor:
     def __init__(
         self,
@@ -167,11 +194,7 @@ class Supervisor:
     def _group_alive(self, service: Service) -> bool:
         if service.proc is None:
             return False
-        try:
-            os.killpg(service.proc.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
+        return _group_has_live_members(service.proc.pid)
 
     def _signal(self, service: Service, sig: signal.Signals) -> None:
         assert service.proc is not None

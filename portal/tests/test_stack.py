@@ -286,9 +286,9 @@ def test_ctrl_c_stops_worker_then_web_and_beat_then_redis_and_s3_and_keeps_the_d
     assert max(index("web stopped"), index("beat stopped")) < index("stopping redis")
     assert max(index("web stopped"), index("beat stopped")) < index("stopping s3")
     assert "worker: Warm shutdown" in output
-    # The bound. The supervisor's grace periods add up to 14 s at most (worker 7 + 2,
-    # web and beat 3, Redis and S3 2) before SIGKILL, so this does not hinge on the speed of
-    # the machine; an idle stack stops in about 6 s.
+    # The bound. The supervisor's grace periods add up to 13.5 s at most (worker
+    # 6 + 2.5, web and beat 3, Redis and S3 2) before SIGKILL, so this does not hinge on the
+    # speed of the machine; an idle stack stops in about 7 s.
     assert took < 15, took
     assert f"http://127.0.0.1:{env['PORTAL_PORT']}/" in output
     assert all(_started(output, name) for name in SERVICES)
