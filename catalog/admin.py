@@ -1,6 +1,13 @@
 from django.contrib import admin
 
-from catalog.models import License, LicenseVersion, ModelVariant, WeightFile
+from catalog.models import (
+    CardVersionSeen,
+    License,
+    LicenseVersion,
+    ModelCardVersion,
+    ModelVariant,
+    WeightFile,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -42,3 +49,19 @@ class LicenseAdmin(ReadOnlyAdmin):
 @admin.register(LicenseVersion)
 class LicenseVersionAdmin(ReadOnlyAdmin):
     list_display = ["license", "version", "title", "effective_at", "sha256"]
+
+
+@admin.register(ModelCardVersion)
+class ModelCardVersionAdmin(ReadOnlyAdmin):
+    """Card versions are published from the review console (audited), never changed here."""
+
+    list_display = ["variant", "version", "change_note", "author_ref", "created_at"]
+    list_filter = ["variant"]
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(CardVersionSeen)
+class CardVersionSeenAdmin(ReadOnlyAdmin):
+    list_display = ["application", "card_version", "seen_at"]

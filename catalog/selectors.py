@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db.models import QuerySet
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 
-from catalog.models import ModelVariant, WeightFile
+from catalog.models import CardVersionSeen, ModelCardVersion, ModelVariant, WeightFile
 from core import workers
 from core.errors import NotFound
 
@@ -113,3 +114,54 @@ def variants_availability(variants) -> dict[str, Availability]:
 
 def variant_availability(variant: ModelVariant) -> Availability:
     return variants_availability([variant])[variant.slug]
+
+
+# --- Model cards ---------------------------------------------------------------------------
+
+
+def card_current_versions(variants) -> dict[int, ModelCardVersion]:
+    """The newest card version of each of `variants`, by variant id, in one query."""
+    # A card has tens of versions at most: reading them all beats a per-database DISTINCT ON.
+    versions = (
+        ModelCardVersion.objects.filter(variant_id__in=[v.pk for v in variants])
+        .select_related("variant")
+        .order_by("variant_id", "-version")
+    )
+    current: dict[int, ModelCardVersion] = {}
+    for version in versions:
+        current.setdefault(version.variant_id, version)
+    return current
+
+
+def card_version_get(*, variant: ModelVariant, version: int | None = None) -> ModelCardVersion:
+    """A published size's card: the given version, or the newest; 404 if there is none."""
+    versions = variant.card_versions.all()
+    found = (
+        versions.filter(version=version).first()
+        if version is not None
+        else versions.order_by("-version").first()
+    )
+    if found is None:
+        raise Http404(f"{variant} has no model card" + (f" version {version}." if version else "."))
+    found.variant = variant
+    return found
+
+
+def card_versions(variant: ModelVariant) -> list[ModelCardVersion]:
+    """Every version of a size's card, newest first, without their (long) content."""
+    return list(
+        variant.card_versions.order_by("-version").only(
+            "id", "variant_id", "version", "change_note", "author_ref", "sha256", "created_at"
+        )
+    )
+
+
+def card_versions_seen(*, application_id: int) -> dict[int, ModelCardVersion]:
+    """The card version each requested size showed when the application was last submitted,
+    by variant id."""
+    seen = (
+        CardVersionSeen.objects.filter(application_id=application_id)
+        .select_related("card_version__variant")
+        .order_by("seen_at", "card_version__version")
+    )
+    return {s.card_version.variant_id: s.card_version for s in seen}

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("models/", include("catalog.urls")),  # the public model cards
     path("models/", include("weights.urls")),
     path("review/", include("review.urls")),
     path("accounts/", include("allauth.urls")),

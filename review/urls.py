@@ -1,6 +1,6 @@
 from django.urls import path
 
-from review import views
+from review import cards, views
 
 app_name = "review"
 
@@ -11,6 +11,8 @@ urlpatterns = [
     path("bulk/", views.decide, {"decision": "bulk"}, name="bulk"),
     path("dashboard/", views.dashboard, name="dashboard"),
     path("export/", views.export, name="export"),
+    path("cards/", cards.card_list, name="cards"),
+    path("cards/<slug:slug>/", cards.card_edit, name="card_edit"),
     path("applications/<int:application_id>/", views.detail, name="detail"),
     path("applications/<int:application_id>/claim/", views.claim, name="claim"),
     path("applications/<int:application_id>/release/", views.release, name="release"),

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET
 from accounts.authentication import require_scope, token_authenticate
 from accounts.selectors import access_check, access_require
 from catalog.selectors import (
+    card_current_versions,
     variant_availability,
     variant_get_published,
     variant_list_published,
@@ -77,6 +78,7 @@ def variant_detail(request: HttpRequest, slug: str) -> HttpResponse:
     variant = variant_get_published(slug=slug)
     context = {
         "variant": variant,
+        "card": card_current_versions([variant]).get(variant.pk),
         "links": None,
         "refusal": None,
         "availability": variant_availability(variant),
