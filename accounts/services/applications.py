@@ -43,6 +43,7 @@ from accounts.services.transitions import (
 from accounts.signals import application_submitted
 from accounts.validators import orcid_error, orcid_normalize
 from catalog.models import AccessPolicy, ModelVariant
+from catalog.services import card_versions_record_seen
 from core.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -201,6 +202,14 @@ def _sync_decisions(application: Application, *, actor) -> None:
     )
 
 
+def _keep_cards_seen(application: Application, *, at) -> None:
+    """Keep with the application the model-card version of each requested size that was
+    current at this submission: the one the form linked the applicant to."""
+    card_versions_record_seen(
+        application_id=application.pk, variants=application.requested_variants.all(), at=at
+    )
+
+
 def application_submit(*, application: Application, user, ip: str | None = None) -> Application:
     """Submit a draft, or resubmit an application returned for changes.
 
@@ -249,6 +258,7 @@ def _submit(application: Application, *, user, ip: str | None, only_returned: bo
         # A resubmission is a new text: first approvals given to the old one do not count.
         decisions_void_first_approvals(application, actor=user)
         _sync_decisions(application, actor=user)
+        _keep_cards_seen(application, at=now)
         audit_record(
             actor=user,
             action="application.resubmitted" if resubmission else "application.submitted",
