@@ -204,22 +204,29 @@ class Supervisor:
             else:
                 os.kill(service.proc.pid, sig)
 
-    def _on_death(self, service: Service, code: int) -> None:
+    def _on_death(self, service: Service, code: int) -> bool:
+        """Log the death and schedule the restart; False when the service is given up on."""
         lived = time.monotonic() - service.started_at
         self._kill_group(service)  # a worker's orphaned pool children, say
         if lived >= HEALTHY_AFTER:
             service.backoff = BACKOFF_FIRST
-            service.quick_deaths = 0
-        elif lived < QUICK_DEATH:
-            service.quick_deaths += 1
+        service.quick_deaths = service.quick_deaths + 1 if lived < QUICK_DEATH else 0
+        died = (
+            f"{service.name} (pid {service.proc.pid}) died: {_describe_exit(code)} after "
+            f"{lived:.1f} s"
+        )
+        if service.quick_deaths >= GIVE_UP_AFTER:
+            self.say(
+                f"{died}; that is {service.quick_deaths} times in a row within "
+                f"{QUICK_DEATH:.0f} s of starting: giving up (see its lines above)"
+            )
+            return False
         service.restarts += 1
         delay = service.backoff
         service.backoff = min(service.backoff * 2, BACKOFF_MAX)
         service.restart_at = time.monotonic() + delay
-        self.say(
-            f"{service.name} (pid {service.proc.pid}) died: {_describe_exit(code)} after "
-            f"{lived:.1f} s; restarting in {delay:.0f} s (restart {service.restarts})"
-        )
+        self.say(f"{died}; restarting in {delay:g} s (restart {service.restarts})")
+        return True
 
     def _handle_signal(self, signum, _frame) -> None:
         self.signals.append(signum)
@@ -242,12 +249,7 @@ class Supervisor:
                 code = service.proc.poll() if service.proc else None
                 if code is None:
                     continue
-                self._on_death(service, code)
-                if service.quick_deaths >= GIVE_UP_AFTER:
-                    self.say(
-                        f"{service.name} died {service.quick_deaths} times in a row within "
-                        f"{QUICK_DEATH:.0f} s of starting; giving up (see its lines above)"
-                    )
+                if not self._on_death(service, code):
                     status = 1
                     self.signals.append(signal.SIGTERM)
                     break

@@ -364,3 +364,27 @@ def test_the_supervisor_restarts_with_backoff_and_stops_tier_by_tier(tmp_path):
     assert index("first stopped") < index("stopping stubborn")
     assert index("stubborn still running: SIGKILL") < index("stubborn stopped (killed by SIGKILL)")
     assert "stopped everything in" in lines[-1]
+
+
+def test_the_supervisor_gives_up_on_a_service_that_keeps_dying_at_start():
+    script = (
+        "import sys\n"
+        "from devtools.supervisor import Service, Supervisor\n"
+        "py = sys.executable\n"
+        "services = [\n"
+        "    Service('broken', [py, '-c', 'raise SystemExit(\"port taken\")'], backoff=0.1),\n"
+        "    Service('fine', [py, '-c', 'import time; time.sleep(60)']),\n"
+        "]\n"
+        "sys.exit(Supervisor(services, stop_order=[['broken', 'fine']]).run())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    output = result.stdout
+    assert result.returncode == 1, output + result.stderr
+    assert len(re.findall(r"broken +\| port taken", output)) == 5, output
+    assert "restarting in 0.1 s (restart 1)" in output
+    assert "restarting in 0.2 s (restart 2)" in output
+    assert "5 times in a row within 10 s of starting: giving up" in output
+    assert "restart 5)" not in output
+    assert "fine stopped (killed by SIGTERM)" in output
