@@ -118,3 +118,17 @@ def test_an_application_keeps_the_version_seen_after_a_staff_edit(client, applic
     seen = card_versions_seen(application_id=application.pk)
     assert sorted((v.variant.slug, v.version) for v in seen.values()) == [("13b", 1), ("7b", 1)]
     assert ModelCardVersion.objects.filter(variant__slug="7b").count() == 2
+
+
+def test_the_review_page_shows_the_card_versions_the_applicant_was_shown(
+    client, applicant, reviewer
+):
+    application = applicant.applications.get()
+    client.force_login(reviewer)
+    client.post("/review/cards/7b/", _form(summary="Version two of the 7B card."))
+
+    page = client.get(f"/review/applications/{application.pk}/").content.decode()
+
+    assert 'href="/models/7b/card/v1/"' in page and "LLaMA 7B version 1" in page
+    assert 'href="/models/13b/card/v1/"' in page
+    assert "/models/7b/card/v2/" not in page
