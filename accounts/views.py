@@ -23,7 +23,13 @@ def _ip(request: HttpRequest) -> str | None:
 @login_required
 @require_http_methods(["GET"])
 def status(request: HttpRequest) -> HttpResponse:
-    context = {"status": selectors.applicant_status(user=request.user)}
+    status = selectors.applicant_status(user=request.user)
+    # Accepting the license is a step of applying: offer it from the moment there is an
+    # application, not only once a grant makes it a blocker.
+    version = _license_version_to_show(request.user) if status.application else None
+    if version is not None and request.user.license_acceptances.filter(version=version).exists():
+        version = None
+    context = {"status": status, "license_to_accept": version}
     return render(request, "accounts/status.html", context)
 
 
