@@ -39,6 +39,7 @@ from accounts.services.transitions import (
     application_target,
     decision_move,
     require_owner,
+    size_event,
 )
 from accounts.signals import application_submitted
 from accounts.validators import orcid_error, orcid_normalize
@@ -274,11 +275,9 @@ def _submit(application: Application, *, user, ip: str | None, only_returned: bo
             and d.variant.access_policy == AccessPolicy.AUTOMATIC
         ]
         if automatic and flags:
-            application_event(
+            size_event(
                 application,
                 actor=None,
-                from_state=application.state,
-                to_state=application.state,
                 internal_note="Not approved automatically; flags: " + ", ".join(flags),
             )
         elif automatic:

@@ -22,12 +22,12 @@ from accounts.services.audit import actor_ref, audit_record
 from accounts.services.grants import grant_create
 from accounts.services.transitions import (
     InvalidTransition,
-    application_event,
     application_lock,
     application_move,
     application_target,
     decision_move,
     require_reviewer,
+    size_event,
 )
 from catalog.models import AccessPolicy, ModelVariant
 from core.errors import Conflict, InvalidInput
@@ -65,6 +65,15 @@ def application_return(
     return application
 
 
+def _first_approval(decision: SizeDecision, to_outcome: str, *, by, at, ends_at) -> None:
+    """Record (or, with None, clear) a two-reviewer size's first approval as it moves."""
+    decision.first_approved_by, decision.first_approved_at = by, at
+    decision.first_ends_at = ends_at
+    decision_move(
+        decision, to_outcome, fields=["first_approved_by", "first_approved_at", "first_ends_at"]
+    )
+
+
 def decisions_void_first_approvals(application: Application, *, actor) -> list[str]:
     """Send every first approval of a two-reviewer size back to pending.
 
@@ -76,19 +85,10 @@ def decisions_void_first_approvals(application: Application, *, actor) -> list[s
     for decision in application.decisions.select_for_update().select_related("variant"):
         if decision.outcome != SizeOutcome.AWAITING_SECOND:
             continue
-        decision.first_approved_by = None
-        decision.first_approved_at = None
-        decision.first_ends_at = None
-        decision_move(
-            decision,
-            SizeOutcome.PENDING,
-            fields=["first_approved_by", "first_approved_at", "first_ends_at"],
-        )
-        application_event(
+        _first_approval(decision, SizeOutcome.PENDING, by=None, at=None, ends_at=None)
+        size_event(
             application,
             actor=actor,
-            from_state=application.state,
-            to_state=application.state,
             variant=decision.variant,
             internal_note=f"First approval of {decision.variant} voided: the application went "
             "back to its author, so both approvals must be given to the text as resubmitted.",
@@ -145,11 +145,9 @@ def approve_size(
         ends_at=ends_at,
         actor=actor,
     )
-    application_event(
+    size_event(
         application,
         actor=actor,
-        from_state=application.state,
-        to_state=application.state,
         variant=decision.variant,
         public_message=message
         or f"Access to {decision.variant} approved until {grant.ends_at:%Y-%m-%d}.",
@@ -236,19 +234,12 @@ def application_approve(
         for decision in decisions:
             two = decision.variant.access_policy == AccessPolicy.TWO_REVIEWERS
             if two and decision.outcome == SizeOutcome.PENDING:
-                decision.first_approved_by = reviewer
-                decision.first_approved_at = now
-                decision.first_ends_at = ends_at
-                decision_move(
-                    decision,
-                    SizeOutcome.AWAITING_SECOND,
-                    fields=["first_approved_by", "first_approved_at", "first_ends_at"],
+                _first_approval(
+                    decision, SizeOutcome.AWAITING_SECOND, by=reviewer, at=now, ends_at=ends_at
                 )
-                application_event(
+                size_event(
                     application,
                     actor=reviewer,
-                    from_state=application.state,
-                    to_state=application.state,
                     variant=decision.variant,
                     internal_note=note
                     or f"First approval of {decision.variant}; a second reviewer must confirm.",
@@ -314,11 +305,9 @@ def application_reject(
             decision_move(
                 decision, SizeOutcome.REJECTED, fields=["reason", "decided_by", "decided_at"]
             )
-            application_event(
+            size_event(
                 application,
                 actor=reviewer,
-                from_state=application.state,
-                to_state=application.state,
                 variant=decision.variant,
                 public_message=f"{decision.variant} was not approved: {reason}",
                 internal_note=note,

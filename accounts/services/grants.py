@@ -20,8 +20,8 @@ from accounts.selectors import (
 from accounts.services.audit import actor_ref, audit_record
 from accounts.services.tokens import token_revoke_all
 from accounts.services.transitions import (
-    application_event,
     grant_move,
+    size_event,
 )
 from accounts.signals import grant_revoked
 from catalog.models import ModelVariant
@@ -101,11 +101,9 @@ def grant_revoke(*, grant: Grant, actor, reason: str, by_owner: bool = False) ->
         )
         token_revoke_all(user=grant.user, reason="access revoked")
         if grant.application_id:
-            application_event(
+            size_event(
                 grant.application,
                 actor=actor,
-                from_state=grant.application.state,
-                to_state=grant.application.state,
                 variant=grant.variant,
                 public_message=f"Your access to {grant.variant} was revoked: {reason}",
             )

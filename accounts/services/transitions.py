@@ -72,6 +72,26 @@ def application_event(
     )
 
 
+def size_event(
+    application: Application,
+    *,
+    actor,
+    variant: ModelVariant | None = None,
+    public_message: str = "",
+    internal_note: str = "",
+) -> ApplicationEvent:
+    """An event about one size (or the whole application) that leaves its state as it is."""
+    return application_event(
+        application,
+        actor=actor,
+        from_state=application.state,
+        to_state=application.state,
+        variant=variant,
+        public_message=public_message,
+        internal_note=internal_note,
+    )
+
+
 def application_move(
     application: Application,
     to_state: str,
