@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db import models
 
 from accounts.models import (
     AccessToken,
@@ -78,6 +79,8 @@ class ApplicationAdmin(ReadOnlyAdmin):
     search_fields = ["user__email", "full_name", "affiliation"]
     list_select_related = ["user"]
     inlines = [DecisionInline, EventInline]
+    # As the application form does: without it, Django 5.x warns on every change page.
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 @admin.register(Grant)
