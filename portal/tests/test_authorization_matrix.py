@@ -24,6 +24,8 @@ import fnmatch
 import hashlib
 import re
 import shutil
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.cookies import SimpleCookie
@@ -263,8 +265,8 @@ NOT_JSON_WHEN_OK = {
     "openai:tokenizer-file",  # the SentencePiece file
 }
 
-# URLs whose token must carry the "generate" scope (and every /v1/ URL); on any other URL
-# the token personas send a token whose scope is "download" or not ("wrong_scope").
+# The scope a token needs: "generate" on these and on every /v1/ URL, "download" elsewhere.
+# `token` sends a token with both scopes; `wrong_scope` one with only the other scope.
 GENERATE_ROUTES = {
     "inference-api:models",
     "inference-api:jobs",
@@ -384,6 +386,7 @@ class Owner:
 @dataclass
 class World:
     users: dict[str, object]  # persona -> the user it signs in as
+    variant: ModelVariant  # 7B, published
     owner: Owner  # `approved`, with the tokens the token personas send
     values: dict[str, object]  # URL parameter -> value
 
@@ -492,7 +495,7 @@ def build_world(tmp_path: Path) -> World:
         "fmt": "csv",
         "ends_on": (timezone.localdate() + timedelta(days=365)).isoformat(),
     }
-    return World(users=users, owner=owner, values=values)
+    return World(users=users, variant=variant, owner=owner, values=values)
 
 
 def url_for(route: Route, values: dict[str, object]) -> str:
@@ -601,13 +604,22 @@ def persona_token(persona: str, world: World, route_key: str) -> str | None:
 
 
 @pytest.fixture
-def world(db, s3, tmp_path, monkeypatch) -> World:
+def world(db, s3, tmp_path, monkeypatch, settings) -> Iterator[World]:
+    from core import workers
     from portal import health
 
     # /healthz asks for a Celery worker's ping; none runs here, and its answer is the same
     # for everyone.
     monkeypatch.setitem(health.CHECKS, "worker", lambda: "stubbed")
-    return build_world(tmp_path)
+    world = build_world(tmp_path)
+    # A worker serving 7B, as far as the portal can tell (its presence key, made to outlive
+    # the test however slow the machine), so /v1/completions answers instead of a 503. No
+    # job reaches it: the test's transaction never commits.
+    settings.WORKER_PRESENCE_SECONDS = 3600
+    node, queues = f"authz-matrix-{uuid.uuid4().hex[:8]}", [world.variant.queue_name]
+    workers.announce(node=node, queues=queues)
+    yield world
+    workers.withdraw(node=node, queues=queues)
 
 
 def test_every_route_answers_each_persona_as_the_table_says(world):
