@@ -41,6 +41,25 @@ def _svg_open(width: int, height: int, title: str) -> list[str]:
     ]
 
 
+def _x_label(label: str, *, x: float, y: float, slot: float) -> str:
+    """A label under a group of bars; one too wide for its slot goes on two lines."""
+    lines = [label]
+    if len(label) * 6.2 > slot * 0.95 and (" " in label or "-" in label):
+        cut = max(
+            label.rfind(" ", 0, len(label) // 2 + 3), label.rfind("-", 0, len(label) // 2 + 3)
+        )
+        if cut > 0:
+            lines = [label[: cut + (label[cut] == "-")].strip(), label[cut + 1 :].strip()]
+    spans = "".join(
+        f'<tspan x="{x:.1f}" dy="{0 if i == 0 else 13}">{escape(text)}</tspan>'
+        for i, text in enumerate(lines)
+    )
+    return (
+        f'<text x="{x:.1f}" y="{y}" text-anchor="middle" font-size="11" fill="{MUTED}">'
+        f"{spans}</text>"
+    )
+
+
 def by_size(table: dict, *, highlight: str = "") -> SafeString | None:
     """Grouped bars: one group per benchmark (column), one bar per size (row). The card's own
     size is drawn solid, the others lighter."""
@@ -76,10 +95,7 @@ def by_size(table: dict, *, highlight: str = "") -> SafeString | None:
                 f"<title>{escape(column)}, {escape(cell_text(row[0]))}: "
                 f"{escape(cell_text(row[c + 1]))}{escape(unit)}</title></rect>"
             )
-        parts.append(
-            f'<text x="{left + slot * (c + 0.5):.1f}" y="{top + plot_h + 16}" '
-            f'text-anchor="middle" font-size="11" fill="{MUTED}">{escape(column)}</text>'
-        )
+        parts.append(_x_label(column, x=left + slot * (c + 0.5), y=top + plot_h + 16, slot=slot))
     x = left
     for r, row in enumerate(rows):
         name = cell_text(row[0])
