@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import TokenAuthentication, require_scope
 from accounts.selectors import variants_accessible
-from catalog.selectors import variant_get
+from catalog.selectors import variant_get, variants_availability
 from inference import streams
 from inference.models import GenerationJob, JobSource
 from inference.schema import JOB_EVENT_STREAM
@@ -84,11 +84,27 @@ class GenerationModelsApi(_Api):
         size = serializers.CharField()
         name = serializers.CharField(source="__str__")
         context_length = serializers.IntegerField()
+        ready = serializers.BooleanField(help_text="Files published and a worker serves it now")
+        unavailable_reason = serializers.CharField(
+            allow_null=True, help_text="Why it cannot run now (null when ready)"
+        )
 
     @extend_schema(responses=OutputSerializer(many=True))
     def get(self, request: Request) -> Response:
         variants = variants_accessible(user=request.user, purpose="generate")
-        return Response(self.OutputSerializer(variants, many=True).data)
+        availability = variants_availability(variants)
+        rows = [
+            {
+                "slug": v.slug,
+                "size": v.size,
+                "__str__": str(v),
+                "context_length": v.context_length,
+                "ready": availability[v.slug].runnable,
+                "unavailable_reason": availability[v.slug].run_note or None,
+            }
+            for v in variants
+        ]
+        return Response(self.OutputSerializer(rows, many=True).data)
 
 
 class JobsApi(_Api):

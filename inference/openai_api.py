@@ -41,7 +41,8 @@ from rest_framework.views import APIView
 from accounts.authentication import TokenAuthentication, require_scope
 from accounts.selectors import access_require, variants_accessible
 from catalog.models import ModelVariant
-from core.errors import PortalError, RateLimited, ServiceUnavailable
+from catalog.selectors import Availability, variant_availability, variant_get, variants_availability
+from core.errors import PortalError, ServiceUnavailable
 from inference import streams
 from inference.models import GenerationJob, JobSource, JobState
 from inference.services import job_cancel, job_submit
@@ -93,9 +94,8 @@ class _OpenAIView(APIView):
                 status, code = 401, "invalid_api_key"
             if status == 404 and code == "unknown_size":
                 code = "model_not_found"
-            headers = (
-                {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
-            )
+            retry_after = getattr(exc, "retry_after", None)
+            headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
             param = exc.extra.get("param")
             return openai_error(
                 status,
@@ -144,18 +144,20 @@ def _first_error(
     return param, f"{where}: {message}" if where else message
 
 
-def _model_object(variant: ModelVariant) -> dict:
+def _model_object(variant: ModelVariant, availability: Availability) -> dict:
     return {
         "id": variant.slug,
         "object": "model",
         "created": int(variant.created_at.timestamp()),
         "owned_by": "llama-research-portal",
+        "max_model_len": variant.context_length,
+        # Extensions (clients ignore fields they do not know): can it run now, and if not, why.
+        "ready": availability.runnable,
+        "unavailable_reason": availability.run_note or None,
     }
 
 
 def _variant_for(model: str) -> ModelVariant:
-    from catalog.selectors import variant_get
-
     name = (model or "").strip().lower().removeprefix("llama-")
     return variant_get(size=name)
 
@@ -164,7 +166,10 @@ class ModelsApi(_OpenAIView):
     @extend_schema(responses=OpenApiTypes.OBJECT, tags=["openai"])
     def get(self, request: Request) -> Response:
         variants = variants_accessible(user=request.user, purpose="generate")
-        return Response({"object": "list", "data": [_model_object(v) for v in variants]})
+        availability = variants_availability(variants)
+        return Response(
+            {"object": "list", "data": [_model_object(v, availability[v.slug]) for v in variants]}
+        )
 
 
 class ModelDetailApi(_OpenAIView):
@@ -178,7 +183,7 @@ class ModelDetailApi(_OpenAIView):
                 code="model_not_found",
                 param="model",
             )
-        return Response(_model_object(variant))
+        return Response(_model_object(variant, variant_availability(variant)))
 
 
 MAX_PROMPTS = 1024  # per request; the job service bounds them by tokens
@@ -315,7 +320,10 @@ class CompletionsApi(_OpenAIView):
             "top_logprobs": logprobs or 0,
             "echo": bool(v["echo"]),
         }
+        # A synchronous request would wait for a worker that is not there, and a client's
+        # retries would pile up queued jobs: refuse at once, create nothing.
         job = job_submit(
+            require_worker=True,
             user=request.user,
             variant=variant,
             prompts=prompts,

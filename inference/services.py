@@ -25,7 +25,8 @@ from django.utils import timezone
 
 from accounts.selectors import access_require
 from catalog.models import ModelVariant
-from core.errors import Conflict, InvalidInput, RateLimited
+from catalog.selectors import variant_availability
+from core.errors import Conflict, InvalidInput, RateLimited, ServiceUnavailable
 from inference import events
 from inference.models import (
     ACTIVE_STATES,
@@ -354,11 +355,20 @@ def job_submit(
     token=None,
     source: str = JobSource.API,
     external_user: str = "",
+    require_worker: bool = False,
 ) -> GenerationJob:
-    """Check access, parameters and the owner's limits; record the job; queue it on commit."""
+    """Check access, parameters and the owner's limits; record the job; queue it on commit.
+
+    `require_worker`: refuse (503) when no live worker serves the size or it has no files,
+    instead of queueing a job that would wait (the synchronous OpenAI route). Queued jobs of
+    a size nobody serves fail after JOBS_WORKER_WAIT_SECONDS (`jobs_sweep_stuck`)."""
     access_require(user=user, variant=variant, purpose="generate")
     p = params_normalize(params, prompts=prompts)
     prompt_tokens = _check_context(variant, prompts, p)
+    if require_worker:
+        availability = variant_availability(variant)
+        if not availability.runnable:
+            raise ServiceUnavailable(availability.run_note, code="model_not_served", retry_after=30)
     need = prompt_tokens + p["max_new_tokens"] * p["n"] * len(prompts)
     now = timezone.now()
     with transaction.atomic():
@@ -639,6 +649,27 @@ def jobs_sweep_stuck(*, now: datetime | None = None) -> SweepResult:
             ):
                 _event(job, JobState.QUEUED, JobState.FAILED, message)
                 result.expired += 1
+    # A size no live worker serves: its queued jobs fail with that reason after a while,
+    # instead of waiting hours (unknown, when the broker does not answer, is not "none").
+    waited_before = now - timedelta(seconds=settings.JOBS_WORKER_WAIT_SECONDS)
+    waiting = GenerationJob.objects.filter(state=JobState.QUEUED, created_at__lt=waited_before)
+    for variant_id in set(waiting.values_list("variant_id", flat=True)):
+        variant = ModelVariant.objects.get(pk=variant_id)
+        availability = variant_availability(variant)
+        if availability.runnable or availability.workers is None:
+            continue
+        message = (
+            f"{availability.run_note} This job waited "
+            f"{_human_seconds(settings.JOBS_WORKER_WAIT_SECONDS)} and was not run; submit it "
+            "again once the size is served (the model page says when)."
+        )
+        for job in waiting.filter(variant_id=variant_id):
+            with transaction.atomic():
+                if GenerationJob.objects.filter(pk=job.pk, state=JobState.QUEUED).update(
+                    state=JobState.FAILED, error=message, finished_at=now, token_charge=0
+                ):
+                    _event(job, JobState.QUEUED, JobState.FAILED, message)
+                    result.expired += 1
     resend_before = now - timedelta(seconds=settings.JOBS_RESEND_SECONDS)
     for job in GenerationJob.objects.filter(
         state=JobState.QUEUED, queued_at__lt=resend_before

@@ -350,6 +350,8 @@ JOBS_HEARTBEAT_SECONDS = env_float("JOBS_HEARTBEAT_SECONDS", 1.0)
 JOBS_STALE_SECONDS = env_int("JOBS_STALE_SECONDS", 60)
 # A job queued this long gets its queue message sent again (Redis may have lost it).
 JOBS_RESEND_SECONDS = env_int("JOBS_RESEND_SECONDS", 300)
+# Queued jobs of a size that no live worker serves fail after this long, saying why.
+JOBS_WORKER_WAIT_SECONDS = env_int("JOBS_WORKER_WAIT_SECONDS", 600)
 # A job queued this long is failed: no worker serves its size.
 JOBS_QUEUED_EXPIRE_SECONDS = env_int("JOBS_QUEUED_EXPIRE_SECONDS", 6 * 60 * 60)
 JOBS_SWEEP_SECONDS = env_int("JOBS_SWEEP_SECONDS", 60)

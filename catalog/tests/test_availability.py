@@ -24,7 +24,8 @@ def wait_for(predicate, timeout: float = 30.0) -> bool:
     return predicate()
 
 
-def test_a_worker_announces_its_queues_and_withdraws_them():
+def test_a_worker_announces_its_queues_and_withdraws_them(settings):
+    settings.WORKER_PRESENCE_SECONDS = 3600  # the keys outlive a slow run
     queue = f"gpu.test-{uuid.uuid4().hex[:8]}"
     assert workers.consumers(queue) == 0
     workers.announce(node="a@host", queues=[queue, "default"])
@@ -56,7 +57,7 @@ def _file(variant: ModelVariant) -> None:
     )
 
 
-def test_each_reason_a_size_cannot_run_is_told():
+def test_each_reason_a_size_cannot_run_is_told(settings):
     variant = ModelVariant.objects.get(slug="13b")
     WeightFile.objects.filter(variant=variant).delete()
     none = variant_availability(variant)
@@ -70,6 +71,7 @@ def test_each_reason_a_size_cannot_run_is_told():
     assert idle.download_note == ""
     assert "No worker serves LLaMA 13B now (queue gpu.13b)" in idle.run_note
 
+    settings.WORKER_PRESENCE_SECONDS = 3600  # the key outlives a slow run
     workers.announce(node="w@host", queues=["gpu.13b"])
     try:
         served = variant_availability(variant)

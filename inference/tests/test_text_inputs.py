@@ -88,11 +88,37 @@ def test_rest_job_submission_never_fails_on_text(client, generate_token, prompt,
     _reads_back(client, generate_token, response.json().get("id"))
 
 
+@pytest.fixture
+def demo_served(db, settings):
+    """The demo size as a running portal has it: files published and a worker announced, so
+    a completion is stored as a job (no worker process is needed: the stream is not read)."""
+    from django.utils import timezone
+
+    from catalog.models import ModelVariant, WeightFile
+    from core import workers
+
+    WeightFile.objects.get_or_create(
+        variant=ModelVariant.objects.get(slug="demo"),
+        path="params.json",
+        defaults={
+            "size": 1,
+            "sha256": "0" * 64,
+            "md5": "0" * 32,
+            "s3_key": "text-inputs/demo/params.json",
+            "uploaded_at": timezone.now(),
+        },
+    )
+    settings.WORKER_PRESENCE_SECONDS = 3600  # the key outlives a slow run
+    workers.announce(node="text-inputs@test", queues=["gpu.demo"])
+    yield
+    workers.withdraw(node="text-inputs@test", queues=["gpu.demo"])
+
+
 @pytest.mark.django_db
 @LIMITS
 @EXAMPLES
 @given(prompts=st.lists(any_text, min_size=1, max_size=3), stop=any_text)
-def test_openai_completions_never_fail_on_text(client, generate_token, prompts, stop):
+def test_openai_completions_never_fail_on_text(client, generate_token, demo_served, prompts, stop):
     body = {"model": "demo", "prompt": prompts, "stop": stop, "max_tokens": 4, "stream": True}
     response = _post_json(client, "/v1/completions", body, generate_token)
     # The event stream is not read (nor closed, which would end the test's connection): the

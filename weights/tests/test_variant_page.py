@@ -97,7 +97,7 @@ def test_download_sh_is_a_personal_script_with_the_files_and_their_digests(
     assert hashlib.sha256(b"").hexdigest() not in script
 
 
-def test_the_model_page_tells_whether_files_and_a_worker_are_there(client, db):
+def test_the_model_page_tells_whether_files_and_a_worker_are_there(client, db, settings):
     from django.utils import timezone
 
     from catalog.models import ModelVariant, WeightFile
@@ -121,6 +121,7 @@ def test_the_model_page_tells_whether_files_and_a_worker_are_there(client, db):
     assert '<dd id="availability-files">published</dd>' in html
     assert "No worker serves LLaMA 7B now (queue gpu.7b)" in html
 
+    settings.WORKER_PRESENCE_SECONDS = 3600  # the key outlives a slow run
     workers.announce(node="page@test", queues=["gpu.7b"])
     try:
         html = client.get("/models/7b/").content.decode()
