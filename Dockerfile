@@ -22,4 +22,4 @@ RUN DJANGO_SECRET_KEY=build-only DJANGO_DEBUG=0 python manage.py collectstatic -
 
 USER portal
 EXPOSE 8000
-CMD ["gunicorn", "portal.wsgi:application", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--workers", "3", "--threads", "8", "--access-logfile", "-", "--access-logformat", "%(h)s \"%(m)s %(U)s %(H)s\" %(s)s %(b)s %(L)ss"]
+CMD ["gunicorn", "portal.wsgi:application", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--workers", "3", "--threads", "8", "--access-logfile", "-", "--logger-class", "devtools.gunicorn_logging.RedactingLogger", "--access-logformat", "%(h)s \"%(m)s %(U)s %(H)s\" %(s)s %(b)s %(L)ss"]

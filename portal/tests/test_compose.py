@@ -45,5 +45,7 @@ def test_the_gpu_worker_reserves_a_device_and_serves_its_own_queues():
 def test_web_runs_gunicorn_with_production_settings():
     web = _compose()["services"]["web"]
     assert "gunicorn portal.wsgi:application" in web["command"]
+    # Its access log is redacted like every other log (query strings carry signatures).
+    assert "--logger-class devtools.gunicorn_logging.RedactingLogger" in web["command"]
     assert web["environment"]["DJANGO_DEBUG"] == "0"
     assert web["depends_on"]["postgres"]["condition"] == "service_healthy"
