@@ -5,10 +5,9 @@ from __future__ import annotations
 from django.dispatch import receiver
 
 from accounts.signals import grant_revoked
+from inference.services import jobs_cancel_for_grant
 
 
 @receiver(grant_revoked)
 def _cancel_jobs_of_revoked_grant(sender, grant, **kwargs) -> None:
-    from inference.services import jobs_cancel_for_grant
-
     jobs_cancel_for_grant(grant=grant)

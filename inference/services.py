@@ -329,6 +329,8 @@ def _enqueue(job: GenerationJob) -> None:
     job_id, queue = str(job.id), job.variant.queue_name
 
     def send() -> None:
+        # The task module imports this one (its tasks call services): importing it here, at
+        # send time, is what keeps the two from importing each other at load.
         from inference.tasks import run_generation
 
         try:

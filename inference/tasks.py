@@ -14,6 +14,8 @@ from dataclasses import asdict
 
 from celery import shared_task
 
+from inference import services
+
 
 @shared_task(
     name="inference.run_generation",
@@ -34,6 +36,4 @@ def run_generation(self, job_id: str) -> str:
 
 @shared_task(name="inference.jobs_sweep_stuck", acks_late=True, ignore_result=True, max_retries=0)
 def jobs_sweep_stuck() -> dict:
-    from inference.services import jobs_sweep_stuck as sweep
-
-    return asdict(sweep())
+    return asdict(services.jobs_sweep_stuck())

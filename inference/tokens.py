@@ -21,6 +21,7 @@ from pathlib import Path
 from django.conf import settings
 
 from catalog.models import ModelVariant, WeightFile
+from core import storage
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class TokenCount:
 
 @functools.lru_cache(maxsize=8)
 def _processor(path: str, sha256: str):
+    # The web process loads SentencePiece's C library only when a tokenizer is asked for.
     import sentencepiece as spm
 
     processor = spm.SentencePieceProcessor()
@@ -45,8 +47,6 @@ def _processor(path: str, sha256: str):
 def tokenizer_file(variant: ModelVariant) -> Path | None:
     """The size's `tokenizer.model`, fetched and SHA-256 verified on first use; None when it
     cannot be had (not stored yet, S3 down)."""
-    from core import storage
-
     row = WeightFile.objects.filter(variant=variant, path=TOKENIZER_PATH).first()
     if row is None:
         return None

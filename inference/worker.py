@@ -37,6 +37,7 @@ from django.utils import timezone
 from accounts.selectors import access_check
 from catalog.models import ModelVariant
 from inference import events
+from inference.checkpoints import checkpoint_fetch
 from inference.models import GenerationJob, JobState
 from inference.services import (
     WorkerIdentity,
@@ -64,7 +65,7 @@ _listener: threading.Thread | None = None
 
 
 def _device() -> str:
-    import torch
+    import torch  # the web process imports this module; only workers load torch
 
     device = settings.JOBS_DEVICE
     if device == "auto":
@@ -90,7 +91,6 @@ def model_for(variant: ModelVariant):
         llama = _models.get(variant.slug)
         if llama is not None:
             return llama
-        from inference.checkpoints import checkpoint_fetch
         from inference.llama import Llama  # torch: imported on first use, after the fork
 
         if settings.JOBS_TORCH_THREADS:
@@ -206,7 +206,7 @@ class BatchRun:
         if not decision.allowed:
             self._end(job, JobState.CANCELLED, error=f"Not run: {decision.message}")
             return
-        from inference.llama import SamplingParams
+        from inference.llama import SamplingParams  # torch: workers only
 
         p = job.params
         tokenizer = self.llama.tokenizer
