@@ -98,6 +98,10 @@ class GenerationJob(models.Model):
     error = models.TextField(blank=True, help_text="For the owner: what went wrong and what to do")
 
     created_at = models.DateTimeField(default=timezone.now)
+    message_sent = models.BooleanField(
+        default=False,
+        help_text="The broker took the latest queue message (else the sweep sends it again)",
+    )
     queued_at = models.DateTimeField(
         default=timezone.now, help_text="When the latest queue message was sent"
     )

@@ -20,7 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from accounts.selectors import access_require
@@ -344,6 +344,8 @@ def _enqueue(job: GenerationJob) -> None:
             )
         except Exception as exc:  # kombu's errors vary by transport; the sweep re-sends
             logger.warning("job %s stays queued; its message could not be sent: %s", job_id, exc)
+            return
+        GenerationJob.objects.filter(pk=job_id).update(message_sent=True)
 
     transaction.on_commit(send)
 
@@ -672,14 +674,18 @@ def jobs_sweep_stuck(*, now: datetime | None = None) -> SweepResult:
                 ):
                     _event(job, JobState.QUEUED, JobState.FAILED, message)
                     result.expired += 1
+    # Messages the broker never took (it was down) go out at the next sweep, seconds after
+    # it answers again; messages it took but may have lost, after JOBS_RESEND_SECONDS.
     resend_before = now - timedelta(seconds=settings.JOBS_RESEND_SECONDS)
+    unsent_before = now - timedelta(seconds=2)  # past the on-commit send of a new job
     for job in GenerationJob.objects.filter(
-        state=JobState.QUEUED, queued_at__lt=resend_before
+        Q(message_sent=False, queued_at__lt=unsent_before) | Q(queued_at__lt=resend_before),
+        state=JobState.QUEUED,
     ).select_related("variant"):
         with transaction.atomic():
             if GenerationJob.objects.filter(
                 pk=job.pk, state=JobState.QUEUED, queued_at=job.queued_at
-            ).update(queued_at=now):
+            ).update(queued_at=now, message_sent=False):
                 _enqueue(job)
                 result.resent += 1
     if result.requeued or result.failed or result.resent or result.expired:

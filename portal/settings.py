@@ -354,7 +354,9 @@ JOBS_RESEND_SECONDS = env_int("JOBS_RESEND_SECONDS", 300)
 JOBS_WORKER_WAIT_SECONDS = env_int("JOBS_WORKER_WAIT_SECONDS", 600)
 # A job queued this long is failed: no worker serves its size.
 JOBS_QUEUED_EXPIRE_SECONDS = env_int("JOBS_QUEUED_EXPIRE_SECONDS", 6 * 60 * 60)
-JOBS_SWEEP_SECONDS = env_int("JOBS_SWEEP_SECONDS", 60)
+# The sweep is a few indexed queries; running it often is what makes recovery take seconds
+# (a job whose message could not be sent goes out at the first sweep after Redis is back).
+JOBS_SWEEP_SECONDS = env_int("JOBS_SWEEP_SECONDS", 10)
 # How long the token stream of a job is kept in Redis for late readers.
 JOBS_STREAM_TTL_SECONDS = env_int("JOBS_STREAM_TTL_SECONDS", 3600)
 # How long a non-streaming OpenAI-style request waits for its job before giving up.

@@ -8,6 +8,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
 
@@ -236,3 +237,39 @@ def test_the_task_body_is_a_no_op_for_a_job_another_live_process_runs(job):
     assert job_run(str(uuid.uuid4()), node="test") == "no such job"
     GenerationJob.objects.filter(pk=job.pk).update(state=JobState.SUCCEEDED)
     assert job_run(str(job.pk), node="test") == "already succeeded"
+
+
+def test_a_message_the_broker_never_took_goes_out_at_the_next_sweep(
+    researcher, demo, django_capture_on_commit_callbacks, monkeypatch
+):
+    """Recovery in seconds: not after JOBS_RESEND_SECONDS, at the first sweep once Redis
+    answers again (beat runs the sweep every JOBS_SWEEP_SECONDS)."""
+    sent: list[str] = []
+
+    def broker_down(**kwargs):
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr("inference.tasks.run_generation.apply_async", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        lost = job_submit(user=researcher, variant=demo, prompts=["a"], params={})
+    assert GenerationJob.objects.get(pk=lost.pk).message_sent is False
+
+    monkeypatch.setattr(
+        "inference.tasks.run_generation.apply_async", lambda **kw: sent.append(kw["args"][0])
+    )
+    with (
+        override_settings(JOBS_MAX_ACTIVE_PER_USER=10),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        taken = job_submit(user=researcher, variant=demo, prompts=["b"], params={})
+    assert GenerationJob.objects.get(pk=taken.pk).message_sent is True
+    with (
+        override_settings(JOBS_RESEND_SECONDS=300),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        result = jobs_sweep_stuck(now=timezone.now() + timedelta(seconds=3))
+
+    assert result.resent == 1
+    assert sent == [str(taken.pk), str(lost.pk)]  # the one sent at submission is left alone
+    assert GenerationJob.objects.get(pk=lost.pk).message_sent is True
+    assert settings.JOBS_SWEEP_SECONDS <= 15
