@@ -347,14 +347,14 @@ def grants_for_user(*, user) -> QuerySet[Grant]:
 def grant_problems(grant: Grant) -> list[str]:
     """Why an active grant is not justified; empty when it is. The one statement of the rule.
 
-    A grant in force must come from an approved decision on its application, for a size that
-    application still requests, while the application is neither withdrawn nor a draft;
-    given by the size's policy (manual: a person; two reviewers: two different people;
-    automatic: nobody, and then only for someone with no rejected size and no access revoked
-    by a reviewer before); by people other than the applicant; both approvals on the same submitted
-    text (a first approval before a resubmission does not count); to an active account. Whether the license in
-    force was accepted before each use is checked where uses are recorded
-    (`manage.py verify_access`).
+    A grant in force must come from an approved decision on its application, for a size
+    that application still requests, while the application is neither withdrawn nor a
+    draft; given by the size's policy (manual: a person; two reviewers: two different
+    people; automatic: nobody, and then only for someone with no rejected size and no
+    access revoked by a reviewer before); by people other than the applicant; both
+    approvals on the same submitted text (a first approval before a resubmission does not
+    count); to an active account. Whether the license in force was accepted before each
+    use is checked where uses are recorded (`manage.py verify_access`).
     """
     if grant.status != GrantStatus.ACTIVE:
         return []

@@ -6,10 +6,10 @@ import time
 import uuid
 
 import pytest
-from django.utils import timezone
 
 from catalog.models import ModelVariant, WeightFile
 from catalog.selectors import Availability, variant_availability
+from catalog.tests.factories import file_row
 from core import workers
 
 pytestmark = pytest.mark.django_db
@@ -45,18 +45,6 @@ def test_a_silent_worker_lapses(settings):
     assert wait_for(lambda: workers.consumers(queue) == 0, timeout=5)
 
 
-def _file(variant: ModelVariant) -> None:
-    WeightFile.objects.create(
-        variant=variant,
-        path="params.json",
-        size=1,
-        sha256="0" * 64,
-        md5="0" * 32,
-        s3_key=f"availability/{variant.slug}/params.json",
-        uploaded_at=timezone.now(),
-    )
-
-
 def test_each_reason_a_size_cannot_run_is_told(settings):
     variant = ModelVariant.objects.get(slug="13b")
     WeightFile.objects.filter(variant=variant).delete()
@@ -65,7 +53,7 @@ def test_each_reason_a_size_cannot_run_is_told(settings):
     assert none.download_note == "LLaMA 13B has no published files yet."
     assert "no published files yet" in none.run_note
 
-    _file(variant)
+    file_row(variant.slug)
     idle = variant_availability(variant)
     assert idle.files and idle.workers == 0 and not idle.runnable
     assert idle.download_note == ""
@@ -83,7 +71,7 @@ def test_each_reason_a_size_cannot_run_is_told(settings):
 def test_an_unreachable_broker_is_unknown_not_absent(settings):
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
     variant = ModelVariant.objects.get(slug="13b")
-    _file(variant)
+    file_row(variant.slug)
     unknown = variant_availability(variant)
     assert unknown == Availability(size="13B", queue="gpu.13b", files=True, workers=None)
     assert not unknown.runnable

@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from catalog.models import ModelVariant, WeightFile
+from catalog.tests.factories import file_row
 from core import workers
 from inference.models import GenerationJob
 
@@ -20,24 +21,10 @@ def oai_client(api_client, generate_token):
     return api_client
 
 
-def _publish_row(slug: str) -> None:
-    WeightFile.objects.get_or_create(
-        variant=ModelVariant.objects.get(slug=slug),
-        path="params.json",
-        defaults={
-            "size": 1,
-            "sha256": "0" * 64,
-            "md5": "0" * 32,
-            "s3_key": f"availability-api/{slug}/params.json",
-            "uploaded_at": timezone.now(),
-        },
-    )
-
-
 def test_models_say_which_sizes_are_ready_and_why_not(oai_client, settings):
     """The cast's researcher may run demo and 7B; 7B has no files, demo no worker."""
     WeightFile.objects.filter(variant__slug="7b").delete()
-    _publish_row("demo")
+    file_row("demo")
     models = {m["id"]: m for m in oai_client.get("/v1/models").json()["data"]}
     assert models["7b"]["ready"] is False
     assert "no published files yet" in models["7b"]["unavailable_reason"]
@@ -60,7 +47,7 @@ def test_models_say_which_sizes_are_ready_and_why_not(oai_client, settings):
 
 
 def test_a_completion_for_a_size_no_worker_serves_is_a_503_at_once(oai_client):
-    _publish_row("demo")
+    file_row("demo")
     for _ in range(3):  # as a client's retries would
         response = oai_client.post(
             "/v1/completions", {"model": "demo", "prompt": "Hello", "max_tokens": 4}, format="json"
@@ -90,7 +77,7 @@ def test_queued_jobs_of_a_size_nobody_serves_fail_with_the_reason(researcher, se
     from inference.models import JobState
     from inference.services import job_submit, jobs_sweep_stuck
 
-    _publish_row("demo")
+    file_row("demo")
     demo = ModelVariant.objects.get(slug="demo")
     job = job_submit(user=researcher, variant=demo, prompts=["Hello"], params={"max_new_tokens": 2})
     later = timezone.now() + timedelta(seconds=settings.JOBS_WORKER_WAIT_SECONDS + 1)

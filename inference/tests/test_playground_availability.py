@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.utils import timezone
 
-from catalog.models import ModelVariant, WeightFile
+from catalog.models import WeightFile
+from catalog.tests.factories import file_row
 from core import workers
 
 pytestmark = pytest.mark.django_db
@@ -21,17 +21,7 @@ def options(html: str) -> dict[str, str]:
 def test_sizes_that_cannot_run_are_disabled_with_the_reason(researcher, client, settings):
     """The cast's researcher holds demo and 7B grants and accepted the license."""
     WeightFile.objects.filter(variant__slug="7b").delete()
-    WeightFile.objects.get_or_create(
-        variant=ModelVariant.objects.get(slug="demo"),
-        path="params.json",
-        defaults={
-            "size": 1,
-            "sha256": "0" * 64,
-            "md5": "0" * 32,
-            "s3_key": "playground/demo/params.json",
-            "uploaded_at": timezone.now(),
-        },
-    )
+    file_row("demo")
     client.force_login(researcher)
 
     found = options(client.get("/playground/").content.decode())

@@ -14,6 +14,7 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from catalog.tests.factories import file_row
 from core.text import find_bad_text, text_problem
 
 # Any code point: surrogates (excluded by hypothesis's default alphabet) and NUL included,
@@ -92,22 +93,10 @@ def test_rest_job_submission_never_fails_on_text(client, generate_token, prompt,
 def demo_served(db, settings):
     """The demo size as a running portal has it: files published and a worker announced, so
     a completion is stored as a job (no worker process is needed: the stream is not read)."""
-    from django.utils import timezone
 
-    from catalog.models import ModelVariant, WeightFile
     from core import workers
 
-    WeightFile.objects.get_or_create(
-        variant=ModelVariant.objects.get(slug="demo"),
-        path="params.json",
-        defaults={
-            "size": 1,
-            "sha256": "0" * 64,
-            "md5": "0" * 32,
-            "s3_key": "text-inputs/demo/params.json",
-            "uploaded_at": timezone.now(),
-        },
-    )
+    file_row("demo")
     settings.WORKER_PRESENCE_SECONDS = 3600  # the key outlives a slow run
     workers.announce(node="text-inputs@test", queues=["gpu.demo"])
     yield

@@ -5,6 +5,7 @@ import hashlib
 import pytest
 
 from catalog.models import WeightFile
+from catalog.tests.factories import file_row
 from weights.models import DownloadLink
 
 
@@ -98,9 +99,8 @@ def test_download_sh_is_a_personal_script_with_the_files_and_their_digests(
 
 
 def test_the_model_page_tells_whether_files_and_a_worker_are_there(client, db, settings):
-    from django.utils import timezone
 
-    from catalog.models import ModelVariant, WeightFile
+    from catalog.models import WeightFile
     from core import workers
 
     WeightFile.objects.filter(variant__slug="7b").delete()
@@ -108,15 +108,7 @@ def test_the_model_page_tells_whether_files_and_a_worker_are_there(client, db, s
     assert '<dd id="availability-files">LLaMA 7B has no published files yet.</dd>' in html
     assert "no published files yet, so no worker can run it" in html
 
-    WeightFile.objects.create(
-        variant=ModelVariant.objects.get(slug="7b"),
-        path="params.json",
-        size=1,
-        sha256="0" * 64,
-        md5="0" * 32,
-        s3_key="page/7b/params.json",
-        uploaded_at=timezone.now(),
-    )
+    file_row("7b")
     html = client.get("/models/7b/").content.decode()
     assert '<dd id="availability-files">published</dd>' in html
     assert "No worker serves LLaMA 7B now (queue gpu.7b)" in html
