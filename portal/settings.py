@@ -145,6 +145,9 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/access/"
+# Reviewers land on the console instead (accounts/adapter.py).
+REVIEW_LANDING_URL = "/review/"
+ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",

@@ -332,3 +332,22 @@ def test_status_page_query_count_does_not_grow_with_grants(as_user):
 def test_status_says_why_a_revoked_researcher_is_blocked(revoked_researcher, as_user):
     html = as_user(revoked_researcher).get("/access/").content.decode()
     assert "Your access to LLaMA 7B was revoked: Shared the weights." in html
+
+
+def test_reviewers_land_on_the_console_and_researchers_on_their_access(
+    client, reviewer, researcher
+):
+    from accounts.tests.factories import CAST_PASSWORD
+
+    for person, landing in ((reviewer, "/review/"), (researcher, "/access/")):
+        client.logout()
+        response = client.post(
+            "/accounts/login/", {"login": person.email, "password": CAST_PASSWORD}
+        )
+        assert response.status_code == 302
+        assert response["Location"] == landing
+    client.logout()
+    response = client.post(
+        "/accounts/login/?next=/models/", {"login": reviewer.email, "password": CAST_PASSWORD}
+    )
+    assert response["Location"] == "/models/"  # where they were going still wins
