@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
@@ -128,9 +129,17 @@ def _license_version_to_show(user) -> LicenseVersion | None:
     return selectors.license_current_version(license) if license else None
 
 
-@login_required
 @require_http_methods(["GET", "POST"])
 def license_page(request: HttpRequest) -> HttpResponse:
+    """The license, readable by anyone before signing up; accepting it needs an account."""
+    if not request.user.is_authenticated:
+        if request.method == "POST":
+            return redirect_to_login(request.get_full_path())
+        license = License.objects.filter(slug=DEFAULT_LICENSE_SLUG).first()
+        version = selectors.license_current_version(license) if license else None
+        if version is None:
+            raise NotFound("No license is published yet.")
+        return render(request, "accounts/license.html", {"version": version, "form": None})
     version = _license_version_to_show(request.user)
     if version is None:
         raise NotFound("No license is published yet.")

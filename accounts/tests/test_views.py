@@ -43,9 +43,8 @@ def complete_form(**overrides):
     return data
 
 
-@pytest.mark.parametrize(
-    "path", ["/access/", "/access/apply/", "/access/license/", "/access/tokens/"]
-)
+# The license is readable before signing up (issue 14): see the test of that below.
+@pytest.mark.parametrize("path", ["/access/", "/access/apply/", "/access/tokens/"])
 def test_pages_ask_anonymous_visitors_to_sign_in(client, path):
     response = client.get(path)
     assert response.status_code == 302
@@ -351,3 +350,14 @@ def test_reviewers_land_on_the_console_and_researchers_on_their_access(
         "/accounts/login/?next=/models/", {"login": reviewer.email, "password": CAST_PASSWORD}
     )
     assert response["Location"] == "/models/"  # where they were going still wins
+
+
+def test_the_license_can_be_read_before_signing_up_and_accepted_only_after(client):
+    page = client.get("/access/license/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'id="license-text"' in html and 'id="license-sign-up"' in html
+    assert "Accept the license</button>" not in html
+    refused = client.post("/access/license/", {"agree": "on", "typed_name": "Ada"})
+    assert refused.status_code == 302
+    assert refused["Location"].startswith("/accounts/login/")

@@ -146,7 +146,7 @@ ROUTES: dict[str, dict[str, dict[str, str]]] = {
     "access:reapply": {"POST": SIGNED_IN_REDIRECT},
     # An empty acceptance (no typed name) is refused with the form again.
     "access:license": {
-        "GET": SIGNED_IN,
+        "GET": EVERYONE,  # readable before signing up; accepting it needs an account
         "POST": o("400", anonymous="login", token="login", wrong_scope="login"),
     },
     "access:tokens": {"GET": SIGNED_IN, "POST": SIGNED_IN},
