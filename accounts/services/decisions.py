@@ -18,6 +18,7 @@ from accounts.models import (
     SizeDecision,
     SizeOutcome,
 )
+from accounts.selectors import license_versions_pending
 from accounts.services.audit import actor_ref, audit_record
 from accounts.services.grants import grant_create
 from accounts.services.transitions import (
@@ -183,10 +184,30 @@ def settle(application: Application, *, actor) -> bool:
         target=application_target(application),
         data={d.variant.slug: d.outcome for d in decisions},
     )
+    # What the reviewers wrote to the applicant about each approved size (the approval's
+    # event); rejections carry their reason on the decision itself.
+    notes = dict(
+        application.events.filter(variant__isnull=False)
+        .exclude(public_message="")
+        .order_by("id")
+        .values_list("variant_id", "public_message")
+    )
+    rows = [
+        (d, notes.get(d.variant_id, "") if d.outcome == SizeOutcome.APPROVED else "")
+        for d in decisions
+    ]
     emails.email_on_commit(
         to=application.email or application.user.email,
         template="application_decided",
-        context={"application": application, "decisions": decisions, "approved": bool(approved)},
+        context={
+            "application": application,
+            "decisions": decisions,
+            "rows": rows,
+            "approved": bool(approved),
+            # Asked only when a license in force for the new grants is not accepted yet.
+            "license_pending": bool(approved)
+            and bool(license_versions_pending(user=application.user)),
+        },
     )
     return True
 

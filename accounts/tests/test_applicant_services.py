@@ -162,3 +162,29 @@ def test_emails_at_each_step(outsider, reviewer, mailoutbox, django_capture_on_c
     decided = mailoutbox[3].body
     assert "13B: no need." in decided and "Approved" in decided
     assert "&#x27;" not in decided and "&amp;" not in decided
+
+
+@pytest.mark.parametrize("accepted_before", [False, True])
+def test_the_decision_email_carries_the_reviewers_message_and_asks_for_the_license_if_due(
+    outsider, reviewer, mailoutbox, django_capture_on_commit_callbacks, accepted_before
+):
+    from accounts.selectors import license_current_version, license_for_variant
+
+    seven = ModelVariant.objects.get(slug="7b")
+    app = application_fill(outsider, "7b")
+    if accepted_before:
+        services.license_accept(
+            user=outsider,
+            version=license_current_version(license_for_variant(seven)),
+            typed_name=services.user_full_name(outsider),
+        )
+    with django_capture_on_commit_callbacks(execute=True):
+        services.application_approve(
+            application=app,
+            reviewer=reviewer,
+            variants=[seven],
+            message="Welcome: the bias study fits the license well.",
+        )
+    decided = mailoutbox[-1].body
+    assert decided.count("Welcome: the bias study fits the license well.") == 1
+    assert ("read and accept the license" in decided) is not accepted_before
