@@ -64,7 +64,9 @@ APPLICANT_FIELDS = (
     "publications",
     "use_case",
 )
-_PREFILL_FIELDS = tuple(f for f in APPLICANT_FIELDS if f != "use_case")
+# A new application starts from the last one, research use included: the applicant edits
+# what changed instead of writing it again.
+_PREFILL_FIELDS = APPLICANT_FIELDS
 
 
 def use_case_min_chars() -> int:

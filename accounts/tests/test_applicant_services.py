@@ -112,7 +112,8 @@ def test_reapplying_after_a_rejection_links_and_prefills(applicant, reviewer):
     assert new.previous == old
     assert new.state == ApplicationState.DRAFT
     assert (new.affiliation, new.orcid) == (old.affiliation, old.orcid)
-    assert new.use_case == ""  # the part the reviewer objected to is written again
+    # Issue 14: the research use is kept too; the applicant edits what the reviewer asked.
+    assert new.use_case == old.use_case
 
 
 def test_withdrawal_closes_the_undecided_sizes(applicant):

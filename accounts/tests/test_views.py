@@ -361,3 +361,16 @@ def test_the_license_can_be_read_before_signing_up_and_accepted_only_after(clien
     refused = client.post("/access/license/", {"agree": "on", "typed_name": "Ada"})
     assert refused.status_code == 302
     assert refused["Location"].startswith("/accounts/login/")
+
+
+def test_every_invalid_field_is_listed_at_the_top_with_a_link_to_it(outsider, as_user):
+    client = as_user(outsider)
+    client.get("/access/apply/")
+    bad = complete_form(orcid="0000-0002-1825-0098", use_case="Too short.", country="")
+    html = client.post("/access/apply/", bad).content.decode()
+    summary = html[
+        html.index('id="error-summary"') : html.index("</div>", html.index('id="error-summary"'))
+    ]
+    assert "3 things to fix" in summary
+    for field in ("orcid", "use_case", "country"):
+        assert f'href="#field-{field}"' in summary and f'id="field-{field}"' in html
