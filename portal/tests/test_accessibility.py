@@ -87,3 +87,26 @@ def test_the_page_has_no_serious_accessibility_violation(
     known = THIRD_PARTY.get(name, set())
     blocking = [v for v in violations if v["impact"] in BLOCKING and v["id"] not in known]
     assert not blocking, f"{name} ({url}):\n{report(blocking)}"
+
+
+NARROW_PAGES = [p for p in PAGES if p[0] in ("model page", "review queue", "review detail")]
+
+
+@pytest.mark.parametrize(("name", "who", "path"), NARROW_PAGES, ids=[p[0] for p in NARROW_PAGES])
+def test_the_page_fits_a_390_pixel_wide_screen(
+    name, who, path, request, live_server, browser, applicant, published_7b
+):
+    """Tables on the model page and in the console scroll inside themselves on a phone;
+    the page itself never scrolls sideways."""
+    base = live_server.url
+    page, _csp_errors = open_page(browser, timeout_ms=60_000)
+    user = request.getfixturevalue(who)
+    sign_in(page, base, user.email, CAST_PASSWORD)
+    page.set_viewport_size({"width": 390, "height": 844})
+    application = Application.objects.get(user=applicant)
+    response = page.goto(base + path.format(application=application.pk))
+    assert response.status == 200
+    page.wait_for_load_state("networkidle")
+    assert page.locator("table").count() > 0  # the page has the tables this is about
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"{name} is {width} px wide at a 390 px viewport"
