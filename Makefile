@@ -10,7 +10,7 @@ help:
 	@echo "make run    - the whole portal on this machine (web, Redis, S3, worker, beat), demo data"
 	@echo "make run-dev - the same, with Django's server reloading on code changes"
 	@echo "make test   - the full test suite against PostgreSQL, Redis, SeaweedFS and Chromium"
-	@echo "make test-fast - the suite without browsers and worker processes (a few minutes)"
+	@echo "make test-fast - the quick loop: no browsers, worker processes, whole stacks or fuzzing"
 	@echo "make lint   - ruff lint and format check, and the layer order (import-linter)"
 
 $(BIN)/python:
@@ -55,10 +55,10 @@ layers: install-dev
 test: install-dev services test-deps layers
 	$(BIN)/pytest
 
-# Everything but headless Chromium and real Celery worker processes: the quick loop while
-# editing. `make test` stays the full suite.
+# The quick loop while editing: no headless Chromium, no Celery worker processes, no whole
+# stacks, fuzzing or demo training (marker `slow`). `make test` stays the full suite.
 test-fast: install-dev services layers
-	$(BIN)/pytest -m "not browser and not worker"
+	$(BIN)/pytest -m "not browser and not worker and not slow"
 
 lint: install-dev layers
 	$(BIN)/ruff check .

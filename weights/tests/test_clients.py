@@ -320,6 +320,7 @@ def test_portal_client_fails_with_a_reason_for_a_size_with_no_files(live_server,
     assert "downloaded" not in run.stdout + run.stderr
 
 
+@pytest.mark.slow  # waits out its own backoff (about 10 s)
 def test_download_sh_rides_out_an_outage_and_gives_up_without_a_last_sleep(
     live_server, published_13b, token_13b, tmp_path
 ):

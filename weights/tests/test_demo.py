@@ -7,6 +7,7 @@ from catalog.models import WeightFile
 pytestmark = pytest.mark.django_db
 
 
+@pytest.mark.slow  # trains the whole demo model (about half a minute)
 def test_publish_demo_builds_and_publishes_once_then_changes_nothing(s3, tmp_path):
     from weights.demo import publish_demo
 
