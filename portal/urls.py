@@ -14,6 +14,7 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("access/", include("accounts.urls")),
     path("dl/<str:link_id>", weights_views.download, name="download"),
+    path("client/<str:filename>", weights_views.client_wheel_download, name="client_wheel"),
     path("api/v1/", include("weights.api_urls")),
     path("api/v1/", include("inference.api_urls")),
     path("v1/", include("inference.openai_urls")),

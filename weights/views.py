@@ -5,7 +5,7 @@ import json
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -22,6 +22,7 @@ from catalog.selectors import (
     variant_manifest,
 )
 from core.errors import PortalError, render_error
+from weights.client_wheel import client_wheel
 from weights.selectors import variant_checklist
 from weights.services import download_link_use, download_links_issue
 
@@ -82,6 +83,7 @@ def variant_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "links": None,
         "refusal": None,
         "availability": variant_availability(variant),
+        "client_wheel": client_wheel().filename,
     }
     if request.user.is_authenticated:
         decision = access_check(user=request.user, variant=variant, purpose="download")
@@ -90,6 +92,17 @@ def variant_detail(request: HttpRequest, slug: str) -> HttpResponse:
         else:
             context["refusal"] = decision.message
     return render(request, "weights/variant_detail.html", context)
+
+
+@require_GET
+def client_wheel_download(request: HttpRequest, filename: str) -> HttpResponse:
+    """`/client/<wheel>`: the Python client, for `pip install` from the portal itself."""
+    wheel = client_wheel()
+    if filename != wheel.filename:
+        raise Http404(f"This portal serves {wheel.filename}.")
+    response = HttpResponse(wheel.content, content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{wheel.filename}"'
+    return response
 
 
 @_for_downloaders

@@ -50,6 +50,7 @@ from accounts.tests.factories import (
     grant_access,
 )
 from catalog.models import ModelVariant
+from weights.client_wheel import client_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 LLAMA_TOKENIZER = ROOT / "testdata" / "llama-tokenizer" / "tokenizer.model"
@@ -127,6 +128,7 @@ ROUTES: dict[str, dict[str, dict[str, str]]] = {
     "download": {
         "GET": o("404", anonymous="login", approved="redirect", token="redirect", wrong_scope="403")
     },
+    "client_wheel": {"GET": EVERYONE},  # the Python client, for pip install from the portal
     "inference:playground": {"GET": SIGNED_IN},
     # Model cards are public, every version of them.
     "catalog:card": {"GET": EVERYONE},
@@ -493,6 +495,7 @@ def build_world(tmp_path: Path) -> World:
         "uidb36": "0",
         "version": 1,
         "fmt": "csv",
+        "filename": client_wheel().filename,
         "ends_on": (timezone.localdate() + timedelta(days=365)).isoformat(),
     }
     return World(users=users, variant=variant, owner=owner, values=values)
