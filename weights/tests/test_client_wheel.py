@@ -48,3 +48,5 @@ def test_the_model_page_shows_the_install_command_to_downloaders(client, researc
         f"portal_client-{VERSION}-py3-none-any.whl</code>"
     ) in html
     assert client.get("/client/portal_client-0.0.0-py3-none-any.whl").status_code == 404
+    # and how to use the weights with transformers
+    assert "python -m inference.llama export-hf ./llama-7b ./llama-7b-hf" in html
