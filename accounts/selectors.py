@@ -216,7 +216,8 @@ def _grant_decision(user, variant: ModelVariant, now: datetime) -> AccessDecisio
         return AccessDecision(
             False,
             "grant_revoked",
-            f"Your access to {variant} was revoked: {latest.revoke_reason or 'no reason given'}. "
+            f"Your access to {variant} was revoked: "
+            f"{(latest.revoke_reason or 'no reason given').rstrip('.')}. "
             "You may apply again from the access page (/access/).",
             latest,
         )

@@ -99,7 +99,10 @@ def grant_revoke(*, grant: Grant, actor, reason: str, by_owner: bool = False) ->
             actor=actor,
             fields=["revoked_at", "revoked_by", "revoke_reason"],
         )
-        token_revoke_all(user=grant.user, reason="access revoked")
+        # The reason reaches whoever next uses a token, so they learn why, not only that.
+        token_revoke_all(
+            user=grant.user, reason=f"access to {grant.variant} revoked: {reason}".rstrip(".")
+        )
         if grant.application_id:
             size_event(
                 grant.application,

@@ -159,3 +159,11 @@ def test_revoking_access_kills_every_token(researcher, reviewer):
     grant = Grant.objects.get(user=researcher, variant__slug="7b")
     services.grant_revoke(grant=grant, actor=reviewer, reason="Breach of license.")
     assert _live_tokens(researcher) == 0
+
+
+def test_a_token_killed_by_a_revocation_carries_the_reviewers_reason(researcher, reviewer):
+    _token, key = services.token_create(user=researcher, name="a", scopes=["download"])
+    grant = Grant.objects.get(user=researcher, variant__slug="7b")
+    services.grant_revoke(grant=grant, actor=reviewer, reason="Breach of license.")
+    token = services.token_find(key)
+    assert token.revoke_reason == "access to LLaMA 7B revoked: Breach of license"

@@ -363,3 +363,18 @@ def test_a_store_that_answers_but_cannot_serve_reads_gets_503_and_records_nothin
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "storage_unavailable"
     _assert_nothing_recorded(link)
+
+
+def test_a_revocation_reason_that_ends_with_a_period_is_not_doubled(
+    client, researcher, published_7b, reviewer
+):
+    from accounts.models import Grant
+    from accounts.services import grant_revoke
+
+    link = _link(researcher, published_7b)
+    grant = Grant.objects.get(user=researcher, variant=published_7b, status="active")
+    grant_revoke(grant=grant, actor=reviewer, reason="Redistribution is what the license forbids.")
+    client.force_login(researcher)
+    body = client.get(f"/dl/{link.id}").content.decode()
+    assert "was revoked: Redistribution is what the license forbids. You may apply" in body
+    assert "forbids.." not in body
