@@ -1,4 +1,4 @@
-"""allauth's hooks: where people land after signing in."""
+"""allauth's hooks: where people land after signing in, and what its emails carry."""
 
 from __future__ import annotations
 
@@ -15,3 +15,8 @@ class AccountAdapter(DefaultAccountAdapter):
         if user_is_reviewer(request.user):
             return settings.REVIEW_LANDING_URL
         return super().get_login_redirect_url(request)
+
+    def send_mail(self, template_prefix: str, email: str, context: dict) -> None:
+        # allauth's messages use the portal's own greeting and signature
+        # (templates/account/email/base_message.txt), which name the portal's address.
+        super().send_mail(template_prefix, email, {"site_url": settings.SITE_URL, **context})

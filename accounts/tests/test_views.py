@@ -374,3 +374,23 @@ def test_every_invalid_field_is_listed_at_the_top_with_a_link_to_it(outsider, as
     assert "3 things to fix" in summary
     for field in ("orcid", "use_case", "country"):
         assert f'href="#field-{field}"' in summary and f'id="field-{field}"' in html
+
+
+def test_allauths_emails_carry_the_portals_name_and_signature(
+    client, mailoutbox, researcher, settings
+):
+    client.post(
+        "/accounts/signup/",
+        {
+            "email": "branded@uni.example.edu",
+            "password1": "plenty-long-Pass-42",
+            "password2": "plenty-long-Pass-42",
+        },
+    )
+    client.post("/accounts/password/reset/", {"email": researcher.email})
+    assert len(mailoutbox) == 2
+    for message in mailoutbox:
+        assert message.subject.startswith("[LLaMA access] ")
+        assert message.body.startswith("Hello from the LLaMA research access portal,")
+        assert f"-- The LLaMA research access team\n{settings.SITE_URL}" in message.body
+        assert "example.com" not in message.body
