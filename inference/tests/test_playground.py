@@ -82,6 +82,33 @@ def test_a_researcher_watches_the_output_stream_in(
 
 
 @pytest.mark.browser
+@pytest.mark.worker
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_history_follows_a_job_submitted_elsewhere_without_a_reload(
+    live_server, jobs_worker, published_demo, researcher, browser
+):
+    page, csp_errors = open_page(browser, timeout_ms=30_000)
+    sign_in(page, live_server.url, researcher.email, CAST_PASSWORD)
+    # Submitted from a notebook, say, before the page is opened: it shows as queued/running.
+    job = job_submit(
+        user=researcher,
+        variant=published_demo,
+        prompts=["Elsewhere"],
+        params={"max_new_tokens": 60},  # about 2 s at the worker's 30 ms a step
+    )
+    page.goto(f"{live_server.url}/playground/")
+    row = f"#pg-history tr[data-job='{job.pk}']"
+    assert page.get_attribute(row, "data-active") == "1"  # still queued or running
+    page.wait_for_selector(f"{row}[data-active='0']", timeout=60_000)  # no reload in between
+    job.refresh_from_db()
+    assert job.state == "succeeded"
+    cells = page.locator(f"{row} td").all_text_contents()
+    assert cells[3] == "succeeded" and cells[7] == str(job.completion_tokens)
+    assert csp_errors == []
+
+
+@pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
 def test_the_interactive_api_page_renders_under_the_csp(live_server, researcher, browser):
     page, csp_errors = open_page(browser, timeout_ms=20_000)

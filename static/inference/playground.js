@@ -48,6 +48,8 @@
       for (let i = 0; i < 8; i++) row.appendChild(document.createElement("td"));
       history.prepend(row);
     }
+    // Rows of jobs still queued or running are refreshed until they end (refreshActive).
+    row.dataset.active = job.state === "queued" || job.state === "running" ? "1" : "0";
     const cells = row.children;
     cells[0].textContent = job.created_at.replace("T", " ").slice(0, 19);
     cells[1].textContent = job.size;
@@ -80,6 +82,7 @@
       statusEl.textContent = "Done: " + done.state;
       if (done.error) errorEl.textContent = done.error;
       historyRow(done);
+      refreshRow(done.id); // the final timings and token count, as the API has them
     });
     source.addEventListener("error", (e) => {
       if (e.data) {
@@ -105,6 +108,23 @@
     }
     return body;
   }
+
+  async function refreshRow(id) {
+    try {
+      historyRow(await api(form.dataset.api + "/" + id, { method: "GET" }));
+    } catch (err) {
+      // A job that cannot be read now is tried again at the next tick.
+    }
+  }
+
+  // Jobs submitted from anywhere (this page, the API, a notebook) end while the page is
+  // open: their rows follow without a reload.
+  function refreshActive() {
+    history.querySelectorAll('tr[data-active="1"]').forEach((row) => {
+      if (!current || current.id !== row.dataset.job) refreshRow(row.dataset.job);
+    });
+  }
+  setInterval(refreshActive, 2000);
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
