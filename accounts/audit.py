@@ -116,12 +116,11 @@ def chain_check(entries: Iterable[AuditEntry], anchor: Anchor | None = None) -> 
     anchor it contradicts."""
     _, keys = audit_keys()
     previous, expected_seq, seen_keyed = AUDIT_GENESIS, 1, False
-    head_hash: dict[int, str] = {}
-    count = 0
+    anchored_hash = None  # the hash of the entry whose number the anchor names
     for entry in entries:
-        count += 1
+        # Every entry before this one verified, so this is entry number `expected_seq`.
 
-        def broken(why: str, entry=entry, count=count) -> ChainReport:
+        def broken(why: str, entry=entry, count=expected_seq) -> ChainReport:
             return ChainReport(entries=count, head_seq=entry.seq, broken=entry, why=why)
 
         if entry.seq != expected_seq:
@@ -148,7 +147,7 @@ def chain_check(entries: Iterable[AuditEntry], anchor: Anchor | None = None) -> 
         if not _actor_consistent(entry):
             return broken("its actor was changed (the entry was edited)")
         if anchor is not None and entry.seq == anchor.seq:
-            head_hash[entry.seq] = entry.hash
+            anchored_hash = entry.hash
         previous, expected_seq = entry.hash, expected_seq + 1
     head_seq = expected_seq - 1
     if anchor is not None:
@@ -160,14 +159,14 @@ def chain_check(entries: Iterable[AuditEntry], anchor: Anchor | None = None) -> 
                 f"the chain ends at number {head_seq} but its head was anchored at number "
                 f"{anchor.seq} ({anchor.at}): entries were removed from its end"
             )
-        elif anchor.seq > 0 and head_hash.get(anchor.seq) != anchor.hash:
+        elif anchor.seq > 0 and anchored_hash != anchor.hash:
             why = (
                 f"entry number {anchor.seq} does not have the hash anchored on {anchor.at}: "
                 "the chain was rewritten"
             )
         if why:
-            return ChainReport(entries=count, head_seq=head_seq, why=why)
-    return ChainReport(entries=count, head_seq=head_seq)
+            return ChainReport(entries=head_seq, head_seq=head_seq, why=why)
+    return ChainReport(entries=head_seq, head_seq=head_seq)
 
 
 def chain_check_database(anchor: Anchor | None = None) -> ChainReport:
