@@ -234,6 +234,11 @@ def multipart_uploads_list(*, prefix: str) -> list[str]:
 # --- Reading ------------------------------------------------------------------------------
 
 
+def _is_missing(exc: ClientError) -> bool:
+    """S3's ways of saying there is no such object (codes differ between servers)."""
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
 def object_head(key: str) -> dict | None:
     """The object's metadata (`ContentLength`, `ETag`, ...), or None when there is none.
 
@@ -242,7 +247,7 @@ def object_head(key: str) -> dict | None:
     try:
         return client().head_object(Bucket=bucket(), Key=key)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if _is_missing(exc):
             return None
         raise
 
@@ -254,7 +259,7 @@ def object_readable_size(key: str) -> int | None:
     try:
         response = client().get_object(Bucket=bucket(), Key=key, Range="bytes=0-0")
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if _is_missing(exc):
             return None
         raise
     with contextlib.closing(response["Body"]):
@@ -281,7 +286,7 @@ def object_get(key: str) -> bytes | None:
     try:
         return client().get_object(Bucket=bucket(), Key=key)["Body"].read()
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if _is_missing(exc):
             return None
         raise
 
