@@ -37,10 +37,8 @@ import argparse
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -48,6 +46,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench._harness import Portal, database, start_worker  # noqa: E402
 
 DB_NAME = "bench_portal_scoring"
 MEDIUM = {"dim": 512, "n_layers": 8, "n_heads": 8, "multiple_of": 32, "norm_eps": 1e-5}
@@ -79,62 +79,6 @@ def _environment(tmp: Path, threads: int) -> dict[str, str]:
         "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-
-
-def _database(url: str, *, create: bool) -> None:
-    import psycopg
-
-    admin = urlunsplit(urlsplit(url)._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        if create:
-            conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-
-
-class Portal:
-    """The WSGI app on a local port, in threads of this process."""
-
-    def __init__(self) -> None:
-        from django.core.handlers.wsgi import WSGIHandler
-        from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
-
-        class Quiet(WSGIRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadedWSGIServer(("127.0.0.1", 0), Quiet)
-        self.server.set_app(WSGIHandler())
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-
-
-def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    from portal.celery import app
-
-    name = f"bench-{uuid.uuid4().hex[:6]}@localhost"
-    command = [
-        sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", "gpu.demo", "-n", name,
-        "-c", "1", "-P", "prefork", "--without-gossip", "--without-mingle", "-l", "WARNING",
-    ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited:\n{log_path.read_text()[-2000:]}")
-        if app.control.ping(destination=[name], timeout=0.5):
-            return proc
-    raise TimeoutError("worker did not start")
 
 
 def _checkpoint(kind: str, out: Path) -> Path:
@@ -199,7 +143,7 @@ def main() -> int:
     env = _environment(tmp, ns.threads)
     os.environ.update(env)
     os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
-    _database(env["DATABASE_URL"], create=True)
+    database(env["DATABASE_URL"], create=True)
 
     from devtools.services import SeaweedConfig, start_seaweed, stop_process
 
@@ -249,7 +193,7 @@ def main() -> int:
         os.environ["OPENAI_API_KEY"] = token
 
         portal = Portal()
-        worker = _start_worker(env, tmp / "worker.log")
+        worker = start_worker(env, tmp / "worker.log")
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {token}"
         # Warm-up: the worker loads the model on its first job.
@@ -330,7 +274,7 @@ def main() -> int:
 
         connections.close_all()
         stop_process(seaweed, grace=1)
-        _database(env["DATABASE_URL"], create=False)
+        database(env["DATABASE_URL"], create=False)
 
 
 if __name__ == "__main__":
