@@ -232,6 +232,27 @@ def test_an_application_keeps_the_card_versions_seen_at_submission(outsider):
     assert CardVersionSeen.objects.filter(application=application).count() == 2
 
 
+def test_the_applicant_sees_on_their_status_page_the_card_versions_they_were_shown(
+    client, outsider
+):
+    application_fill(outsider, "7b", "13b")
+    _publish("7b", summary="A newer summary of 7B.")
+    client.force_login(outsider)
+
+    page = client.get("/access/").content.decode()
+
+    section = re.search(r'<p class="cards-seen" id="cards-seen">(.*?)</p>', page, re.S)
+    assert section, "the status page names no card version"
+    links = re.findall(r'href="([^"]+)">([^<]+)</a>', section.group(1))
+    assert sorted(href for href, _text in links) == [
+        "/models/13b/card/v1/",
+        "/models/7b/card/v1/",
+    ]
+    assert all(text.endswith("card, version 1") for _href, text in links)
+    for href, _text in links:
+        assert client.get(href).status_code == 200
+
+
 def test_a_card_version_an_application_saw_cannot_be_deleted(outsider):
     from django.db.models import ProtectedError
 
