@@ -56,3 +56,21 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     if raw is None:
         return list(default or [])
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_ranks(name: str) -> dict[str, int]:
+    """`slug:count` pairs, comma-separated ("33b:4,65b:8"), as {slug: count}."""
+    out: dict[str, int] = {}
+    for item in env_list(name):
+        slug, sep, count = item.partition(":")
+        try:
+            value = int(count) if sep else 0
+        except ValueError:
+            value = 0
+        if not slug.strip() or value < 1:
+            raise ImproperlyConfigured(
+                f"{name} must list size:ranks pairs such as 33b:4,65b:8 (ranks at least 1), "
+                f"got {item!r}"
+            )
+        out[slug.strip()] = value
+    return out

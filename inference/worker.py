@@ -3,7 +3,17 @@
 - The model is loaded once per process, lazily, on the first job of its size (never at
   import and never before Celery forks, so CUDA is first touched inside the child), from
   `JOBS_MODEL_CACHE_DIR/<slug>/`, which `weights.services.checkpoint_fetch` fills from S3
-  with every file's SHA-256 checked against the WeightFile manifest.
+  with every file's SHA-256 checked against the WeightFile manifest. First the size is
+  checked against the memory it would have (weights per rank plus the KV cache of
+  JOBS_MAX_BATCH_SIZE rows of its context); a size that cannot fit is refused with the
+  numbers instead of dying half-loaded.
+- Tensor parallel (`ranks_for`, JOBS_TP_SIZES): this process is rank 0 of an
+  `inference.llama.group.Group` whose follower processes (one GPU each, or gloo processes
+  on the CPU) load only their shards and live as long as this process. Rank 0 runs the
+  batch below exactly as a single process does; the followers mirror its decoder steps.
+  A rank that dies or a collective that fails (JOBS_TP_TIMEOUT_SECONDS) ends the batch:
+  its jobs are handed back (`job_take_back`: queued again, counted as an attempt) and the
+  group is started again for the next job.
 - Continuous batching: Celery (prefetch 1, acks_late) hands the process one message at a
   time. The task claims its own job and opens a `BatchRun`, whose loop also claims the
   oldest queued jobs of the same size from the database (conditional UPDATEs) into free
@@ -18,6 +28,7 @@
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import logging
 import os
@@ -53,6 +64,9 @@ logger = logging.getLogger(__name__)
 CLAIM_POLL_SECONDS = 0.05  # how often a batch with free slots looks for queued jobs
 
 _models: dict[str, Any] = {}
+# slug -> the tensor-parallel group (inference.llama.group.Group) behind _models[slug]; one
+# of one rank (this process alone) for a size served without tensor parallelism.
+_groups: dict[str, Any] = {}
 # One decoder (and its KV cache: gigabytes for 7B) per size, kept between batches: allocating
 # it for every batch would cost a scoring request, which uses no cache, more than its work.
 _decoders: dict[tuple, Any] = {}
@@ -85,31 +99,109 @@ def _cache_lock(directory: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def visible_gpus() -> int:
+    """GPUs this worker may use, told without touching CUDA (the parent of a prefork pool
+    must not): CUDA_VISIBLE_DEVICES when set, else the /dev/nvidiaN device files."""
+    if settings.JOBS_DEVICE == "cpu":
+        return 0
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return len([d for d in listed.split(",") if d.strip() and d.strip() != "-1"])
+    return sum(1 for p in Path("/dev").glob("nvidia[0-9]*") if p.name[6:].isdigit())
+
+
+def ranks_for(slug: str, shard_count: int) -> int:
+    """Tensor-parallel ranks of a size here: JOBS_TP_SIZES when it names the size; else, on
+    GPUs, the most that both the visible GPUs and the shards allow (a rank holds one shard
+    or a whole number of them); on the CPU one process."""
+    configured = settings.JOBS_TP_SIZES.get(slug)
+    if configured:
+        return configured
+    gpus = visible_gpus() if settings.JOBS_DEVICE != "cpu" else 0
+    if gpus <= 1:
+        return 1
+    return max(n for n in range(1, min(gpus, shard_count) + 1) if shard_count % n == 0)
+
+
 def model_for(variant: ModelVariant):
-    """This process's loaded model of `variant` (an `inference.llama.Llama`)."""
+    """This process's loaded model of `variant` (an `inference.llama.Llama`): rank 0's
+    slice when the size runs tensor parallel. A group that lost a rank while idle is
+    started again here."""
     with _models_lock:
         llama = _models.get(variant.slug)
+        group = _groups.get(variant.slug)
         if llama is not None:
-            return llama
-        from inference.llama import Llama  # torch: imported on first use, after the fork
+            lost = group.lost() if group is not None else None
+            if lost is None:
+                return llama
+            logger.error("%s: %s while idle; starting its group again", variant, lost)
+            _group_drop(variant.slug, lost)
+        # torch: imported on first use, after the fork
+        from inference.llama.group import Group, GroupSpec
 
-        if settings.JOBS_TORCH_THREADS:
-            import torch
-
-            torch.set_num_threads(settings.JOBS_TORCH_THREADS)
         directory = Path(settings.JOBS_MODEL_CACHE_DIR) / variant.slug
         started = time.monotonic()
         with _cache_lock(directory):
             checkpoint_fetch(variant=variant, directory=directory)
-        llama = Llama.load(
-            directory,
+        ranks = ranks_for(variant.slug, variant.shard_count)
+        spec = GroupSpec(
+            ckpt_dir=str(directory),
+            world_size=ranks,
             device=_device(),
             dtype=settings.JOBS_DTYPE,
+            quantize=getattr(settings, "JOBS_QUANTIZE", "") or None,
             max_seq_len=variant.context_length,
+            max_batch_size=settings.JOBS_MAX_BATCH_SIZE,
+            timeout_s=settings.JOBS_TP_TIMEOUT_SECONDS,
+            threads=settings.JOBS_TORCH_THREADS,
+            label=str(variant),
         )
-        logger.info("loaded %s from %s in %.1fs", variant, directory, time.monotonic() - started)
+        group = Group(spec)
+        llama = group.start(params=_checkpoint_params(directory, variant))
+        logger.info(
+            "loaded %s from %s on %d rank(s) in %.1fs",
+            variant,
+            directory,
+            ranks,
+            time.monotonic() - started,
+        )
         _models[variant.slug] = llama
+        _groups[variant.slug] = group
         return llama
+
+
+def _checkpoint_params(directory: Path, variant: ModelVariant) -> dict:
+    from inference.llama.layout import read_params
+
+    try:
+        return read_params(directory)
+    except Exception:
+        return dict(variant.params)
+
+
+def _group_drop(slug: str, reason: str) -> None:
+    """Forget a size's model and tear its group down (a lost rank, a broken batch): the
+    next job starts a new one."""
+    _models.pop(slug, None)
+    _decoders.clear()
+    group = _groups.pop(slug, None)
+    if group is not None:
+        group.abort(reason)
+
+
+def ranks_serving(slug: str) -> int:
+    """Ranks of the group this process runs for `slug` now (0: none loaded)."""
+    group = _groups.get(slug)
+    return group.spec.world_size if group is not None else 0
+
+
+@atexit.register
+def _stop_groups() -> None:
+    for group in list(_groups.values()):
+        try:
+            group.stop()
+        except Exception:  # going away anyway; the followers die with this process
+            logger.warning("could not stop a tensor-parallel group cleanly", exc_info=True)
 
 
 def _decoder_for(llama, variant: ModelVariant, max_batch: int):
@@ -190,10 +282,11 @@ class _Running:
 class BatchRun:
     """One decoder, the jobs in it, and the loop that feeds it."""
 
-    def __init__(self, llama, variant: ModelVariant, worker: WorkerIdentity):
+    def __init__(self, llama, variant: ModelVariant, worker: WorkerIdentity, group=None):
         self.llama = llama
         self.variant = variant
         self.worker = worker
+        self.group = group  # tensor parallel: the followers mirror this run's decoder
         self.max_batch = settings.JOBS_MAX_BATCH_SIZE
         self.decoder = _decoder_for(llama, variant, self.max_batch)
         self.running: dict[str, _Running] = {}
@@ -377,6 +470,17 @@ class BatchRun:
             running = self.running.pop(key)
             self._end(running.job, JobState.FAILED, error=error)
 
+    def hand_back(self, reason: str) -> int:
+        """The batch cannot go on here (a tensor-parallel rank was lost): every job in it
+        goes back to its queue, or fails after JOBS_MAX_ATTEMPTS, once (its claim)."""
+        handed = 0
+        for key in list(self.running):
+            job = self.running.pop(key).job
+            state = job_take_back(job_id=job.pk, claim_id=job.claim_id, reason=reason)
+            handed += state is not None
+        self.buffer.flush(force=True)
+        return handed
+
     # -- the loop ---------------------------------------------------------------------------
     def _claim_more(self) -> None:
         # Scoring jobs take no cache rows: the jobs that came with them still join this step.
@@ -385,6 +489,13 @@ class BatchRun:
             self.add(job)
 
     def run(self, *, admit_until: float) -> None:
+        if self.group is not None:
+            self.group.begin(self.decoder)
+        self._loop(admit_until=admit_until)
+        if self.group is not None:
+            self.group.end(self.decoder)  # only after a clean loop: see job_run
+
+    def _loop(self, *, admit_until: float) -> None:
         last_claim = 0.0  # look for jobs that arrived with this one at once
         last_poll = time.monotonic()
         while True:
@@ -456,7 +567,10 @@ def job_run(job_id: str, *, node: str = "", soft_time_limit: float | None = None
     if claimed is None:
         return "claimed by another worker"
     _ensure_listener()
-    run = BatchRun(llama, claimed.variant, worker)
+    slug = claimed.variant.slug
+    group = _groups.get(slug)
+    parallel = group is not None and group.spec.world_size > 1
+    run = BatchRun(llama, claimed.variant, worker, group=group if parallel else None)
     _active_run = run
     started = time.monotonic()
     # Admit new jobs during the first half of the time limit only, so that every job in the
@@ -468,6 +582,8 @@ def job_run(job_id: str, *, node: str = "", soft_time_limit: float | None = None
         run.run(admit_until=admit_until)
     except SoftTimeLimitExceeded:
         _decoders.clear()  # it still holds the stopped batch's requests
+        if parallel:  # the followers are inside a step rank 0 left: out of step for good
+            _group_drop(slug, "a batch was stopped at its time limit")
         run.fail_all(
             f"The job ran past the time limit of {limit:g} seconds and was stopped. Ask for "
             "fewer new tokens."
@@ -475,6 +591,21 @@ def job_run(job_id: str, *, node: str = "", soft_time_limit: float | None = None
         return "time limit"
     except Exception as exc:
         _decoders.clear()
+        if parallel:
+            # A rank died or a collective failed or timed out: the survivors are out of
+            # step. The batch's jobs go back to the queue (each runs again once, on the new
+            # group) and the group starts again on the next job.
+            reason = group.explain(exc)
+            _group_drop(slug, reason)
+            handed = run.hand_back(f"{reason}; the tensor-parallel group was restarted")
+            logger.error(
+                "%s: %s; %d job(s) handed back; the group of %d ranks starts again on the next job",
+                claimed.variant,
+                reason,
+                handed,
+                group.spec.world_size,
+            )
+            return "tensor-parallel group lost"
         logger.exception("generation failed on %s", node)
         reason = type(exc).__name__
         if "OutOfMemory" in reason:

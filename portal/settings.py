@@ -13,7 +13,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from core.env import env_bool, env_float, env_int, env_list, env_str
+from core.env import env_bool, env_float, env_int, env_list, env_ranks, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("PORTAL_VAR_DIR", str(BASE_DIR / "var")))
@@ -334,6 +334,13 @@ JOBS_DTYPE = env_str("JOBS_DTYPE", "auto")
 JOBS_TORCH_THREADS = env_int("JOBS_TORCH_THREADS", 0)
 # Sequences one worker process decodes together (continuous batching).
 JOBS_MAX_BATCH_SIZE = env_int("JOBS_MAX_BATCH_SIZE", 8)
+# Tensor-parallel ranks per size, "33b:4,65b:8": the worker of such a queue drives that
+# many processes (one GPU each; gloo processes on the CPU). A size not named: on GPUs, as
+# many ranks as its shards and the visible GPUs allow; on the CPU, one process.
+JOBS_TP_SIZES = env_ranks("JOBS_TP_SIZES")
+# A collective of a tensor-parallel group (and its start) that takes longer than this
+# means a rank hangs or died: the batch is handed back and the group restarted.
+JOBS_TP_TIMEOUT_SECONDS = env_float("JOBS_TP_TIMEOUT_SECONDS", 120.0)
 # Deliveries of one job before it is failed instead of retried (a job that kills its
 # worker, e.g. out of GPU memory, must not loop).
 JOBS_MAX_ATTEMPTS = env_int("JOBS_MAX_ATTEMPTS", 3)

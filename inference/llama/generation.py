@@ -409,13 +409,16 @@ class BatchDecoder:
             pass
 
     def close(self) -> None:
-        """Rank 0 under tensor parallelism: release the followers. A no-op otherwise."""
+        """Rank 0 under tensor parallelism: release the followers from `follow()`. A no-op
+        otherwise, or when they were released and no step ran since. A server that keeps
+        its decoder between batches (the jobs worker) has them follow again, and steps."""
         if self.par.enabled and self.par.is_leader and not self._closed:
             self._closed = True
             self._sync_control([], {}, shutdown=True)
 
     @torch.inference_mode()
     def _step(self) -> tuple[list[Completion], bool]:
+        self._closed = False  # the followers follow again (see close())
         with self._lock:
             incoming, self._incoming = self._incoming, []
             cancels, self._cancels = self._cancels, {}

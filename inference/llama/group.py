@@ -1,0 +1,485 @@
+"""A long-lived tensor-parallel group driven by a server process (the jobs worker).
+
+`parallel.spawn` runs one function in N fresh processes and waits for them; a server needs
+the opposite shape: its own process is rank 0 and drives batches whenever work arrives,
+and N - 1 follower processes stay loaded for its whole life. `Group` is that shape:
+
+- `Group(spec).start()` checks that the size fits (`memory_check`), starts the followers
+  (`python -m inference.llama.group`, one per GPU or gloo processes on the CPU), joins the
+  process group as rank 0 with a collective timeout (`spec.timeout_s`: a lost peer raises
+  instead of hanging), loads rank 0's slice and waits until every follower says it loaded
+  its own (or why it could not).
+- Between batches the followers wait on their stdin, not inside a collective, so an idle
+  worker never runs into the collective timeout; EOF (rank 0's process is gone) ends them,
+  as does PR_SET_PDEATHSIG.
+- `begin(decoder)` tells every follower to mirror that decoder (same batch rows and cache
+  length; a new decoder id makes them build a new one, exactly when rank 0 did) and they
+  enter `BatchDecoder.follow()`: rank 0 broadcasts each step's new requests, cancellations
+  and sampled tokens (see `generation`), `end(decoder)` releases them.
+- A follower that dies, a collective that fails or times out: `lost()` says which rank and
+  why, and `abort()` kills what is left and leaves the process group, so a new `Group` can
+  start in the same process.
+
+Nothing here imports Django: the worker (inference/worker.py) claims jobs and hands back
+the batch of a lost group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .parallel import Parallel, free_port
+
+log = logging.getLogger(__name__)
+
+GB = 1e9
+
+
+class GroupError(RuntimeError):
+    """The group could not start, or lost a rank: the message says which and why."""
+
+
+class DoesNotFit(GroupError):
+    """The size does not fit the memory this worker was given; the message has the numbers."""
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    ckpt_dir: str
+    world_size: int
+    device: str = "cpu"  # "cpu" or "cuda" (rank r takes GPU r of the visible ones)
+    dtype: str = "auto"
+    quantize: str | None = None
+    max_seq_len: int | None = None
+    max_batch_size: int = 8  # for the memory check: the KV cache the worker will allocate
+    timeout_s: float = 120.0  # any collective, and the start, must finish within this
+    threads: int = 0  # torch threads per rank on the CPU (0: cores / ranks)
+    label: str = ""  # what the messages call the model: "LLaMA 65B"
+    vocab_size: int = 0  # the tokenizer's, for the memory check when params.json says -1
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.device.startswith("cuda") else "gloo"
+
+    def name(self) -> str:
+        return self.label or Path(self.ckpt_dir).name
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    weights_per_rank: int  # bytes
+    kv_cache_per_rank: int  # bytes, for max_batch_size rows of max_seq_len tokens
+    ranks: int
+    batch: int
+    context: int
+
+    @property
+    def per_rank(self) -> int:
+        return self.weights_per_rank + self.kv_cache_per_rank
+
+
+def memory_plan(
+    params: dict,
+    *,
+    world_size: int,
+    dtype: torch.dtype,
+    quantize: str | None = None,
+    max_batch_size: int,
+    max_seq_len: int,
+    vocab_size: int | None = None,
+) -> MemoryPlan:
+    """Bytes each rank needs: its slice of the weights (int8: one byte per element of the
+    projection matrices plus a scale per output row) and its heads' share of the KV cache."""
+    from .checkpoint import expected_shapes
+    from .model import ModelArgs
+
+    vocab = int(params.get("vocab_size", -1))
+    if vocab <= 0:
+        vocab = vocab_size or 32000  # -1 in params.json: the tokenizer's size (LLaMA's 32000)
+    args = ModelArgs.from_params(params, vocab_size=vocab, max_seq_len=max_seq_len)
+    shapes = expected_shapes(args, Parallel(world_size=world_size))
+    item = torch.empty((), dtype=dtype).element_size()
+    weights = 0
+    for name, shape in shapes.items():
+        numel = shape.numel()
+        if quantize == "int8" and len(shape) == 2 and "tok_embeddings" not in name:
+            weights += numel + shape[0] * item
+        else:
+            weights += numel * item
+    kv_per_rank = max(1, args.kv_heads // world_size) * args.head_dim
+    kv = 2 * args.n_layers * max_batch_size * max_seq_len * kv_per_rank * item
+    return MemoryPlan(weights, kv, world_size, max_batch_size, max_seq_len)
+
+
+def available_bytes(device: str) -> tuple[int, str]:
+    """Free memory where a rank's tensors go: the GPU's free memory, or the host's
+    MemAvailable (every CPU rank shares it)."""
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return free, f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024, "this host's RAM (MemAvailable)"
+    return 0, "this host's RAM"
+
+
+def memory_check(
+    spec: GroupSpec, params: dict, *, available: tuple[int, str] | None = None
+) -> None:
+    """Raise DoesNotFit, naming the numbers, when the size cannot fit. On the CPU all ranks
+    share the host's memory; on CUDA each rank checks its own GPU (rank 0 here, the
+    followers before they load)."""
+    from .engine import resolve_dtype
+
+    dtype = resolve_dtype(spec.dtype, spec.device, spec.quantize)
+    context = spec.max_seq_len or int(params.get("max_seq_len", 2048))
+    plan = memory_plan(
+        params,
+        world_size=spec.world_size,
+        dtype=dtype,
+        quantize=spec.quantize,
+        max_batch_size=spec.max_batch_size,
+        max_seq_len=context,
+        vocab_size=spec.vocab_size or None,
+    )
+    free, where = available if available is not None else available_bytes(spec.device)
+    on_cpu = not spec.device.startswith("cuda")
+    need = plan.per_rank * (spec.world_size if on_cpu else 1)
+    if need > free:
+        precision = f"{str(dtype).removeprefix('torch.')}" + (
+            f", {spec.quantize} weights" if spec.quantize else ""
+        )
+        share = f"{spec.world_size} ranks x " if on_cpu and spec.world_size > 1 else ""
+        raise DoesNotFit(
+            f"{spec.name()} does not fit: {share}{_gb(plan.per_rank)} per rank "
+            f"({_gb(plan.weights_per_rank)} of weights in {precision} on {spec.world_size} "
+            f"rank(s) + {_gb(plan.kv_cache_per_rank)} of KV cache for {plan.batch} rows x "
+            f"{plan.context} tokens) = {_gb(need)} needed, but {where} has {_gb(free)} free. "
+            "Give it more ranks (JOBS_TP_SIZES), int8 weights, or a smaller JOBS_MAX_BATCH_SIZE."
+        )
+
+
+def _gb(n: int) -> str:
+    return f"{n / GB:.2f} GB"
+
+
+# --- rank 0 ------------------------------------------------------------------------------------
+
+
+class Group:
+    """Rank 0 of a tensor-parallel group in this process, and its followers."""
+
+    def __init__(self, spec: GroupSpec):
+        self.spec = spec
+        self.followers: list[subprocess.Popen] = []
+        self.llama: Any = None
+        self.par = Parallel()
+        self._following = False
+        self._broken: str | None = None
+
+    # -- start and stop ----------------------------------------------------------------------
+    def start(self, params: dict | None = None):
+        """Start the followers and load rank 0's slice; returns the `Llama` of rank 0."""
+
+        spec = self.spec
+        if params is not None:
+            memory_check(spec, params)
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        elif spec.world_size > 1 and spec.backend == "gloo":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.world_size))
+        if spec.world_size == 1:
+            self.llama = self._load(Parallel())
+            return self.llama
+        port = free_port()
+        started = time.monotonic()
+        for rank in range(1, spec.world_size):
+            self.followers.append(_start_follower(spec, rank, port))
+        try:
+            self.par = self._join(port)
+            self.llama = self._load(self.par)
+            for rank, proc in enumerate(self.followers, start=1):
+                self._expect_ready(rank, proc, started + spec.timeout_s)
+        except BaseException:
+            self.abort()
+            raise
+        log.info(
+            "%s: %d ranks (%s) loaded in %.1fs",
+            spec.name(),
+            spec.world_size,
+            spec.backend,
+            time.monotonic() - started,
+        )
+        return self.llama
+
+    def _join(self, port: int) -> Parallel:
+        spec = self.spec
+        if dist.is_initialized():  # a group this process left behind: start clean
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+        if spec.backend == "nccl":
+            torch.cuda.set_device(0)
+        try:
+            dist.init_process_group(
+                spec.backend,
+                init_method=f"tcp://127.0.0.1:{port}",
+                rank=0,
+                world_size=spec.world_size,
+                timeout=timedelta(seconds=spec.timeout_s),
+            )
+        except Exception as exc:
+            raise GroupError(
+                f"{spec.name()}: the {spec.world_size} ranks did not join within "
+                f"{spec.timeout_s:g}s ({self._why_not(exc)})"
+            ) from exc
+        return Parallel(world_size=spec.world_size, rank=0)
+
+    def _load(self, par: Parallel):
+        from .engine import Llama
+
+        spec = self.spec
+        device = "cuda:0" if spec.backend == "nccl" else spec.device
+        return Llama.load(
+            spec.ckpt_dir,
+            device=device,
+            dtype=spec.dtype,
+            max_seq_len=spec.max_seq_len,
+            parallel=par,
+            quantize=spec.quantize,
+        )
+
+    def _expect_ready(self, rank: int, proc: subprocess.Popen, deadline: float) -> None:
+        line = _read_line(proc, deadline)
+        if line == "ready":
+            return
+        if line.startswith("error "):
+            raise GroupError(f"{self.spec.name()}: rank {rank} could not start: {line[6:]}")
+        raise GroupError(f"{self.spec.name()}: rank {rank} {_exit_text(proc) or 'did not start'}")
+
+    def stop(self) -> None:
+        """Release the followers and leave the group (the worker is shutting down)."""
+        for proc in self.followers:
+            with contextlib.suppress(Exception):
+                proc.stdin.write(b"exit\n")
+                proc.stdin.flush()
+        for proc in self.followers:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._leave()
+
+    def abort(self, reason: str = "") -> None:
+        """Kill what is left of the group: after a lost rank or a failed collective the
+        survivors are out of step and cannot be trusted with another batch."""
+        if reason:
+            self._broken = self._broken or reason
+        for proc in self.followers:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        for proc in self.followers:
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=10)
+        self._leave()
+
+    def _leave(self) -> None:
+        if dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+        self._following = False
+
+    # -- health -------------------------------------------------------------------------------
+    def lost(self) -> str | None:
+        """Why this group cannot run another step (a rank that exited), or None."""
+        if self._broken:
+            return self._broken
+        for rank, proc in enumerate(self.followers, start=1):
+            text = _exit_text(proc)
+            if text:
+                return f"tensor-parallel rank {rank} of {self.spec.world_size} {text}"
+        return None
+
+    def _why_not(self, exc: BaseException) -> str:
+        return self.lost() or f"{type(exc).__name__}: {exc}"
+
+    def explain(self, exc: BaseException) -> str:
+        """The reason a collective failed, for the jobs handed back and the log: the dead
+        rank when there is one (give its exit a moment to be seen), else the error."""
+        deadline = time.monotonic() + 2
+        while self.lost() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self._why_not(exc)
+
+    # -- batches ------------------------------------------------------------------------------
+    def begin(self, decoder) -> None:
+        """Have the followers mirror `decoder` until `end(decoder)`."""
+        if self.spec.world_size == 1 or self._following:
+            return
+        reason = self.lost()
+        if reason:
+            raise GroupError(reason)
+        command = {
+            "cmd": "follow",
+            "decoder": id(decoder),
+            "max_batch_size": decoder.max_batch_size,
+            "max_seq_len": decoder.max_seq_len,
+        }
+        line = (json.dumps(command) + "\n").encode()
+        try:
+            for proc in self.followers:
+                proc.stdin.write(line)
+                proc.stdin.flush()
+        except OSError as exc:
+            raise GroupError(self._why_not(exc)) from exc
+        self._following = True
+
+    def end(self, decoder) -> None:
+        if self.spec.world_size == 1 or not self._following:
+            return
+        decoder.close()
+        self._following = False
+
+
+def _start_follower(spec: GroupSpec, rank: int, port: int) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    argv = [sys.executable, "-m", "inference.llama.group", json.dumps(asdict(spec)), str(rank)]
+    argv.append(str(port))
+    return subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True
+    )
+
+
+def _read_line(proc: subprocess.Popen, deadline: float) -> str:
+    """One line of a follower's stdout, or "" at EOF or the deadline."""
+    fd = proc.stdout.fileno()
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return ""
+        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if not ready:
+            if proc.poll() is not None:
+                return ""
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return ""
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def _exit_text(proc: subprocess.Popen) -> str | None:
+    code = proc.poll()
+    if code is None:
+        return None
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"(pid {proc.pid}) was killed by {name}"
+    return f"(pid {proc.pid}) exited with code {code}"
+
+
+# --- a follower ---------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def follower_main(spec: GroupSpec, rank: int, port: int) -> int:
+    _die_with_parent()
+    out = sys.stdout
+    try:
+        if spec.backend == "nccl":
+            torch.cuda.set_device(rank)
+        elif spec.threads:
+            torch.set_num_threads(spec.threads)
+        else:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.world_size))
+        if spec.backend == "nccl":
+            from .checkpoint import read_params
+
+            params = read_params(spec.ckpt_dir)
+            memory_check(spec, params)
+        dist.init_process_group(
+            spec.backend,
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=spec.world_size,
+            timeout=timedelta(seconds=spec.timeout_s),
+        )
+        par = Parallel(world_size=spec.world_size, rank=rank)
+        from .engine import Llama
+
+        llama = Llama.load(
+            spec.ckpt_dir,
+            device=f"cuda:{rank}" if spec.backend == "nccl" else spec.device,
+            dtype=spec.dtype,
+            max_seq_len=spec.max_seq_len,
+            parallel=par,
+            quantize=spec.quantize,
+        )
+    except Exception as exc:
+        log.exception("rank %d could not start", rank)
+        out.write(f"error {type(exc).__name__}: {exc}".replace("\n", " ") + "\n")
+        out.flush()
+        return 1
+    out.write("ready\n")
+    out.flush()
+    decoder, decoder_id = None, None
+    for raw in sys.stdin:
+        command = json.loads(raw)
+        if command["cmd"] == "exit":
+            break
+        if command["cmd"] == "follow":
+            if command["decoder"] != decoder_id:
+                decoder = None  # free the old cache first
+                decoder = llama.decoder(
+                    max_batch_size=command["max_batch_size"], max_seq_len=command["max_seq_len"]
+                )
+                decoder_id = command["decoder"]
+            decoder.follow()
+    # stdin closed (rank 0 is gone) or told to exit: leave without a barrier, which a dead
+    # rank 0 would never reach.
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format=f"[tp rank {argv[1]}] %(levelname)s %(name)s: %(message)s"
+    )
+    spec = GroupSpec(**json.loads(argv[0]))
+    return follower_main(spec, int(argv[1]), int(argv[2]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
