@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
+import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,6 +28,7 @@ from django.utils import timezone
 from accounts.selectors import access_require
 from catalog.models import ModelVariant
 from catalog.selectors import variant_availability
+from core import workers
 from core.errors import Conflict, InvalidInput, RateLimited, ServiceUnavailable
 from inference import events
 from inference.models import (
@@ -346,6 +349,7 @@ def _enqueue(job: GenerationJob) -> None:
             logger.warning("job %s stays queued; its message could not be sent: %s", job_id, exc)
             return
         GenerationJob.objects.filter(pk=job_id).update(message_sent=True)
+        job.message_sent = True  # the caller's copy answers the request that queued it
 
     transaction.on_commit(send)
 
@@ -595,7 +599,9 @@ def job_take_back(
         if to_state == JobState.QUEUED:
             job.queued_at = now
             job.outputs = []
-            fields += ["queued_at", "outputs"]
+            # Without a new message, the sweep sends one if no worker claims it meanwhile.
+            job.message_sent = job.message_sent and requeue
+            fields += ["queued_at", "outputs", "message_sent"]
         else:
             job.error = message
             job.finished_at = now
@@ -614,6 +620,70 @@ def job_take_back(
     return to_state
 
 
+def jobs_take_back_batch(*, job: GenerationJob, reason: str, requeue: bool = False) -> dict:
+    """Every job the process that ran `job` still holds (its whole batch: same host and
+    pid) goes back to the queue in one transaction, so the next worker claims them together
+    into one batch instead of one at a time as their messages come. Returns {job id: new
+    state} of the jobs taken back (a job over JOBS_MAX_ATTEMPTS fails instead).
+
+    `requeue=False`: no new messages (the calling worker claims them at once; the sweep
+    sends any it leaves queued)."""
+    held = GenerationJob.objects.filter(state=JobState.RUNNING)
+    if job.worker_pid:
+        held = held.filter(worker_host=job.worker_host, worker_pid=job.worker_pid)
+    else:
+        held = held.filter(pk=job.pk)
+    states = {}
+    with transaction.atomic():
+        for pk, claim_id in held.order_by("created_at").values_list("pk", "claim_id"):
+            state = job_take_back(job_id=pk, claim_id=claim_id, reason=reason, requeue=requeue)
+            if state is not None:
+                states[pk] = state
+    return states
+
+
+def _process_gone(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: alive
+        return False
+    return False
+
+
+def _dead_holders(now: datetime) -> list[GenerationJob]:
+    """One running job per process presumed dead: its heartbeat stopped for
+    JOBS_STALE_SECONDS; or for a few heartbeats when its process is known gone (same host,
+    no such pid) or no live worker consumes its size's queue any more (core.workers)."""
+    quiet = now - timedelta(seconds=max(3 * settings.JOBS_HEARTBEAT_SECONDS, 3))
+    stale = now - timedelta(seconds=settings.JOBS_STALE_SECONDS)
+    host = socket.gethostname()
+    found: dict[tuple, GenerationJob] = {}
+    consumers: dict[str, int | None] = {}
+    running = (
+        GenerationJob.objects.filter(state=JobState.RUNNING, heartbeat_at__lt=quiet)
+        .select_related("variant")
+        .order_by("created_at")
+    )
+    for job in running:
+        holder = (job.worker_host, job.worker_pid) if job.worker_pid else ("", job.pk)
+        if holder in found:
+            continue
+        queue = job.variant.queue_name
+        if queue not in consumers:
+            consumers[queue] = workers.consumers(queue)
+        if (
+            (job.heartbeat_at < stale)
+            or (job.worker_host == host and _process_gone(job.worker_pid))
+            or consumers[queue] == 0
+        ):
+            found[holder] = job
+    return list(found.values())
+
+
 @dataclass
 class SweepResult:
     requeued: int = 0
@@ -628,16 +698,15 @@ def jobs_sweep_stuck(*, now: datetime | None = None) -> SweepResult:
     (Redis may have lost it; a duplicate is harmless); jobs nobody ran for hours fail."""
     now = now or timezone.now()
     result = SweepResult()
-    stale = GenerationJob.objects.filter(
-        state=JobState.RUNNING,
-        heartbeat_at__lt=now - timedelta(seconds=settings.JOBS_STALE_SECONDS),
-    ).values_list("pk", "claim_id")
-    for pk, claim_id in list(stale):
-        state = job_take_back(job_id=pk, claim_id=claim_id, reason="it stopped answering")
-        if state == JobState.QUEUED:
-            result.requeued += 1
-        elif state is not None:
-            result.failed += 1
+    for job in _dead_holders(now):
+        # The whole batch at once: its jobs are queued together, so one worker claims them
+        # together (its first message's job, then the others from the database).
+        states = jobs_take_back_batch(job=job, reason="its worker stopped answering", requeue=True)
+        for state in states.values():
+            if state == JobState.QUEUED:
+                result.requeued += 1
+            else:
+                result.failed += 1
     expire_before = now - timedelta(seconds=settings.JOBS_QUEUED_EXPIRE_SECONDS)
     for job in GenerationJob.objects.filter(
         state=JobState.QUEUED, created_at__lt=expire_before

@@ -57,6 +57,7 @@ from inference.services import (
     job_take_back,
     jobs_claim_queued,
     jobs_heartbeat,
+    jobs_take_back_batch,
 )
 
 logger = logging.getLogger(__name__)
@@ -543,9 +544,9 @@ def job_run(job_id: str, *, node: str = "", soft_time_limit: float | None = None
     if job.state == JobState.RUNNING:
         if not _holder_is_dead(job):
             return "running in another process"
-        state = job_take_back(
-            job_id=job.pk, claim_id=job.claim_id, reason="its worker process died", requeue=False
-        )
+        # Its whole batch goes back at once, so the run below claims them together again.
+        states = jobs_take_back_batch(job=job, reason="its worker process died", requeue=False)
+        state = states.get(job.pk)
         if state != JobState.QUEUED:
             return f"taken back from a dead worker: {state}"
     elif job.state != JobState.QUEUED:

@@ -11,6 +11,9 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from accounts.services import grant_revoke
 from accounts.tests.factories import ReviewerFactory
@@ -28,6 +31,7 @@ from inference.services import (
     jobs_claim_queued,
     jobs_heartbeat,
     jobs_sweep_stuck,
+    jobs_take_back_batch,
 )
 
 WORKER = WorkerIdentity(node="w1@host", host="elsewhere.example", pid=12345)
@@ -273,3 +277,153 @@ def test_a_message_the_broker_never_took_goes_out_at_the_next_sweep(
     assert sent == [str(taken.pk), str(lost.pk)]  # the one sent at submission is left alone
     assert GenerationJob.objects.get(pk=lost.pk).message_sent is True
     assert settings.JOBS_SWEEP_SECONDS <= 15
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _hold(jobs, *, host: str, pid: int, heartbeat_age: float) -> None:
+    """Mark `jobs` as one batch that the process `pid` on `host` runs."""
+    worker = WorkerIdentity(node=f"w{pid}@{host}", host=host, pid=pid)
+    for job in jobs:
+        assert job_claim(job_id=job.pk, worker=worker) is not None
+    GenerationJob.objects.filter(pk__in=[j.pk for j in jobs]).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=heartbeat_age)
+    )
+
+
+@pytest.fixture
+def sent_messages(monkeypatch) -> list[str]:
+    sent: list[str] = []
+    monkeypatch.setattr(
+        "inference.tasks.run_generation.apply_async", lambda **kw: sent.append(kw["args"][0])
+    )
+    return sent
+
+
+def test_the_sweep_hands_back_a_dead_processs_whole_batch_in_seconds(
+    researcher, demo, sent_messages, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A process on this host that is gone (kill -9): its batch is queued again at the first
+    sweep a few heartbeats later, all in one transaction, not after JOBS_STALE_SECONDS; a
+    live process's batch with the same quiet heartbeat is left alone."""
+    import socket
+
+    monkeypatch.setattr("core.workers.consumers", lambda queue: 1)  # the queue is served
+    with override_settings(JOBS_MAX_ACTIVE_PER_USER=10):
+        jobs = [
+            job_submit(user=researcher, variant=demo, prompts=[f"p{i}"], params={})
+            for i in range(6)
+        ]
+    here = socket.gethostname()
+    _hold(jobs[:4], host=here, pid=_dead_pid(), heartbeat_age=5)
+    _hold(jobs[4:], host=here, pid=os.getppid(), heartbeat_age=5)
+    sent_messages.clear()
+
+    with (
+        override_settings(JOBS_STALE_SECONDS=60, JOBS_HEARTBEAT_SECONDS=1),
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+    ):
+        result = jobs_sweep_stuck()
+
+    assert result.requeued == 4
+    states = dict(GenerationJob.objects.values_list("pk", "state"))
+    assert [states[j.pk] for j in jobs] == [JobState.QUEUED] * 4 + [JobState.RUNNING] * 2
+    assert sorted(sent_messages) == sorted(str(j.pk) for j in jobs[:4])
+    assert len(callbacks) >= 4  # every message went out after the one commit
+
+
+def test_a_batch_held_elsewhere_goes_back_when_no_worker_serves_its_queue(
+    researcher, demo, sent_messages, monkeypatch, django_capture_on_commit_callbacks
+):
+    served = {"gpu.demo": 1}
+    monkeypatch.setattr("core.workers.consumers", lambda queue: served[queue])
+    with override_settings(JOBS_MAX_ACTIVE_PER_USER=10):
+        jobs = [
+            job_submit(user=researcher, variant=demo, prompts=[f"p{i}"], params={})
+            for i in range(3)
+        ]
+    _hold(jobs, host="elsewhere.example", pid=4242, heartbeat_age=10)
+
+    with override_settings(JOBS_STALE_SECONDS=60, JOBS_HEARTBEAT_SECONDS=1):
+        assert jobs_sweep_stuck().requeued == 0  # its worker still announces the queue
+        served["gpu.demo"] = 0  # its presence keys lapsed: the worker is gone
+        with django_capture_on_commit_callbacks(execute=True):
+            assert jobs_sweep_stuck().requeued == 3
+
+
+def test_taking_back_a_batch_leaves_other_processes_jobs_and_marks_the_messages_unsent(
+    researcher, demo, sent_messages
+):
+    with override_settings(JOBS_MAX_ACTIVE_PER_USER=10):
+        jobs = [
+            job_submit(user=researcher, variant=demo, prompts=[f"p{i}"], params={})
+            for i in range(5)
+        ]
+    _hold(jobs[:3], host="h1", pid=111, heartbeat_age=0)
+    _hold(jobs[3:], host="h1", pid=222, heartbeat_age=0)
+    first = GenerationJob.objects.get(pk=jobs[1].pk)
+
+    states = jobs_take_back_batch(job=first, reason="its worker process died", requeue=False)
+
+    assert states == {j.pk: JobState.QUEUED for j in jobs[:3]}
+    rows = {r.pk: r for r in GenerationJob.objects.all()}
+    assert all(rows[j.pk].state == JobState.RUNNING for j in jobs[3:])
+    # No new message: the caller claims them; the sweep sends any it leaves queued.
+    assert not any(rows[j.pk].message_sent for j in jobs[:3])
+
+
+@given(
+    holders=st.lists(
+        st.tuples(st.booleans(), st.integers(min_value=1, max_value=3)), min_size=1, max_size=4
+    )
+)
+@hypothesis_settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_the_sweep_queues_exactly_the_jobs_of_dead_processes(holders, researcher, demo):
+    """Over any mix of batches (a dead or a live process, 1-3 jobs each, quiet heartbeats),
+    one sweep queues every job of a dead process and no other, each exactly once."""
+    import socket
+
+    from inference.models import JobEvent
+
+    GenerationJob.objects.all().delete()
+    here, live = socket.gethostname(), os.getppid()
+    expected = set()
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        override_settings(
+            JOBS_MAX_ACTIVE_PER_USER=100,
+            JOBS_TOKENS_PER_DAY=10**9,
+            JOBS_STALE_SECONDS=60,
+            JOBS_HEARTBEAT_SECONDS=1,
+        ),
+    ):
+        patch.setattr("core.workers.consumers", lambda queue: 1)
+        patch.setattr("inference.tasks.run_generation.apply_async", lambda **kw: None)
+        for is_dead, count in holders:
+            jobs = [
+                job_submit(user=researcher, variant=demo, prompts=["p"], params={})
+                for _ in range(count)
+            ]
+            _hold(jobs, host=here, pid=_dead_pid() if is_dead else live, heartbeat_age=5)
+            if is_dead:
+                expected |= {j.pk for j in jobs}
+        result = jobs_sweep_stuck()
+
+    states = dict(GenerationJob.objects.values_list("pk", "state"))
+    assert {pk for pk, state in states.items() if state == JobState.QUEUED} == expected
+    assert result.requeued == len(expected)
+    handed_back = list(
+        JobEvent.objects.filter(from_state=JobState.RUNNING, to_state=JobState.QUEUED).values_list(
+            "job_id", flat=True
+        )
+    )
+    assert sorted(handed_back) == sorted(expected)  # each once

@@ -178,6 +178,46 @@ def test_killing_the_worker_process_mid_job_still_gives_exactly_one_result(
     ]
 
 
+def test_the_batch_of_a_killed_worker_process_runs_again_as_one_batch(
+    jobs_worker, published_demo, researcher
+):
+    """kill -9 a process running a batch of 4: the next one takes the whole batch back
+    at its first message and claims the 4 together (their second runs overlap in one
+    process), each ending once with one result."""
+    from django.test import override_settings
+
+    with override_settings(JOBS_MAX_ACTIVE_PER_USER=8):
+        jobs = [
+            _submit(researcher, published_demo, prompt=f"The model {i}", max_new_tokens=60)
+            for i in range(4)
+        ]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        rows = list(GenerationJob.objects.filter(pk__in=[j.pk for j in jobs]))
+        pids = {r.worker_pid for r in rows}
+        if all(r.state == JobState.RUNNING for r in rows) and len(pids) == 1:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the 4 jobs never ran together")
+    [killed] = pids
+    assert killed in jobs_worker.children()
+    os.kill(killed, signal.SIGKILL)
+    for job in jobs:
+        wait_for_job(job, timeout=90)
+
+    assert all(j.state == JobState.SUCCEEDED for j in jobs), [j.error for j in jobs]
+    assert all(j.attempts == 2 and len(j.outputs) == 1 for j in jobs)
+    assert len({j.worker_pid for j in jobs}) == 1 and jobs[0].worker_pid != killed
+    first_end = min(j.finished_at for j in jobs)
+    assert all(j.started_at < first_end for j in jobs)  # one batch, not one at a time
+    for job in jobs:
+        states = list(job.events.values_list("from_state", "to_state"))
+        assert states.count(("running", "queued")) == 1
+        assert states[-1] == ("running", "succeeded")
+        assert states.count(("running", "succeeded")) == 1
+
+
 def test_a_job_that_keeps_killing_its_worker_fails_with_a_message(
     jobs_worker, published_demo, researcher
 ):
