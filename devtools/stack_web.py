@@ -41,6 +41,16 @@ def beat(args: list[str]) -> None:
         call_command("seed_demo", only=["weights"])
     except Exception as exc:  # the portal works without the demo model; say so and go on
         print(f"Could not publish the demo model: {exc}", file=sys.stderr, flush=True)
+    # A small task and its finished evaluation, so the evaluations page is not empty. The web
+    # process migrates and seeds the accounts meanwhile: wait for them a minute at most.
+    for attempt in range(30):
+        try:
+            call_command("seed_demo", only=["evaluations"])
+            break
+        except Exception as exc:  # the portal works without them; say so and go on
+            if attempt == 29:
+                print(f"Could not seed the demo evaluations: {exc}", file=sys.stderr, flush=True)
+            time.sleep(2)
     os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "portal", "beat", *args])
 
 

@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "accounts",
     "weights",
     "inference",
+    "evaluations",
     "review",
 ]
 
@@ -380,6 +381,24 @@ CELERY_BEAT_SCHEDULE["inference.jobs_sweep_stuck"] = {
     "task": "inference.jobs_sweep_stuck",
     "schedule": JOBS_SWEEP_SECONDS,
     "options": {"queue": "default", "expires": JOBS_SWEEP_SECONDS},
+}
+
+# --- Evaluations run by the portal (evaluations/) ---------------------------------------
+# A researcher's tasks (staff: no limit), and the size of one task file.
+EVAL_TASKS_PER_USER = env_int("EVAL_TASKS_PER_USER", 20)
+EVAL_TASK_MAX_ITEMS = env_int("EVAL_TASK_MAX_ITEMS", 5000)
+EVAL_TASK_MAX_BYTES = env_int("EVAL_TASK_MAX_BYTES", 5 * 1024 * 1024)
+EVAL_ACTIVE_PER_USER = env_int("EVAL_ACTIVE_PER_USER", 2)
+# Scoring jobs in flight per evaluation, and the tokens of one (in full contexts).
+EVAL_MAX_OUTSTANDING_JOBS = env_int("EVAL_MAX_OUTSTANDING_JOBS", 4)
+EVAL_CHUNK_CONTEXTS = env_int("EVAL_CHUNK_CONTEXTS", 16)
+# Failed scoring jobs (not cancelled ones) after which an evaluation fails (resumable).
+EVAL_MAX_FAILED_JOBS = env_int("EVAL_MAX_FAILED_JOBS", 3)
+EVAL_SWEEP_SECONDS = env_int("EVAL_SWEEP_SECONDS", 5)
+CELERY_BEAT_SCHEDULE["evaluations.sweep"] = {
+    "task": "evaluations.sweep",
+    "schedule": EVAL_SWEEP_SECONDS,
+    "options": {"queue": "default", "expires": EVAL_SWEEP_SECONDS},
 }
 
 # --- REST framework -------------------------------------------------------------------

@@ -17,6 +17,8 @@ urlpatterns = [
     path("client/<str:filename>", weights_views.client_wheel_download, name="client_wheel"),
     path("api/v1/", include("weights.api_urls")),
     path("api/v1/", include("inference.api_urls")),
+    path("api/v1/", include("evaluations.api_urls")),
+    path("evaluations/", include("evaluations.urls")),
     path("v1/", include("inference.openai_urls")),
     path("playground/", include("inference.urls")),
 ]

@@ -15,6 +15,8 @@ from django.core.management.base import BaseCommand
 SEEDERS = {
     "accounts": ("accounts.demo", "seed_demo_accounts"),
     "weights": ("weights.demo", "seed_demo_weights"),
+    # After the weights: the demo evaluations are scored on the published demo model.
+    "evaluations": ("evaluations.demo", "seed_demo_evaluations"),
 }
 
 
