@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.selectors import access_require, variants_accessible
+from accounts.selectors import access_check, access_require, variants_accessible
 from catalog.models import ModelVariant
 from catalog.selectors import variant_manifest
 from core.errors import (
@@ -393,7 +393,14 @@ def evaluation_advance(*, evaluation_id) -> Evaluation | None:
             evaluation.save(update_fields=fields)
             return evaluation
         if evaluation.scored_by == ScoredBy.WORKER:
-            _send_more(evaluation)
+            decision = access_check(
+                user=evaluation.owner, variant=evaluation.variant, purpose="generate"
+            )
+            if not decision.allowed:  # revoked or expired meanwhile: stop, saying why
+                _finish(evaluation, EvaluationState.FAILED, error=f"Stopped: {decision.message}")
+                _cancel_jobs(evaluation, decision.message)
+            else:
+                _send_more(evaluation)
         evaluation.save(update_fields=fields)
         return evaluation
 
@@ -459,16 +466,20 @@ def evaluation_cancel(
             )
         _finish(evaluation, EvaluationState.CANCELLED, error=reason)
         evaluation.save(update_fields=["state", "error", "note", "finished_at"])
-        jobs = GenerationJob.objects.filter(
-            evaluation_chunk__evaluation=evaluation,
-            evaluation_chunk__collected=False,
-            state__in=(JobState.QUEUED, JobState.RUNNING),
-        )
-        for job in jobs:
-            # One that ended meanwhile is collected as usual.
-            with contextlib.suppress(Conflict):
-                job_cancel(job=job, reason=f"Its evaluation was cancelled: {reason}")
+        _cancel_jobs(evaluation, reason)
     return evaluation
+
+
+def _cancel_jobs(evaluation: Evaluation, reason: str) -> None:
+    jobs = GenerationJob.objects.filter(
+        evaluation_chunk__evaluation=evaluation,
+        evaluation_chunk__collected=False,
+        state__in=(JobState.QUEUED, JobState.RUNNING),
+    )
+    for job in jobs:
+        # One that ended meanwhile is collected as usual.
+        with contextlib.suppress(Conflict):
+            job_cancel(job=job, reason=f"Its evaluation stopped: {reason}")
 
 
 def evaluation_resume(*, evaluation: Evaluation, user) -> Evaluation:
