@@ -69,6 +69,22 @@ class Availability:
     queue: str
     files: bool
     workers: int | None  # None: the broker cannot be asked
+    # Each live worker's tensor-parallel ranks (1: one process; 8: 65B on eight GPUs).
+    ranks: tuple[int, ...] = ()
+
+    @property
+    def served_by(self) -> str:
+        """ "1 worker", "2 workers, 4 tensor-parallel ranks each"; "" when none serves."""
+        if not self.workers:
+            return ""
+        text = f"{self.workers} worker{'s' if self.workers != 1 else ''}"
+        most = max(self.ranks, default=1)
+        if most > 1:
+            if len(set(self.ranks)) == 1:
+                each = " each" if self.workers > 1 else ""
+                return f"{text}, {most} tensor-parallel ranks{each}"
+            return f"{text}, up to {most} tensor-parallel ranks"
+        return text
 
     @property
     def runnable(self) -> bool:
@@ -101,15 +117,17 @@ def variants_availability(variants) -> dict[str, Availability]:
     with_files = set(
         WeightFile.objects.filter(variant__in=variants).values_list("variant_id", flat=True)
     )
-    return {
-        v.slug: Availability(
+    out = {}
+    for v in variants:
+        ranks = workers.serving(v.queue_name)
+        out[v.slug] = Availability(
             size=v.size,
             queue=v.queue_name,
             files=v.pk in with_files,
-            workers=workers.consumers(v.queue_name),
+            workers=None if ranks is None else len(ranks),
+            ranks=tuple(ranks or ()),
         )
-        for v in variants
-    }
+    return out
 
 
 def variant_availability(variant: ModelVariant) -> Availability:

@@ -154,6 +154,9 @@ def _model_object(variant: ModelVariant, availability: Availability) -> dict:
         # Extensions (clients ignore fields they do not know): can it run now, and if not, why.
         "ready": availability.runnable,
         "unavailable_reason": availability.run_note or None,
+        # How it is served: live workers, and the tensor-parallel ranks (GPUs) of the widest.
+        "workers": availability.workers,
+        "tensor_parallel_ranks": max(availability.ranks, default=None),
     }
 
 

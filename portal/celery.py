@@ -56,15 +56,39 @@ def _announce_presence(sender, **kwargs) -> None:
     _announced[node] = queues
 
     def loop() -> None:
+        ranks = None
         while not _presence_stop.is_set():
+            if ranks is None:
+                try:
+                    ranks = _planned_ranks(queues)
+                except Exception:  # the database away: say 1 rank until it answers
+                    logger.warning("could not tell the ranks of %s", queues, exc_info=True)
             try:
-                workers.announce(node=node, queues=queues)
+                workers.announce(node=node, queues=queues, ranks=ranks)
             except Exception:  # Redis away: the keys lapse, which is the truth
                 logger.warning("could not announce queues %s", queues, exc_info=True)
             _presence_stop.wait(settings.WORKER_PRESENCE_SECONDS)
 
     _presence_stop.clear()
     threading.Thread(target=loop, name="queue-presence", daemon=True).start()
+
+
+def _planned_ranks(queues: list[str]) -> dict[str, int]:
+    """The tensor-parallel ranks this worker will run each size's queue on (JOBS_TP_SIZES,
+    or the shards and visible GPUs), told without loading torch in the parent process."""
+    # Imported here: this module is loaded with the settings, before the app registry.
+    from django.db import connection
+
+    from catalog.models import ModelVariant
+    from inference.worker import ranks_for
+
+    slugs = {q.removeprefix("gpu."): q for q in queues if q.startswith("gpu.")}
+    try:
+        rows = ModelVariant.objects.filter(slug__in=slugs).values_list("slug", "shard_count")
+        shards = dict(rows)
+    finally:
+        connection.close()  # this thread asks once; keep no connection open in the parent
+    return {queue: ranks_for(slug, shards.get(slug, 1)) for slug, queue in slugs.items()}
 
 
 @signals.worker_shutting_down.connect

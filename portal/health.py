@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 from django.db import connection
 
-from core import storage
+from core import storage, workers
 from portal.celery import app
 
 Check = Callable[[], str | None]
@@ -50,7 +50,22 @@ def _check_worker() -> str | None:
     replies = app.control.ping(timeout=settings.HEALTHZ_WORKER_TIMEOUT) or []
     if not replies:
         raise RuntimeError("no Celery worker answered a ping")
-    return f"{len(replies)} worker(s)"
+    return f"{len(replies)} worker(s); {_served_sizes()}"
+
+
+def _served_sizes() -> str:
+    """Which sizes live workers serve, and on how many tensor-parallel ranks:
+    "sizes served: gpu.65b (1 worker x 8 ranks), gpu.7b (2 workers x 1 rank)"."""
+    served = {q: r for q, r in (workers.served() or {}).items() if q.startswith("gpu.")}
+    if not served:
+        return "no size is served"
+    parts = []
+    for queue, ranks in served.items():
+        n, most = len(ranks), max(ranks)
+        parts.append(
+            f"{queue} ({n} worker{'s' if n != 1 else ''} x {most} rank{'s' if most != 1 else ''})"
+        )
+    return "sizes served: " + ", ".join(parts)
 
 
 CHECKS: dict[str, Check] = {
