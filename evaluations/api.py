@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -106,6 +106,7 @@ class TasksApi(_Api):
 
     parser_classes = [JSONParser, MultiPartParser, FormParser]
 
+    @extend_schema_serializer(component_name="EvaluationTaskUpload")
     class CreateInput(serializers.Serializer):
         name = serializers.CharField(max_length=100)
         kind = serializers.ChoiceField(choices=TaskKind.choices)
@@ -150,16 +151,19 @@ class TaskDetailApi(_Api):
         task = task_get_for_user(user=request.user, task_id=task_id)
         return Response(TaskOutput(task, context={"request": request}).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def delete(self, request: Request, task_id: str) -> Response:
+        """Delete the task and its evaluations (running ones are cancelled first)."""
         task = task_get_for_user(user=request.user, task_id=task_id)
+        deleted = {"deleted": task.pk, "evaluations": task.evaluations.count()}
         task_delete(task=task, user=request.user)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(deleted)
 
 
 class EvaluationsApi(_Api):
     """GET: your evaluations, newest first. POST: evaluate a task on a size."""
 
+    @extend_schema_serializer(component_name="EvaluationStart")
     class CreateInput(serializers.Serializer):
         task = serializers.IntegerField(help_text="The task's id")
         model = serializers.CharField(help_text="Size or slug: demo, 7B ...")

@@ -97,6 +97,12 @@ API_7B = o("403", anonymous="401", approved="ok", token="ok")
 API_SIGNED_IN = o("ok", anonymous="401", wrong_scope="403")
 # The approved researcher's own object: everyone else 404.
 API_OWN = o("404", anonymous="401", wrong_scope="403", approved="ok", token="ok")
+# Evaluations: the owner's (approved's) task or evaluation, which staff may also see.
+API_OWN_OR_STAFF = API_OWN | {"reviewer": "ok", "superuser": "ok"}
+PAGE_OWN_OR_STAFF = o(
+    "404", anonymous="login", token="login", wrong_scope="login", approved="ok", reviewer="ok",
+    superuser="ok",
+)  # fmt: skip
 # OpenAI-style routes: tokens only (a session is not enough: no CSRF exposure).
 OPENAI = o("401", token="ok", wrong_scope="403")
 # allauth pages that only a signed-out visitor uses; a signed-in one is sent on.
@@ -164,6 +170,41 @@ ROUTES: dict[str, dict[str, dict[str, str]]] = {
     "inference-api:job-stream": {"GET": API_OWN},
     "inference-api:schema": {"GET": EVERYONE},
     "inference-api:docs": {"GET": EVERYONE},
+    # --- evaluations: uploading needs a grant (or staff); running one, a grant for the size
+    "evaluations:index": {"GET": SIGNED_IN},
+    "evaluations:start": {
+        "POST": PAGE_OWN_OR_STAFF | {"approved": "redirect", "reviewer": "403", "superuser": "403"}
+    },
+    "evaluations:task-file": {"GET": PAGE_OWN_OR_STAFF},
+    "evaluations:detail": {"GET": PAGE_OWN_OR_STAFF},
+    "evaluations:status": {"GET": PAGE_OWN_OR_STAFF},
+    "evaluations:items-csv": {"GET": PAGE_OWN_OR_STAFF},
+    "evaluations:items-json": {"GET": PAGE_OWN_OR_STAFF},
+    "evaluations:cancel": {
+        "POST": PAGE_OWN_OR_STAFF
+        | {"approved": "redirect", "reviewer": "redirect", "superuser": "redirect"}
+    },
+    "evaluations:resume": {
+        "POST": PAGE_OWN_OR_STAFF
+        | {"approved": "redirect", "reviewer": "redirect", "superuser": "redirect"}
+    },
+    "evaluations-api:tasks": {
+        "GET": API_SIGNED_IN,
+        "POST": API_7B | {"reviewer": "ok", "superuser": "ok"},
+    },
+    "evaluations-api:task-detail": {"GET": API_OWN_OR_STAFF, "DELETE": API_OWN_OR_STAFF},
+    "evaluations-api:evaluations": {
+        "GET": API_SIGNED_IN,
+        "POST": API_OWN | {"reviewer": "403", "superuser": "403"},
+    },
+    "evaluations-api:detail": {"GET": API_OWN_OR_STAFF},
+    "evaluations-api:cancel": {"POST": API_OWN_OR_STAFF},
+    # running: nothing to resume (409); only the owner may resume
+    "evaluations-api:resume": {
+        "POST": API_OWN | {"approved": "409", "token": "409", "reviewer": "403", "superuser": "403"}
+    },
+    "evaluations-api:items": {"GET": API_OWN_OR_STAFF},
+    "evaluations-api:items-csv": {"GET": API_OWN_OR_STAFF},
     # --- OpenAI-style API --------------------------------------------------------------
     "openai:models": {"GET": OPENAI},
     "openai:model": {"GET": OPENAI},
@@ -265,6 +306,7 @@ NOT_JSON_WHEN_OK = {
     "inference-api:job-stream",  # server-sent events
     "openai:completions",  # requested with stream=true: server-sent events
     "openai:tokenizer-file",  # the SentencePiece file
+    "evaluations-api:items-csv",  # a CSV download
 }
 
 # The scope a token needs: "generate" on these and on every /v1/ URL, "download" elsewhere.
@@ -275,6 +317,14 @@ GENERATE_ROUTES = {
     "inference-api:job-detail",
     "inference-api:job-cancel",
     "inference-api:job-stream",
+    "evaluations-api:tasks",
+    "evaluations-api:task-detail",
+    "evaluations-api:evaluations",
+    "evaluations-api:detail",
+    "evaluations-api:cancel",
+    "evaluations-api:resume",
+    "evaluations-api:items",
+    "evaluations-api:items-csv",
 }
 
 # Minimal bodies for unsafe methods: enough to reach the authorization decision, and where
@@ -286,8 +336,11 @@ JSON_BODIES = {
     "openai:tokenize": {"model": "7b", "prompt": "Hello"},
     "openai:detokenize": {"model": "7b", "tokens": [1, 15043]},
     "openai:chat-completions": {"model": "7b", "messages": [{"role": "user", "content": "Hi"}]},
+    "evaluations-api:tasks": {"name": "t", "kind": "loglikelihood", "content": '{"text": "x"}'},
 }
 FORM_BODIES = {
+    "evaluations:start": {"task": "{task_id}", "model": "7b"},
+    "evaluations-api:evaluations": {"task": "{task_id}", "model": "7b"},
     "access:tokens": {"name": "laptop", "scopes": ["download"], "expires_in_days": "30"},
     "review:add_note": {"text": "A note."},
     "review:take_over": {"note": "Taking it over."},
@@ -375,6 +428,7 @@ class Owner:
     tokens: dict[str, tuple]  # "download" | "generate" | "both" | "owned" -> (token, key)
     job: object
     link: object
+    evaluation: object  # running, of a task of theirs, on 7B
 
     def values(self) -> dict[str, object]:
         return {
@@ -382,6 +436,8 @@ class Owner:
             "token_id": self.tokens["owned"][0].pk,
             "job_id": str(self.job.pk),
             "link_id": self.link.pk,
+            "task_id": self.evaluation.task_id,
+            "evaluation_id": str(self.evaluation.pk),
         }
 
 
@@ -413,6 +469,7 @@ def _publish_7b(tmp_path: Path) -> ModelVariant:
 
 def approved_owner(email: str) -> Owner:
     from accounts.services import token_create
+    from evaluations.services import evaluation_start, task_upload
     from inference.services import job_submit
     from weights.services import download_links_issue
 
@@ -431,7 +488,9 @@ def approved_owner(email: str) -> Owner:
         user=user, variant=grant.variant, prompts=["Hello"], params={"max_new_tokens": 1}
     )
     link = download_links_issue(user=user, variant=grant.variant)[0]
-    return Owner(user=user, grant=grant, tokens=tokens, job=job, link=link)
+    task = task_upload(user=user, name="texts", kind="loglikelihood", data='{"text": "Hi."}')
+    evaluation = evaluation_start(user=user, task=task, variant=grant.variant)
+    return Owner(user=user, grant=grant, tokens=tokens, job=job, link=link, evaluation=evaluation)
 
 
 def build_world(tmp_path: Path) -> World:
@@ -665,8 +724,24 @@ OWNED_OBJECT_ROUTES = {
     "inference-api:job-detail": ("GET", True),
     "inference-api:job-cancel": ("POST", True),
     "inference-api:job-stream": ("GET", True),
+    "evaluations:task-file": ("GET", False),
+    "evaluations:detail": ("GET", False),
+    "evaluations:status": ("GET", False),
+    "evaluations:items-csv": ("GET", False),
+    "evaluations:items-json": ("GET", False),
+    "evaluations:cancel": ("POST", False),
+    "evaluations:resume": ("POST", False),
+    "evaluations-api:task-detail": ("GET", True),
+    "evaluations-api:detail": ("GET", True),
+    "evaluations-api:cancel": ("POST", True),
+    "evaluations-api:resume": ("POST", True),
+    "evaluations-api:items": ("GET", True),
+    "evaluations-api:items-csv": ("GET", True),
 }
-OBJECT_PARAMETERS = {"token_id", "link_id", "job_id", "application_id", "grant_id", "object_id"}
+OBJECT_PARAMETERS = {
+    "token_id", "link_id", "job_id", "application_id", "grant_id", "object_id", "task_id",
+    "evaluation_id",
+}  # fmt: skip
 
 
 def test_every_url_naming_an_owned_object_is_checked_for_outsiders():
