@@ -44,11 +44,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .checkpoint import expected_shapes, load_tokenizer
+from .engine import Llama, resolve_dtype
+from .generation import PREFILL_TOKEN_BUDGET
+from .layout import read_params
+from .model import ModelArgs
 from .parallel import Parallel, free_port
 
 log = logging.getLogger(__name__)
 
 GB = 1e9
+# What a CUDA context and the caching allocator's slack take on each GPU besides tensors.
+CUDA_CONTEXT_BYTES = int(0.5 * GB)
 
 
 class GroupError(RuntimeError):
@@ -91,10 +98,13 @@ class MemoryPlan:
     ranks: int
     batch: int
     context: int
+    # The largest pass's float32 logits over the whole vocabulary (every rank gathers
+    # them), twice: the logits and their log-softmax.
+    activations_per_rank: int = 0
 
     @property
     def per_rank(self) -> int:
-        return self.weights_per_rank + self.kv_cache_per_rank
+        return self.weights_per_rank + self.kv_cache_per_rank + self.activations_per_rank
 
 
 def memory_plan(
@@ -108,10 +118,8 @@ def memory_plan(
     vocab_size: int | None = None,
 ) -> MemoryPlan:
     """Bytes each rank needs: its slice of the weights (int8: one byte per element of the
-    projection matrices plus a scale per output row) and its heads' share of the KV cache."""
-    from .checkpoint import expected_shapes
-    from .model import ModelArgs
-
+    projection matrices plus a scale per output row), its heads' share of the KV cache, and
+    the logits of the largest pass."""
     vocab = int(params.get("vocab_size", -1))
     if vocab <= 0:
         vocab = vocab_size or 32000  # -1 in params.json: the tokenizer's size (LLaMA's 32000)
@@ -127,7 +135,9 @@ def memory_plan(
             weights += numel * item
     kv_per_rank = max(1, args.kv_heads // world_size) * args.head_dim
     kv = 2 * args.n_layers * max_batch_size * max_seq_len * kv_per_rank * item
-    return MemoryPlan(weights, kv, world_size, max_batch_size, max_seq_len)
+    tokens = min(max_batch_size * max_seq_len, PREFILL_TOKEN_BUDGET)
+    activations = 2 * tokens * args.vocab_size * 4
+    return MemoryPlan(weights, kv, world_size, max_batch_size, max_seq_len, activations)
 
 
 def available_bytes(device: str) -> tuple[int, str]:
@@ -149,10 +159,12 @@ def memory_check(
     """Raise DoesNotFit, naming the numbers, when the size cannot fit. On the CPU all ranks
     share the host's memory; on CUDA each rank checks its own GPU (rank 0 here, the
     followers before they load)."""
-    from .engine import resolve_dtype
-
     dtype = resolve_dtype(spec.dtype, spec.device, spec.quantize)
     context = spec.max_seq_len or int(params.get("max_seq_len", 2048))
+    vocab = spec.vocab_size
+    if not vocab and int(params.get("vocab_size", -1)) <= 0:
+        with contextlib.suppress(Exception):  # no tokenizer here: LLaMA's 32000 is assumed
+            vocab = load_tokenizer(spec.ckpt_dir).n_words
     plan = memory_plan(
         params,
         world_size=spec.world_size,
@@ -160,22 +172,32 @@ def memory_check(
         quantize=spec.quantize,
         max_batch_size=spec.max_batch_size,
         max_seq_len=context,
-        vocab_size=spec.vocab_size or None,
+        vocab_size=vocab or None,
     )
     free, where = available if available is not None else available_bytes(spec.device)
     on_cpu = not spec.device.startswith("cuda")
     need = plan.per_rank * (spec.world_size if on_cpu else 1)
+    fixed = 0 if on_cpu else CUDA_CONTEXT_BYTES
+    need += fixed
     if need > free:
+        advice = (
+            "Give it a host with more memory, int8 weights (JOBS_QUANTIZE) or a smaller "
+            "JOBS_MAX_BATCH_SIZE: more CPU ranks share the same RAM."
+            if on_cpu
+            else "Give it more GPUs (JOBS_TP_SIZES), larger ones, int8 weights "
+            "(JOBS_QUANTIZE) or a smaller JOBS_MAX_BATCH_SIZE."
+        )
         precision = f"{str(dtype).removeprefix('torch.')}" + (
             f", {spec.quantize} weights" if spec.quantize else ""
         )
         share = f"{spec.world_size} ranks x " if on_cpu and spec.world_size > 1 else ""
         raise DoesNotFit(
-            f"{spec.name()} does not fit: {share}{_gb(plan.per_rank)} per rank "
+            f"{spec.name()} does not fit: {share}{_gb(plan.per_rank + fixed)} per rank "
             f"({_gb(plan.weights_per_rank)} of weights in {precision} on {spec.world_size} "
             f"rank(s) + {_gb(plan.kv_cache_per_rank)} of KV cache for {plan.batch} rows x "
-            f"{plan.context} tokens) = {_gb(need)} needed, but {where} has {_gb(free)} free. "
-            "Give it more ranks (JOBS_TP_SIZES), int8 weights, or a smaller JOBS_MAX_BATCH_SIZE."
+            f"{plan.context} tokens + {_gb(plan.activations_per_rank + fixed)} of logits"
+            f"{' and CUDA context' if fixed else ''}) = {_gb(need)} needed, but {where} has "
+            f"{_gb(free)} free. {advice}"
         )
 
 
@@ -255,8 +277,6 @@ class Group:
         return Parallel(world_size=spec.world_size, rank=0)
 
     def _load(self, par: Parallel):
-        from .engine import Llama
-
         spec = self.spec
         device = "cuda:0" if spec.backend == "nccl" else spec.device
         return Llama.load(
@@ -424,8 +444,6 @@ def follower_main(spec: GroupSpec, rank: int, port: int) -> int:
         else:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.world_size))
         if spec.backend == "nccl":
-            from .checkpoint import read_params
-
             params = read_params(spec.ckpt_dir)
             memory_check(spec, params)
         dist.init_process_group(
@@ -436,8 +454,6 @@ def follower_main(spec: GroupSpec, rank: int, port: int) -> int:
             timeout=timedelta(seconds=spec.timeout_s),
         )
         par = Parallel(world_size=spec.world_size, rank=rank)
-        from .engine import Llama
-
         llama = Llama.load(
             spec.ckpt_dir,
             device=f"cuda:{rank}" if spec.backend == "nccl" else spec.device,

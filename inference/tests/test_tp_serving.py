@@ -128,17 +128,23 @@ def test_a_size_that_does_not_fit_is_refused_with_the_numbers():
     with pytest.raises(DoesNotFit) as info:
         memory_check(spec, params, available=(int(20e9), "cuda:0 (A100 40GB)"))
     message = str(info.value)
-    # 130.6 GB of float16 weights over 4 ranks; K and V of 80 layers x 16 heads x 128.
+    # 130.6 GB of float16 weights over 4 ranks; K and V of 80 layers x 16 heads x 128 for
+    # 8 x 2048 positions; 8192 tokens' float32 logits over 32000 pieces, twice; 0.5 GB of
+    # CUDA context.
     weights, kv = 65.29e9 * 2 / 4, 2 * 80 * 8 * 2048 * (16 * 128) * 2
+    logits = 2 * 8192 * 32000 * 4 + 0.5e9
     found = re.search(
         r"fit: ([\d.]+) GB per rank \(([\d.]+) GB of weights in float16 on 4 rank\(s\) \+ "
-        r"([\d.]+) GB of KV cache for 8 rows x 2048 tokens\)",
+        r"([\d.]+) GB of KV cache for 8 rows x 2048 tokens \+ ([\d.]+) GB of logits and "
+        r"CUDA context\) = ([\d.]+) GB needed",
         message,
     )
     assert found, message
-    total, w, k = (float(x) for x in found.groups())
-    assert (w, k) == (pytest.approx(weights / 1e9, abs=0.02), pytest.approx(kv / 1e9, abs=0.01))
-    assert total == pytest.approx(w + k, abs=0.01)
+    total, w, k, a, needed = (float(x) for x in found.groups())
+    assert w == pytest.approx(weights / 1e9, abs=0.02)
+    assert k == pytest.approx(kv / 1e9, abs=0.01)
+    assert a == pytest.approx(logits / 1e9, abs=0.01)
+    assert total == needed == pytest.approx(w + k + a, abs=0.02)
     assert "cuda:0 (A100 40GB) has 20.00 GB free" in message
     assert "JOBS_TP_SIZES" in message
     # Eight ranks of 80 GB fit.
@@ -150,9 +156,10 @@ def test_a_size_that_does_not_fit_is_refused_with_the_numbers():
 def test_on_the_cpu_every_rank_counts_against_the_host():
     spec = GroupSpec(ckpt_dir="/ckpt/13B", world_size=2, device="cpu", dtype="bfloat16")
     params = {**LLAMA["13b"], **COMMON}
-    with pytest.raises(DoesNotFit, match=r"2 ranks x 1[0-9.]+ GB per rank"):
-        memory_check(spec, params, available=(int(20e9), "this host's RAM (MemAvailable)"))
-    memory_check(spec, params, available=(int(40e9), "this host's RAM (MemAvailable)"))
+    with pytest.raises(DoesNotFit, match=r"2 ranks x 21\.8\d GB per rank .* = 43\.6\d GB") as info:
+        memory_check(spec, params, available=(int(40e9), "this host's RAM (MemAvailable)"))
+    assert "more CPU ranks share the same RAM" in str(info.value)
+    memory_check(spec, params, available=(int(45e9), "this host's RAM (MemAvailable)"))
 
 
 # --- what is told ----------------------------------------------------------------------------
