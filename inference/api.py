@@ -22,12 +22,12 @@ from rest_framework.views import APIView
 
 from accounts.authentication import TokenAuthentication, require_scope
 from accounts.selectors import variants_accessible
-from catalog.selectors import variant_get, variants_availability
+from catalog.selectors import variant_availability, variant_get, variants_availability
 from inference import streams
-from inference.models import GenerationJob, JobSource
+from inference.models import GenerationJob, JobSource, JobState
 from inference.schema import JOB_EVENT_STREAM
 from inference.selectors import job_get_for_user, jobs_for_user
-from inference.services import job_cancel, job_submit
+from inference.services import Waiting, job_cancel, job_submit, job_waiting
 
 
 class EventStreamRenderer(BaseRenderer):
@@ -45,6 +45,16 @@ class JobOutput(serializers.ModelSerializer):
     model = serializers.CharField(source="variant.slug")
     size = serializers.CharField(source="variant.size")
     urls = serializers.SerializerMethodField()
+    waiting_reason = serializers.SerializerMethodField(
+        help_text=(
+            "Why a queued job is not running yet: broker_unreachable (the portal sends it "
+            "when the broker answers), no_worker (no live worker serves its size), no_files; "
+            "null while it only waits its turn, and once it runs"
+        )
+    )
+    waiting_message = serializers.SerializerMethodField(
+        help_text="waiting_reason in words, to show while waiting; null with it"
+    )
 
     class Meta:
         model = GenerationJob
@@ -52,8 +62,32 @@ class JobOutput(serializers.ModelSerializer):
             "id", "model", "size", "state", "source", "prompts", "params", "attempts",
             "cancel_requested", "outputs", "error", "prompt_tokens", "completion_tokens",
             "created_at", "started_at", "first_token_at", "finished_at", "queue_wait",
-            "time_to_first_token", "decode_tokens_per_second", "worker", "urls",
+            "time_to_first_token", "decode_tokens_per_second", "worker", "waiting_reason",
+            "waiting_message", "urls",
         ]  # fmt: skip
+
+    def _waiting(self, job: GenerationJob) -> Waiting | None:
+        # One availability look-up per size and response (a list holds up to 200 jobs).
+        if job.state != JobState.QUEUED:
+            return None
+        sizes = self.context.setdefault("_availability", {})
+        if job.message_sent and job.variant_id not in sizes:
+            sizes[job.variant_id] = variant_availability(job.variant)
+        return job_waiting(job, availability=sizes.get(job.variant_id))
+
+    @extend_schema_field(
+        serializers.ChoiceField(
+            choices=["broker_unreachable", "no_worker", "no_files"], allow_null=True
+        )
+    )
+    def get_waiting_reason(self, job: GenerationJob) -> str | None:
+        waiting = self._waiting(job)
+        return waiting.reason if waiting else None
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_waiting_message(self, job: GenerationJob) -> str | None:
+        waiting = self._waiting(job)
+        return waiting.message if waiting else None
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_urls(self, job: GenerationJob) -> dict:
@@ -203,6 +237,9 @@ class JobCancelApi(_Api):
         return Response(JobOutput(job, context={"request": request}).data, status=code)
 
 
+WAITING_POLLS = 3  # idle polls of a stream between looks at why its queued job waits
+
+
 class JobStreamApi(_Api):
     """Server-sent events: `state`, `token` ({index, text, token, logprob, finish_reason}),
     `reset` (the job is run again after its worker died: drop its text so far) and a last
@@ -223,14 +260,28 @@ class JobStreamApi(_Api):
 
     @staticmethod
     def _events(request: Request, job: GenerationJob, after: str) -> Iterator[bytes]:
-        idle = 0
+        idle, told = 0, ""  # "": nothing told yet on this stream
         for item in streams.job_events(job, after=after):
             if item is None:
+                # Nothing happened for a poll (a second): a queued job says why it waits
+                # (the broker down, no worker for its size) at the first look, whatever the
+                # submission's answer said, then when that changes.
+                if idle % WAITING_POLLS == 0:
+                    job.refresh_from_db(fields=["state", "message_sent"])
+                    waiting = job_waiting(job)
+                    reason = waiting.reason if waiting else None
+                    queued = job.state == JobState.QUEUED
+                    if reason != told and (waiting or told or (told == "" and queued)):
+                        told = reason
+                        data = {"reason": reason, "message": waiting.message if waiting else None}
+                        yield streams.sse("waiting", data)
                 idle += 1
                 if idle % streams.KEEPALIVE_POLLS == 0:
                     yield streams.KEEPALIVE
                 continue
             entry_id, event, data = item
+            if event in ("state", "token"):
+                told = None  # it runs: a later wait is told afresh
             if event == "end":
                 job.refresh_from_db()
                 data = JobOutput(job, context={"request": request}).data

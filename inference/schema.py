@@ -76,8 +76,11 @@ JOB_EVENT_STREAM = {
         "Server-sent events, each `id: <entry>`, `event: <name>`, `data: <JSON>` and a blank "
         "line; a `: keepalive` comment while nothing happens. `state` ({state, attempt}) "
         "when the job starts; `token`, one per generated token; `reset` ({}: the job runs "
-        "again after its worker died, drop its text so far); `end` (the whole job, as GET "
-        "/api/v1/jobs/{id}) last. Reconnect with `Last-Event-ID` to resume after an entry."
+        "again after its worker died, drop its text so far); `waiting` ({reason, message}, "
+        "reason null when it clears) while a queued job waits for something other than its "
+        "turn (the job broker unreachable, no worker serving its size); `end` (the whole "
+        "job, as GET /api/v1/jobs/{id}) last. Reconnect with `Last-Event-ID` to resume "
+        "after an entry."
     ),
     "oneOf": [
         sse_event(
@@ -89,6 +92,20 @@ JOB_EVENT_STREAM = {
         ),
         sse_event("token", _TOKEN_DATA),
         sse_event("reset", {"type": "object"}),
+        sse_event(
+            "waiting",
+            {
+                "type": "object",
+                "properties": {
+                    "reason": {
+                        "type": "string",
+                        "nullable": True,
+                        "enum": ["broker_unreachable", "no_worker", "no_files", None],
+                    },
+                    "message": {"type": "string", "nullable": True},
+                },
+            },
+        ),
         sse_event("end", {"$ref": "#/components/schemas/JobOutput"}),
         sse_event("error", {"$ref": "#/components/schemas/Error"}),
     ],

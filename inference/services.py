@@ -447,6 +447,48 @@ def jobs_cancel_for_grant(*, grant) -> int:
     return len(ids)
 
 
+# --- Why a queued job waits ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why a queued job is not running yet, when it is not simply its turn."""
+
+    reason: str  # broker_unreachable | no_worker | no_files
+    message: str
+
+
+def job_waiting(job: GenerationJob, *, availability=None) -> Waiting | None:
+    """What the job status API and the clients say while a job is queued: the broker has
+    not taken its message (Redis down: the sweep sends it seconds after Redis answers), or
+    no live worker serves its size. None when it only waits its turn (or is not queued).
+    `availability`: the size's `catalog.selectors.Availability`, when the caller has it."""
+    if job.state != JobState.QUEUED:
+        return None
+    broker = (
+        "queued: the job broker is unreachable; the portal sends the job as soon as it "
+        "answers again."
+    )
+    if not job.message_sent:
+        return Waiting("broker_unreachable", broker)
+    availability = availability or variant_availability(job.variant)
+    size = availability.size
+    if not availability.files:
+        return Waiting(
+            "no_files", f"queued: LLaMA {size} has no published files yet, so no worker can run it."
+        )
+    if availability.workers is None:
+        return Waiting("broker_unreachable", broker)
+    if availability.workers == 0:
+        return Waiting(
+            "no_worker",
+            f"queued: waiting for a {size} worker; none serves queue {availability.queue} now. "
+            f"The job fails if none starts within "
+            f"{_human_seconds(settings.JOBS_WORKER_WAIT_SECONDS)} of its submission.",
+        )
+    return None
+
+
 # --- The worker's side ----------------------------------------------------------------------
 
 

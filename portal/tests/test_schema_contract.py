@@ -59,7 +59,7 @@ def test_the_stream_declares_its_events(schema):
     ok = schema["paths"]["/api/v1/jobs/{job_id}/stream"]["get"]["responses"]["200"]
     events = ok["content"]["text/event-stream"]["schema"]["oneOf"]
     names = {event["properties"]["event"]["enum"][0] for event in events}
-    assert names == {"state", "token", "reset", "end", "error"}
+    assert names == {"state", "token", "reset", "waiting", "end", "error"}
     for event in events:
         assert event["properties"]["data"]["contentMediaType"] == "application/json"
         assert event["properties"]["data"]["contentSchema"]

@@ -12,7 +12,8 @@ Every refusal raises a `PortalClientError` subclass whose message says why and w
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,8 @@ JOB_PARAMETERS = frozenset(
     {"max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "logprobs", "top_logprobs",
      "echo", "n"}
 )  # fmt: skip
+
+logger = logging.getLogger("portal_client")
 
 _TOKEN_CODES = {"token_invalid", "token_revoked", "token_expired", "token_scope", "anonymous"}
 
@@ -143,8 +146,58 @@ class Generation:
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
+def _say_waiting(job_id: str, message: str | None) -> None:
+    """Where a job that waits says why: a warning on the `portal_client` logger (shown on
+    stderr, in a terminal or a notebook, unless logging is configured otherwise)."""
+    if message:
+        logger.warning("job %s %s", job_id, message)
+    else:
+        logger.warning("job %s: no longer waiting; it runs when its turn comes.", job_id)
+
+
+def _lines_as_they_come(response: requests.Response) -> Iterator[str]:
+    """The body's lines as soon as each arrives. `iter_lines` waits for a whole chunk (512
+    bytes), which holds back a lone small event (a `waiting` notice, the last tokens)."""
+    read1 = getattr(response.raw, "read1", None)  # urllib3 2
+    if read1 is None:
+        yield from response.iter_lines(chunk_size=1, decode_unicode=True)
+        return
+    buffer = b""
+    while True:
+        chunk = read1(65536)
+        if not chunk:
+            break
+        *lines, buffer = (buffer + chunk).split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+    if buffer:
+        yield buffer.decode("utf-8", errors="replace")
+
+
 class JobsMixin:
-    """Mixed into `portal_client.Client` (which provides url, token, timeout, _session)."""
+    """Mixed into `portal_client.Client` (which provides url, token, timeout, _session).
+
+    While `generate` or `stream` waits for a queued job that cannot start (the portal's job
+    broker is unreachable, no worker serves the size), it says so through `on_waiting`
+    (message, or None when the wait clears): by default a warning on the `portal_client`
+    logger, e.g. "job ... queued: the job broker is unreachable; ...".
+    """
+
+    on_waiting: Callable[[str, str | None], None] = staticmethod(_say_waiting)
+
+    def _waiting_teller(self, job: dict) -> Callable[[dict], None]:
+        """Tells `on_waiting` why the job waits, now (from its record) and as that changes
+        (from the stream's `waiting` events), once per change."""
+        told: list[str | None] = [None]
+
+        def tell(waiting: dict) -> None:
+            reason = waiting.get("reason", waiting.get("waiting_reason"))
+            if reason != told[0]:
+                told[0] = reason
+                self.on_waiting(job["id"], waiting.get("message", waiting.get("waiting_message")))
+
+        tell(job)
+        return tell
 
     def _jobs_request(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
@@ -221,7 +274,7 @@ class JobsMixin:
         )
         event, data = "message", []
         with response:
-            for line in response.iter_lines(decode_unicode=True):
+            for line in _lines_as_they_come(response):
                 if line is None:
                     continue
                 if line == "":
@@ -243,9 +296,12 @@ class JobsMixin:
         (prompt i, choice k: index i * n + k). Raises JobFailed / JobCancelled at the end
         if the job did not succeed."""
         job = self.submit(model, prompt, **params)
+        tell = self._waiting_teller(job)
         shown: dict[int, str] = {}
         for event, data in self.events(job["id"]):
-            if event == "token" and data["text"]:
+            if event == "waiting":
+                tell(data)
+            elif event == "token" and data["text"]:
                 index = data.get("index", 0)
                 shown[index] = shown.get(index, "") + data["text"]
                 yield Piece(data["text"], index)
@@ -262,9 +318,12 @@ class JobsMixin:
     def generate(self, model: str, prompt: str | list[str], **params: Any) -> Generation:
         """Submit a job, wait for it, return its result (`.text`, `.texts`, `.usage`)."""
         job = self.submit(model, prompt, **params)
+        tell = self._waiting_teller(job)
         final = None
         for event, data in self.events(job["id"]):
-            if event == "end":
+            if event == "waiting":
+                tell(data)
+            elif event == "end":
                 final = data
         if final is None or "state" not in final:
             final = self.job(job["id"])
