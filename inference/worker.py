@@ -150,7 +150,7 @@ def model_for(variant: ModelVariant):
             world_size=ranks,
             device=_device(),
             dtype=settings.JOBS_DTYPE,
-            quantize=getattr(settings, "JOBS_QUANTIZE", "") or None,
+            quantize=settings.JOBS_QUANTIZE or None,
             max_seq_len=variant.context_length,
             max_batch_size=settings.JOBS_MAX_BATCH_SIZE,
             timeout_s=settings.JOBS_TP_TIMEOUT_SECONDS,

@@ -330,6 +330,8 @@ REVIEW_DUPLICATE_CANDIDATES = env_int("REVIEW_DUPLICATE_CANDIDATES", 500)
 JOBS_MODEL_CACHE_DIR = Path(env_str("JOBS_MODEL_CACHE_DIR", str(VAR_DIR / "models")))
 JOBS_DEVICE = env_str("JOBS_DEVICE", "auto")  # auto: CUDA when the worker has it, else CPU
 JOBS_DTYPE = env_str("JOBS_DTYPE", "auto")
+# "int8": weight-only int8 (about half the memory of float16; see the README's GPU table).
+JOBS_QUANTIZE = env_str("JOBS_QUANTIZE", "")
 # CPU threads of each worker process's torch (0: torch's default, one per core). On a CPU
 # host shared with the web and the database, fewer threads than cores avoid oversubscription.
 JOBS_TORCH_THREADS = env_int("JOBS_TORCH_THREADS", 0)

@@ -75,7 +75,8 @@ class GroupSpec:
     quantize: str | None = None
     max_seq_len: int | None = None
     max_batch_size: int = 8  # for the memory check: the KV cache the worker will allocate
-    timeout_s: float = 120.0  # any collective, and the start, must finish within this
+    timeout_s: float = 120.0  # any collective must finish within this
+    start_timeout_s: float = 1800.0  # every rank loaded its slice (65B: 16 GB each) by then
     threads: int = 0  # torch threads per rank on the CPU (0: cores / ranks)
     label: str = ""  # what the messages call the model: "LLaMA 65B"
     vocab_size: int = 0  # the tokenizer's, for the memory check when params.json says -1
@@ -118,8 +119,8 @@ def memory_plan(
     vocab_size: int | None = None,
 ) -> MemoryPlan:
     """Bytes each rank needs: its slice of the weights (int8: one byte per element of the
-    projection matrices plus a scale per output row), its heads' share of the KV cache, and
-    the logits of the largest pass."""
+    projection matrices plus their scales), its heads' share of the KV cache, and the
+    logits of the largest pass."""
     vocab = int(params.get("vocab_size", -1))
     if vocab <= 0:
         vocab = vocab_size or 32000  # -1 in params.json: the tokenizer's size (LLaMA's 32000)
@@ -130,7 +131,9 @@ def memory_plan(
     for name, shape in shapes.items():
         numel = shape.numel()
         if quantize == "int8" and len(shape) == 2 and "tok_embeddings" not in name:
-            weights += numel + shape[0] * item
+            # int8 plus its scales: a float16 one per 32 input columns (llama.cpp's Q8_0
+            # layout) or one per output row, whichever the engine uses; the larger counts.
+            weights += numel + max(numel // 32 * 2, shape[0] * item)
         else:
             weights += numel * item
     kv_per_rank = max(1, args.kv_heads // world_size) * args.head_dim
@@ -238,10 +241,17 @@ class Group:
         for rank in range(1, spec.world_size):
             self.followers.append(_start_follower(spec, rank, port))
         try:
-            self.par = self._join(port)
-            self.llama = self._load(self.par)
+            # Every rank loads its slice first (no collective runs while loading), says so
+            # on its stdout, and only then do all join the process group: a rank that
+            # cannot load is told at once, not after a rendezvous timeout.
+            par = Parallel(world_size=spec.world_size, rank=0)
+            self.llama = self._load(par)
             for rank, proc in enumerate(self.followers, start=1):
-                self._expect_ready(rank, proc, started + spec.timeout_s)
+                self._expect(rank, proc, "loaded", started + spec.start_timeout_s)
+            self._join(port)
+            for rank, proc in enumerate(self.followers, start=1):
+                self._expect(rank, proc, "ready", time.monotonic() + spec.timeout_s)
+            self.par = par
         except BaseException:
             self.abort()
             raise
@@ -254,27 +264,18 @@ class Group:
         )
         return self.llama
 
-    def _join(self, port: int) -> Parallel:
+    def _join(self, port: int) -> None:
         spec = self.spec
         if dist.is_initialized():  # a group this process left behind: start clean
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
-        if spec.backend == "nccl":
-            torch.cuda.set_device(0)
         try:
-            dist.init_process_group(
-                spec.backend,
-                init_method=f"tcp://127.0.0.1:{port}",
-                rank=0,
-                world_size=spec.world_size,
-                timeout=timedelta(seconds=spec.timeout_s),
-            )
+            _init_process_group(spec, 0, port)
         except Exception as exc:
             raise GroupError(
                 f"{spec.name()}: the {spec.world_size} ranks did not join within "
                 f"{spec.timeout_s:g}s ({self._why_not(exc)})"
             ) from exc
-        return Parallel(world_size=spec.world_size, rank=0)
 
     def _load(self, par: Parallel):
         spec = self.spec
@@ -288,13 +289,15 @@ class Group:
             quantize=spec.quantize,
         )
 
-    def _expect_ready(self, rank: int, proc: subprocess.Popen, deadline: float) -> None:
+    def _expect(self, rank: int, proc: subprocess.Popen, word: str, deadline: float) -> None:
         line = _read_line(proc, deadline)
-        if line == "ready":
+        if line == word:
             return
         if line.startswith("error "):
             raise GroupError(f"{self.spec.name()}: rank {rank} could not start: {line[6:]}")
-        raise GroupError(f"{self.spec.name()}: rank {rank} {_exit_text(proc) or 'did not start'}")
+        raise GroupError(
+            f"{self.spec.name()}: rank {rank} {_exit_text(proc) or f'did not say {word!r} in time'}"
+        )
 
     def stop(self) -> None:
         """Release the followers and leave the group (the worker is shutting down)."""
@@ -349,7 +352,14 @@ class Group:
         deadline = time.monotonic() + 2
         while self.lost() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        return self._why_not(exc)
+        lost = self.lost()
+        if lost:
+            return lost
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return (
+            f"a tensor-parallel collective failed or took longer than {self.spec.timeout_s:g}s "
+            f"({type(exc).__name__}: {first})"
+        )
 
     # -- batches ------------------------------------------------------------------------------
     def begin(self, decoder) -> None:
@@ -379,6 +389,18 @@ class Group:
             return
         decoder.close()
         self._following = False
+
+
+def _init_process_group(spec: GroupSpec, rank: int, port: int) -> None:
+    if spec.backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(
+        spec.backend,
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=spec.world_size,
+        timeout=timedelta(seconds=spec.timeout_s),
+    )
 
 
 def _start_follower(spec: GroupSpec, rank: int, port: int) -> subprocess.Popen:
@@ -433,6 +455,11 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _say(out, line: str) -> None:
+    out.write(line + "\n")
+    out.flush()
+
+
 def follower_main(spec: GroupSpec, rank: int, port: int) -> int:
     _die_with_parent()
     out = sys.stdout
@@ -444,31 +471,22 @@ def follower_main(spec: GroupSpec, rank: int, port: int) -> int:
         else:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.world_size))
         if spec.backend == "nccl":
-            params = read_params(spec.ckpt_dir)
-            memory_check(spec, params)
-        dist.init_process_group(
-            spec.backend,
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=spec.world_size,
-            timeout=timedelta(seconds=spec.timeout_s),
-        )
-        par = Parallel(world_size=spec.world_size, rank=rank)
+            memory_check(spec, read_params(spec.ckpt_dir))  # this rank's own GPU
         llama = Llama.load(
             spec.ckpt_dir,
             device=f"cuda:{rank}" if spec.backend == "nccl" else spec.device,
             dtype=spec.dtype,
             max_seq_len=spec.max_seq_len,
-            parallel=par,
+            parallel=Parallel(world_size=spec.world_size, rank=rank),
             quantize=spec.quantize,
         )
+        _say(out, "loaded")
+        _init_process_group(spec, rank, port)
     except Exception as exc:
         log.exception("rank %d could not start", rank)
-        out.write(f"error {type(exc).__name__}: {exc}".replace("\n", " ") + "\n")
-        out.flush()
+        _say(out, f"error {type(exc).__name__}: {exc}".replace("\n", " "))
         return 1
-    out.write("ready\n")
-    out.flush()
+    _say(out, "ready")
     decoder, decoder_id = None, None
     for raw in sys.stdin:
         command = json.loads(raw)

@@ -228,3 +228,39 @@ def test_the_model_page_v1_models_and_healthz_tell_the_ranks(
     assert "served by 1 worker, 2 tensor-parallel ranks" in page.content.decode()
 
     assert "gpu.7b (1 worker x 2 ranks)" in _served_sizes()
+
+
+# --- deployment ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "gpus"), [("33b", 4), ("65b", 8)])
+def test_compose_has_a_tensor_parallel_worker_per_large_size(size, gpus):
+    """Each large size has its own worker: as many GPUs reserved as ranks configured, a
+    rank count that splits the shards and the heads, one pool process, its own queue,
+    and float16 with a batch of 8 fitting 40 GB cards (the README's table)."""
+    from pathlib import Path
+
+    import yaml
+
+    compose = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text()
+    )
+    service = compose["services"][f"worker-{size}"]
+    env = service["environment"]
+    ranks = dict(item.split(":") for item in env["JOBS_TP_SIZES"].split(","))
+    assert int(ranks[size]) == gpus
+    [device] = service["deploy"]["resources"]["reservations"]["devices"]
+    assert (device["count"], device["capabilities"]) == (gpus, ["gpu"])
+    command = service["command"]
+    assert command[command.index("-Q") + 1] == f"gpu.{size}"
+    assert command[command.index("-c") + 1] == "1"
+    assert service["shm_size"]
+    assert (env["JOBS_DEVICE"], env["JOBS_DTYPE"]) == ("cuda", "float16")
+    spec = GroupSpec(
+        ckpt_dir="/", world_size=gpus, device="cuda", dtype="float16",
+        max_seq_len=2048, max_batch_size=8, label=size,
+    )  # fmt: skip
+    assert SHARDS[size] % gpus == 0 and LLAMA[size]["n_heads"] % gpus == 0
+    memory_check(spec, {**LLAMA[size], **COMMON}, available=(int(40e9), "a 40 GB GPU"))
+    with pytest.raises(DoesNotFit):
+        memory_check(spec, {**LLAMA[size], **COMMON}, available=(int(20e9), "a 20 GB GPU"))

@@ -8,6 +8,7 @@ batch back, each finishing exactly once, and the group must start again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -83,7 +84,7 @@ def _start(tmp_path_factory, s3, django_db_blocker, **env):
                 "JOBS_STEP_DELAY_SECONDS": "0.03",
                 "JOBS_MAX_ATTEMPTS": "2",
                 "JOBS_TORCH_THREADS": "1",
-                "JOBS_TP_TIMEOUT_SECONDS": "20",
+                "JOBS_TP_TIMEOUT_SECONDS": "8",
                 **env,
             },
         )
@@ -223,6 +224,10 @@ def test_a_rank_killed_mid_batch_hands_its_jobs_back_and_each_finishes_once(
     tp_worker, variant, researcher
 ):
     tp_worker = tp_worker()
+    # Its presence says on how many ranks it serves the size.
+    from core import workers
+
+    assert workers.serving(f"gpu.{SLUG}") == [2]
     jobs = [_submit(researcher, variant, f"Prompt {i}", max_new_tokens=60) for i in range(3)]
     for job in jobs:
         _wait_running_with_tokens(job)
@@ -274,3 +279,27 @@ def test_jobs_of_a_size_that_does_not_fit_fail_with_the_numbers(
     assert "MemAvailable" in message
     assert worker.ranks_serving(SLUG) == 0
     assert GenerationJob.objects.count() == 0
+
+
+def test_a_rank_that_hangs_is_cut_off_at_the_collective_timeout(tp_worker, variant, researcher):
+    """A follower that stops answering (SIGSTOP) does not hang the batch: after
+    JOBS_TP_TIMEOUT_SECONDS (8 s here) the job is handed back, the group is started again
+    and the job runs to the end on it."""
+    tp_worker = tp_worker()
+    job = _submit(researcher, variant, "Hang on", max_new_tokens=60)
+    _wait_running_with_tokens(job)
+    [follower] = _followers(tp_worker)
+    os.kill(follower, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        wait_for_job(job, timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(follower, signal.SIGCONT)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.attempts == 2
+    took = time.monotonic() - stopped
+    assert took > 8, took  # not before the timeout: a slow rank is not a dead one
+    back = job.events.get(from_state="running", to_state="queued")
+    assert "took longer than 8s" in back.message, back.message
+    assert follower not in _followers(tp_worker)  # killed with the old group
