@@ -33,8 +33,10 @@ What it does, per shape (random weights, normal std 0.02, the real LLaMA tokeniz
    medians over rounds, the spread, the load average and the ratios.
 
 Precisions: float32 (f32 GGUF), half (engine and transformers in bfloat16 and float16,
-llama.cpp bf16 and f16 GGUF), int8 (engine weight-only int8 with bfloat16 activations,
-llama.cpp q8_0; transformers has no CPU int8 path of its own and is left out).
+llama.cpp bf16 and f16 GGUF), int8 (engine weight-only int8, a float16 scale per 32
+input columns, float32 activations; llama.cpp q8_0, the same weight layout with its
+activations rounded to 8 bits too; transformers has no CPU int8 path of its own and is
+left out).
 
 The memory-bandwidth line: bytes of weights read per token (all but the embedding
 table) times batch-1 tokens per second, over the larger of a read-only pass (a sum over
@@ -96,7 +98,7 @@ PRECISIONS = {
         Variant("bfloat16", ("bfloat16", None), "bfloat16", "bf16"),
         Variant("float16", ("float16", None), "float16", "f16"),
     ],
-    "int8": [Variant("int8 / q8_0", ("bfloat16", "int8"), None, "q8_0")],
+    "int8": [Variant("int8 / q8_0", ("float32", "int8"), None, "q8_0")],
 }
 
 

@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         "--quantize",
         choices=["none", "int8"],
         default="none",
-        help="int8: weight-only int8, per-channel scales (bfloat16 activations on the CPU)",
+        help="int8: weight-only int8, a scale per 32 input columns (like Q8_0)",
     )
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda")
     gen.add_argument("--max-seq-len", type=int, help="context length (default 2048)")

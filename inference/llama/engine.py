@@ -1,7 +1,7 @@
 """`Llama`: a loaded model and its tokenizer, the one object a worker needs.
 
 llama = Llama.load("/ckpt/7B", device="cuda", dtype="float16")
-llama = Llama.load("/ckpt/7B", dtype="bfloat16", quantize="int8")   # weight-only int8
+llama = Llama.load("/ckpt/7B", quantize="int8")   # weight-only int8, float32 activations
 [c] = llama.generate(["The capital of France is"], SamplingParams(max_new_tokens=8))
 
 decoder = llama.decoder(max_batch_size=8)       # continuous batching
@@ -39,14 +39,14 @@ DTYPES = {
 def resolve_dtype(
     dtype: str | torch.dtype, device: str | torch.device = "cpu", quantize: str | None = None
 ) -> torch.dtype:
-    """A torch dtype from a name; "auto" is float32 on the CPU (bfloat16 under int8
-    weights, which ATen's int8 kernel wants), bfloat16 (or float16 where the GPU lacks
-    it) on CUDA."""
+    """A torch dtype from a name; "auto" is float32 on the CPU (int8 weights included:
+    their kernel accumulates in float32), bfloat16 (or float16 where the GPU lacks it)
+    on CUDA."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         if torch.device(device).type != "cuda":
-            return torch.bfloat16 if quantize else torch.float32
+            return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     try:
         return DTYPES[dtype]

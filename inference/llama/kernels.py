@@ -9,10 +9,10 @@ A `Proj` is derived data built from a model's parameters at load time (see
 - "packed": the same matrix reordered once into oneDNN's blocked layout (CPU, float32
   and bfloat16), multiplied by oneDNN's linear: it reads the weight at up to twice the
   rate of `F.linear` with one row and 2-3x with 8 rows here, in either precision;
-- "int8": weight-only int8 with one float scale per output channel (symmetric, as
-  gpt-fast quantizes), multiplied by `torch._weight_int8pack_mm`, which reads the int8
-  matrix and never materialises a dequantized copy. The activations stay in the model's
-  dtype (bfloat16 on the CPU: ATen's int8 kernel is vectorised for it).
+- "int8": weight-only int8 with one float16 scale per group of 32 input columns of each
+  output row (symmetric, llama.cpp's Q8_0 layout; see `int8_groups`), multiplied by a
+  small C++ kernel that reads the int8 matrix once and accumulates in float32, without
+  a dequantized copy. The activations stay in the model's dtype (float32 by default).
 
 Which ATen call is fast for a few rows depends on the dtype, measured on this CPU (AMD
 EPYC, AVX-512 with BF16, 2 cores; 5632x2048 weights, see README):
@@ -24,13 +24,15 @@ EPYC, AVX-512 with BF16, 2 cores; 5632x2048 weights, see README):
 - float16: `F.linear` with one row reads at full bandwidth; with several rows this CPU
   (no AVX-512 FP16, which oneDNN needs for float16) has only a slow path (about 8x the
   one-row time for 8 rows: no faster than one gemv per row);
-- int8: `_weight_int8pack_mm` for any number of rows.
+- int8: `int8_groups.matmul` (its kernel for up to 16 rows, dequantized otherwise).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from . import int8_groups
 
 # Decode passes with at most this many rows take the few-row paths on the CPU.
 SMALL_ROWS = 16
@@ -72,14 +74,6 @@ def small_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return out.transpose(0, 1).reshape(*x.shape[:-1], out_f)
 
 
-def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: w ~= q * scale[:, None], |q| <= 127."""
-    wf = w.detach().float()
-    scale = wf.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-    q = torch.round(wf / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q.contiguous(), scale
-
-
 class Proj:
     """One (possibly fused) projection, ready for the inference path."""
 
@@ -109,8 +103,9 @@ class Proj:
             self.scale = None
         elif quantize == "int8":
             self.kind = "int8"
-            self.weight, scale = quantize_int8(weight)
-            self.scale = scale.to(act_dtype or torch.bfloat16)
+            self.weight, self.scale = int8_groups.quantize(weight)
+            int8_groups.kernel()  # built (or found in the cache) at load, not on a job
+            self.dtype = act_dtype or weight.dtype
         else:
             raise ValueError(f"unknown quantization {quantize!r}; one of {', '.join(QUANT_MODES)}")
 
@@ -121,23 +116,18 @@ class Proj:
         return n
 
     def dense(self) -> torch.Tensor:
-        """The plain `[out, in]` matrix (int8: dequantized, in the scales' dtype)."""
+        """The plain `[out, in]` matrix (int8: dequantized, in the activations' dtype)."""
         if self.kind == "packed":
             return self.weight.to_dense()
         if self.kind == "int8":
-            return (self.weight.float() * self.scale.float()[:, None]).to(self.scale.dtype)
+            return int8_groups.dequantize(self.weight, self.scale, self.dtype)
         return self.weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "packed":
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
         if self.kind == "int8":
-            shape = x.shape
-            x2 = x.reshape(-1, shape[-1])
-            if x2.dtype != self.scale.dtype:
-                x2 = x2.to(self.scale.dtype)
-            out = torch._weight_int8pack_mm(x2.contiguous(), self.weight, self.scale)
-            return out.view(*shape[:-1], out.shape[-1])
+            return int8_groups.matmul(x, self.weight, self.scale)
         w = self.weight
         if w.dtype == torch.float32:
             return small_linear(x, w)

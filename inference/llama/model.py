@@ -555,8 +555,9 @@ class Transformer(nn.Module):
         - `pack=True` (CPU, float32 or bfloat16; `Llama.load` asks for it): the fused
           matrices are reordered into oneDNN's layout, which multiplies a few rows about
           twice as fast, and the plain float weights are released;
-        - `quantize="int8"`: weight-only int8 with per-channel scales; float weights
-          released, activations in bfloat16 on the CPU.
+        - `quantize="int8"`: weight-only int8 with a float16 scale per group of 32 input
+          columns (`int8_groups`); float weights released, activations in the model's
+          dtype (float32 keeps the most precision and is as fast on the CPU).
 
         Released, the model is for inference only: its parameters are on `meta`, and
         `state_dict()` rebuilds them from the prepared form (int8: dequantized).
@@ -566,10 +567,6 @@ class Transformer(nn.Module):
                 raise ValueError(f"the weights were already prepared (quantize={self.quantize})")
             return self
         act = self.dtype
-        if quantize is not None and act == torch.float32 and self.device.type == "cpu":
-            # ATen's int8 kernel is vectorised for bfloat16 activations on the CPU.
-            self.to(torch.bfloat16)
-            act = torch.bfloat16
         pack = pack and quantize is None and can_pack(act, self.device)
         release = pack or quantize is not None
         dense: dict[str, tuple[Proj, int, int]] = {}
