@@ -35,6 +35,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -221,6 +222,7 @@ class Group:
         self.par = Parallel()
         self._following = False
         self._broken: str | None = None
+        self._watch: threading.Thread | None = None
 
     # -- start and stop ----------------------------------------------------------------------
     def start(self, params: dict | None = None):
@@ -238,6 +240,11 @@ class Group:
             return self.llama
         port = free_port()
         started = time.monotonic()
+        if spec.backend == "nccl":
+            # On an NCCL error or timeout, abort the communicator and raise in this process
+            # (2) instead of tearing the worker down (the default, 3): the batch is handed
+            # back here. The followers inherit it.
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
         for rank in range(1, spec.world_size):
             self.followers.append(_start_follower(spec, rank, port))
         try:
@@ -383,6 +390,23 @@ class Group:
         except OSError as exc:
             raise GroupError(self._why_not(exc)) from exc
         self._following = True
+        if self.spec.backend == "nccl" and (self._watch is None or not self._watch.is_alive()):
+            self._watch = threading.Thread(target=self._watch_followers, daemon=True)
+            self._watch.start()
+
+    def _watch_followers(self) -> None:
+        """NCCL waits for a dead peer until its timeout (gloo sees the closed socket at
+        once): while a batch runs, a follower that exits aborts the communicator, so rank
+        0's pending collective fails now."""
+        while self._following and self._broken is None:
+            reason = self.lost()
+            if reason:
+                self._broken = reason
+                log.error("%s; aborting the NCCL communicator", reason)
+                with contextlib.suppress(Exception):
+                    dist.distributed_c10d._abort_process_group()
+                return
+            time.sleep(0.2)
 
     def end(self, decoder) -> None:
         if self.spec.world_size == 1 or not self._following:
