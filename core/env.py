@@ -74,3 +74,30 @@ def env_ranks(name: str) -> dict[str, int]:
             )
         out[slug.strip()] = value
     return out
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (compared lower-case); unset or empty: `default`."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+    return value
+
+
+def env_size_choices(name: str, choices: tuple[str, ...]) -> dict[str, str]:
+    """`slug:value` pairs, comma-separated ("65b:bfloat16,7b:float32"), each value one of
+    `choices`, as {slug: value}."""
+    out: dict[str, str] = {}
+    for item in env_list(name):
+        slug, sep, value = item.partition(":")
+        value = value.strip().lower()
+        if not slug.strip() or not sep or value not in choices:
+            raise ImproperlyConfigured(
+                f"{name} must list size:value pairs such as 65b:{choices[-1]}, each value one "
+                f"of {', '.join(choices)}; got {item!r}"
+            )
+        out[slug.strip()] = value
+    return out

@@ -13,7 +13,16 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from core.env import env_bool, env_float, env_int, env_list, env_ranks, env_str
+from core.env import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_ranks,
+    env_size_choices,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("PORTAL_VAR_DIR", str(BASE_DIR / "var")))
@@ -329,9 +338,19 @@ REVIEW_DUPLICATE_CANDIDATES = env_int("REVIEW_DUPLICATE_CANDIDATES", 500)
 # Workers keep each size's checkpoint here, filled from S3 with SHA-256 verification.
 JOBS_MODEL_CACHE_DIR = Path(env_str("JOBS_MODEL_CACHE_DIR", str(VAR_DIR / "models")))
 JOBS_DEVICE = env_str("JOBS_DEVICE", "auto")  # auto: CUDA when the worker has it, else CPU
-JOBS_DTYPE = env_str("JOBS_DTYPE", "auto")
-# "int8": weight-only int8 (about half the memory of float16; see the README's GPU table).
-JOBS_QUANTIZE = env_str("JOBS_QUANTIZE", "")
+# The worker's weights and activations (inference.llama.engine.DTYPES, "auto": float32 on
+# the CPU, bfloat16 or float16 on a GPU) and weight quantization ("int8": weight-only int8,
+# a scale per 32 input columns, about half the memory of float16; "none" or empty: none).
+# Per size, "65b:bfloat16" pairs override them. An unknown value stops the process here.
+JOBS_DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16", "half")
+JOBS_QUANTIZE_MODES = ("none", "int8")
+JOBS_DTYPE = env_choice("JOBS_DTYPE", "auto", JOBS_DTYPES)
+JOBS_QUANTIZE = env_choice("JOBS_QUANTIZE", "none", JOBS_QUANTIZE_MODES).replace("none", "")
+JOBS_DTYPE_SIZES = env_size_choices("JOBS_DTYPE_SIZES", JOBS_DTYPES)
+JOBS_QUANTIZE_SIZES = {
+    slug: mode.replace("none", "")
+    for slug, mode in env_size_choices("JOBS_QUANTIZE_SIZES", JOBS_QUANTIZE_MODES).items()
+}
 # CPU threads of each worker process's torch (0: torch's default, one per core). On a CPU
 # host shared with the web and the database, fewer threads than cores avoid oversubscription.
 JOBS_TORCH_THREADS = env_int("JOBS_TORCH_THREADS", 0)
