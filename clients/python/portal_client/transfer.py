@@ -267,9 +267,12 @@ def _release(response: requests.Response) -> None:
         response.raw.release_conn()
 
 
+MAX_BACKOFF_SECONDS = 8.0  # a store back after an outage is tried again within 8 s
+
+
 class RetryBudget:
-    """Backoff (1 s doubling to 30 s) within a time budget and, optionally, a number of
-    tries. `wait()` sleeps before the next try and returns True, or returns False at once
+    """Backoff (1 s doubling to MAX_BACKOFF_SECONDS) within a time budget and, optionally, a
+    number of tries. `wait()` sleeps before the next try and returns True, or returns False at once
     when that try would start after the budget: no sleep before giving up."""
 
     def __init__(self, *, seconds: float, tries: int | None = None, sleep=time.sleep):
@@ -292,7 +295,7 @@ class RetryBudget:
         if self.elapsed + delay > self.seconds:
             return False
         self.sleep(delay)
-        self.delay = min(self.delay * 2, 30.0)
+        self.delay = min(self.delay * 2, MAX_BACKOFF_SECONDS)
         return True
 
 
