@@ -24,7 +24,7 @@ class Bar:
 def bars(title: str, rows: list[Bar], *, unit: str = "%") -> SafeString | None:
     if not rows:
         return None
-    width, left, right, top, line = 760, 260, 70, 8, 26
+    width, left, right, top, line = 860, 330, 70, 8, 26
     height = top * 2 + line * len(rows) + 18
     x_max = _axis_max(max(max(r.value, r.high or 0) for r in rows), unit)
     scale = (width - left - right) / x_max
