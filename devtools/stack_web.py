@@ -4,13 +4,15 @@ python -m devtools.stack_web web PORT   migrate, wait for Redis and S3, seed the
                                         accounts, then serve (gunicorn; with PORTAL_DEV=1
                                         Django's server, reloading on code changes)
 python -m devtools.stack_web beat ARGS  publish the demo model (slow the first time),
-                                        then become Celery beat
+                                        start seeding the demo evaluations beside it, then
+                                        become Celery beat
 python -m devtools.stack_web serve PORT only serve (the tests prepare the database first)
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 
@@ -41,17 +43,25 @@ def beat(args: list[str]) -> None:
         call_command("seed_demo", only=["weights"])
     except Exception as exc:  # the portal works without the demo model; say so and go on
         print(f"Could not publish the demo model: {exc}", file=sys.stderr, flush=True)
-    # A small task and its finished evaluation, so the evaluations page is not empty. The web
-    # process migrates and seeds the accounts meanwhile: wait for them a minute at most.
+    # The demo evaluations are scored in a process of their own (it loads torch), so beat's
+    # sweeps start now; it stops with beat's process group.
+    subprocess.Popen([sys.executable, "-m", "devtools.stack_web", "seed-evaluations"])
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "portal", "beat", *args])
+
+
+def seed_evaluations() -> None:
+    """A small task and its finished evaluation, so the evaluations page is not empty. The web
+    process migrates and seeds the accounts meanwhile: wait for them a minute at most."""
+    from django.core.management import call_command
+
     for attempt in range(30):
         try:
             call_command("seed_demo", only=["evaluations"])
-            break
+            return
         except Exception as exc:  # the portal works without them; say so and go on
             if attempt == 29:
                 print(f"Could not seed the demo evaluations: {exc}", file=sys.stderr, flush=True)
             time.sleep(2)
-    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "portal", "beat", *args])
 
 
 def gunicorn_argv(port: str) -> list[str]:
@@ -104,6 +114,9 @@ def main() -> None:
     django.setup()
     if sys.argv[1] == "beat":
         beat(sys.argv[2:])
+        return
+    if sys.argv[1] == "seed-evaluations":
+        seed_evaluations()
         return
     if sys.argv[1] == "serve":
         serve(sys.argv[2])
