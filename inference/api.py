@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import TokenAuthentication, require_scope
 from accounts.selectors import variants_accessible
-from catalog.selectors import variant_availability, variant_get, variants_availability
+from catalog.selectors import variant_get, variants_availability
 from inference import streams
 from inference.models import GenerationJob, JobSource, JobState
 from inference.schema import JOB_EVENT_STREAM
@@ -67,13 +67,11 @@ class JobOutput(serializers.ModelSerializer):
         ]  # fmt: skip
 
     def _waiting(self, job: GenerationJob) -> Waiting | None:
-        # One availability look-up per size and response (a list holds up to 200 jobs).
+        # job_waiting reuses a size's availability for 2 s: a list of 200 jobs or many
+        # clients polling cost one look-up per size.
         if job.state != JobState.QUEUED:
             return None
-        sizes = self.context.setdefault("_availability", {})
-        if job.message_sent and job.variant_id not in sizes:
-            sizes[job.variant_id] = variant_availability(job.variant)
-        return job_waiting(job, availability=sizes.get(job.variant_id))
+        return job_waiting(job)
 
     @extend_schema_field(
         serializers.ChoiceField(

@@ -14,6 +14,7 @@ import math
 import os
 import secrets
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -458,6 +459,22 @@ class Waiting:
     message: str
 
 
+_AVAILABILITY_SECONDS = 2.0  # how long a status poll may reuse a size's availability
+_availability_seen: dict[int, tuple[float, Any]] = {}
+
+
+def _availability_recent(variant: ModelVariant):
+    """The size's availability as seen at most _AVAILABILITY_SECONDS ago in this process:
+    clients polling a queued job's status cost one Redis SCAN per size every 2 s, not one
+    per request."""
+    now = time.monotonic()
+    seen = _availability_seen.get(variant.pk)
+    if seen is None or now - seen[0] > _AVAILABILITY_SECONDS:
+        seen = (now, variant_availability(variant))
+        _availability_seen[variant.pk] = seen
+    return seen[1]
+
+
 def job_waiting(job: GenerationJob, *, availability=None) -> Waiting | None:
     """What the job status API and the clients say while a job is queued: the broker has
     not taken its message (Redis down: the sweep sends it seconds after Redis answers), or
@@ -471,7 +488,7 @@ def job_waiting(job: GenerationJob, *, availability=None) -> Waiting | None:
     )
     if not job.message_sent:
         return Waiting("broker_unreachable", broker)
-    availability = availability or variant_availability(job.variant)
+    availability = availability or _availability_recent(job.variant)
     size = availability.size
     if not availability.files:
         return Waiting(

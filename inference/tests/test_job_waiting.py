@@ -22,6 +22,35 @@ from inference.services import job_cancel, job_waiting, jobs_sweep_stuck
 BROKER = "queued: the job broker is unreachable"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_availability(monkeypatch):
+    """These tests change who serves a size between requests: no reuse of an earlier look."""
+    monkeypatch.setattr("inference.services._AVAILABILITY_SECONDS", 0.0)
+    monkeypatch.setattr("inference.services._availability_seen", {})
+
+
+@pytest.mark.django_db
+def test_status_polls_share_one_availability_look_up_for_two_seconds(monkeypatch):
+    from catalog.models import ModelVariant
+
+    looks: list[str] = []
+    monkeypatch.setattr("inference.services._AVAILABILITY_SECONDS", 2.0)
+    monkeypatch.setattr(
+        "inference.services.variant_availability",
+        lambda v: looks.append(v.slug) or Availability(v.size, v.queue_name, True, 0),
+    )
+    clock = [100.0]
+    monkeypatch.setattr("inference.services.time.monotonic", lambda: clock[0])
+    job = GenerationJob(
+        state=JobState.QUEUED, message_sent=True, variant=ModelVariant.objects.get(slug="7b")
+    )
+    for _ in range(5):
+        assert job_waiting(job).reason == "no_worker"
+    clock[0] += 2.5
+    job_waiting(job)
+    assert looks == ["7b", "7b"]
+
+
 def _broker_down(**kwargs):
     raise ConnectionError("Redis is down")
 
