@@ -294,6 +294,10 @@ def _collect(evaluation: Evaluation, chunk: EvaluationChunk, job: GenerationJob)
 
 
 def _refresh_counts(evaluation: Evaluation) -> None:
+    """Progress, and the summary when items were added (it reads every item's scores)."""
+    done = EvaluationItem.objects.filter(evaluation=evaluation).count()
+    if done == evaluation.items_done and evaluation.results:
+        return
     scores = list(
         EvaluationItem.objects.filter(evaluation=evaluation)
         .order_by("index")
