@@ -310,13 +310,15 @@ class Group:
         """Release the followers and leave the group (the worker is shutting down)."""
         for proc in self.followers:
             with contextlib.suppress(Exception):
-                proc.stdin.write(b"exit\n")
+                proc.stdin.write(b'{"cmd": "exit"}\n')
                 proc.stdin.flush()
         for proc in self.followers:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+            _close_pipes(proc)
         self._leave()
 
     def abort(self, reason: str = "") -> None:
@@ -331,6 +333,7 @@ class Group:
         for proc in self.followers:
             with contextlib.suppress(Exception):
                 proc.wait(timeout=10)
+            _close_pipes(proc)
         self._leave()
 
     def _leave(self) -> None:
@@ -435,6 +438,13 @@ def _start_follower(spec: GroupSpec, rank: int, port: int) -> subprocess.Popen:
     return subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True
     )
+
+
+def _close_pipes(proc: subprocess.Popen) -> None:
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def _read_line(proc: subprocess.Popen, deadline: float) -> str:
