@@ -32,6 +32,7 @@ import atexit
 import fcntl
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -188,6 +189,32 @@ def _group_drop(slug: str, reason: str) -> None:
     group = _groups.pop(slug, None)
     if group is not None:
         group.abort(reason)
+
+
+# A group lost this many times within the window is not restarted again: the worker stops
+# (its service manager starts a fresh one, with fresh CUDA state) and says why.
+TP_MAX_LOSSES = 3
+TP_LOSS_WINDOW_SECONDS = 600.0
+_losses: dict[str, list[float]] = {}
+
+
+def group_lost_too_often(slug: str, *, now: float | None = None) -> bool:
+    """Count one lost group of `slug`; True when that makes TP_MAX_LOSSES within the
+    window."""
+    now = time.monotonic() if now is None else now
+    recent = [t for t in _losses.get(slug, []) if now - t < TP_LOSS_WINDOW_SECONDS]
+    recent.append(now)
+    _losses[slug] = recent
+    return len(recent) >= TP_MAX_LOSSES
+
+
+def _stop_worker() -> None:
+    """Ask the Celery worker to shut down warmly: its main process when this is a prefork
+    pool process, else this process (solo and threads pools run tasks in the main one)."""
+    from billiard import current_process  # Celery's multiprocessing fork
+
+    pool_child = current_process().name.startswith("ForkPoolWorker")
+    os.kill(os.getppid() if pool_child else os.getpid(), signal.SIGTERM)
 
 
 def ranks_serving(slug: str) -> int:
@@ -599,6 +626,19 @@ def job_run(job_id: str, *, node: str = "", soft_time_limit: float | None = None
             reason = group.explain(exc)
             _group_drop(slug, reason)
             handed = run.hand_back(f"{reason}; the tensor-parallel group was restarted")
+            if group_lost_too_often(slug):
+                logger.critical(
+                    "%s: %s; %d job(s) handed back. The tensor-parallel group was lost %d "
+                    "times within %.0f minutes, so this worker stops instead of starting it "
+                    "again: check the GPUs (nvidia-smi, the kernel log) before it restarts.",
+                    claimed.variant,
+                    reason,
+                    handed,
+                    TP_MAX_LOSSES,
+                    TP_LOSS_WINDOW_SECONDS / 60,
+                )
+                _stop_worker()
+                return "tensor-parallel group lost too often: worker stopping"
             logger.error(
                 "%s: %s; %d job(s) handed back; the group of %d ranks starts again on the next job",
                 claimed.variant,

@@ -264,3 +264,32 @@ def test_compose_has_a_tensor_parallel_worker_per_large_size(size, gpus):
     memory_check(spec, {**LLAMA[size], **COMMON}, available=(int(40e9), "a 40 GB GPU"))
     with pytest.raises(DoesNotFit):
         memory_check(spec, {**LLAMA[size], **COMMON}, available=(int(20e9), "a 20 GB GPU"))
+
+
+@given(gaps=st.lists(st.floats(0, 1000), min_size=1, max_size=12))
+def test_the_worker_stops_restarting_a_group_lost_three_times_in_ten_minutes(gaps):
+    """Over any sequence of losses: it gives up exactly when this loss and at least two
+    others fall within the last 600 s."""
+    slug = f"size-{uuid.uuid4().hex[:8]}"
+    now, times = 0.0, []
+    for gap in gaps:
+        now += gap
+        times.append(now)
+        recent = [t for t in times if now - t < worker.TP_LOSS_WINDOW_SECONDS]
+        assert worker.group_lost_too_often(slug, now=now) == (len(recent) >= 3)
+    worker._losses.pop(slug, None)
+
+
+@pytest.mark.parametrize(
+    ("times", "expected"),
+    [
+        ([0, 100, 200], [False, False, True]),  # three in ten minutes: stop
+        ([0, 400, 800, 1200], [False, False, False, False]),  # never three in a window
+        ([0, 599, 1198], [False, False, False]),  # the first lapsed at 599 s later
+        ([0, 10, 700, 710, 720], [False, False, False, False, True]),
+    ],
+)
+def test_examples_of_when_the_worker_stops_restarting(times, expected):
+    slug = f"size-{uuid.uuid4().hex[:8]}"
+    assert [worker.group_lost_too_often(slug, now=t) for t in times] == expected
+    worker._losses.pop(slug, None)
