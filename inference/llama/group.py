@@ -286,7 +286,10 @@ class Group:
 
     def _load(self, par: Parallel):
         spec = self.spec
-        device = "cuda:0" if spec.backend == "nccl" else spec.device
+        # One process: the device as configured ("cuda:1" stays GPU 1); a group: rank r on
+        # GPU r of the visible ones.
+        tp_gpu = spec.backend == "nccl" and spec.world_size > 1
+        device = "cuda:0" if tp_gpu else spec.device
         return Llama.load(
             spec.ckpt_dir,
             device=device,
