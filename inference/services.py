@@ -327,8 +327,12 @@ def _event(job: GenerationJob, from_state: str, to_state: str, message: str = ""
 def _enqueue(job: GenerationJob) -> None:
     """Send the job's queue message once the transaction commits.
 
-    When the broker cannot be reached the job stays queued in the database and the sweep
-    sends the message again later: submission does not fail because Redis is down.
+    The row says `message_sent` already (the caller writes it with the job, so a sent
+    message costs no second write and commit); when the broker cannot be reached the send
+    marks it unsent, the job stays queued and the sweep sends the message seconds after
+    the broker answers again: submission does not fail because Redis is down. (A process
+    killed between the commit and the send leaves a job marked sent without a message: the
+    sweep resends those after JOBS_RESEND_SECONDS.)
     """
     job_id, queue = str(job.id), job.variant.queue_name
 
@@ -348,9 +352,8 @@ def _enqueue(job: GenerationJob) -> None:
             )
         except Exception as exc:  # kombu's errors vary by transport; the sweep re-sends
             logger.warning("job %s stays queued; its message could not be sent: %s", job_id, exc)
-            return
-        GenerationJob.objects.filter(pk=job_id).update(message_sent=True)
-        job.message_sent = True  # the caller's copy answers the request that queued it
+            GenerationJob.objects.filter(pk=job_id).update(message_sent=False)
+            job.message_sent = False  # the caller's copy answers the request that queued it
 
     transaction.on_commit(send)
 
@@ -397,6 +400,7 @@ def job_submit(
             token_charge=need,
             created_at=now,
             queued_at=now,
+            message_sent=True,  # unless the send after the commit fails (_enqueue)
         )
         _event(job, "", JobState.QUEUED, f"submitted via {source}")
         _enqueue(job)
@@ -659,7 +663,7 @@ def job_take_back(
             job.queued_at = now
             job.outputs = []
             # Without a new message, the sweep sends one if no worker claims it meanwhile.
-            job.message_sent = job.message_sent and requeue
+            job.message_sent = requeue
             fields += ["queued_at", "outputs", "message_sent"]
         else:
             job.error = message
@@ -813,7 +817,7 @@ def jobs_sweep_stuck(*, now: datetime | None = None) -> SweepResult:
         with transaction.atomic():
             if GenerationJob.objects.filter(
                 pk=job.pk, state=JobState.QUEUED, queued_at=job.queued_at
-            ).update(queued_at=now, message_sent=False):
+            ).update(queued_at=now, message_sent=True):
                 _enqueue(job)
                 result.resent += 1
     if result.requeued or result.failed or result.resent or result.expired:

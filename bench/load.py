@@ -1,0 +1,362 @@
+"""32 concurrent clients against gunicorn with PostgreSQL on loopback (prints; exits 1 on any
+error).
+
+    .venv/bin/python bench/load.py [--clients 32] [--phase-seconds 15] [--processes 4]
+
+The server is `make run`'s gunicorn (devtools/stack_web.py: gthread, PORTAL_WEB_WORKERS
+workers, default 2, of 8 threads) serving the portal, plus one bare view (`/bench/bare`, an
+HttpResponse through the same middleware) as the trivial reference. It runs on a scratch
+PostgreSQL database (`bench_portal_load` on DATABASE_URL's server), REDIS_URL's Redis
+(default db 7 of the machine's; the bench flushes it) and a SeaweedFS of its own (the demo
+checkpoint's tokenizer counts prompt tokens at submission). No worker runs the jobs: they
+stay queued (a worker's presence is announced so that the size counts as served); this
+measures the web tier.
+
+Each client is a user of its own with a token (`download`, `generate`), a kept-alive
+connection, and requests one after another. Phases of `--phase-seconds` each, all clients
+doing one kind of request (after a short warm-up): the bare view, download link issuance
+(GET /api/v1/models/demo/links), job submission (POST /api/v1/jobs, one short prompt, 4 new
+tokens), status polling (GET /api/v1/jobs/<id>), the bare view again, then all three
+mixed. A second reference, `/bench/bare-db`, is the bare view plus one `SELECT 1`: what a
+database round trip costs on the machine at the time. Last, each request by one client
+alone (4 s each).
+Printed per phase: requests, errors (anything but the expected status, or no answer),
+throughput, p50 and p99 latency, and throughput as a ratio to the bare view's (the mean of
+its two phases; goal >= 0.5 for links and submissions). The load generator runs in
+`--processes` processes on the same machine, so it shares the CPU with the server: the
+ratios compare like with like, the absolute figures are the machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DB_NAME = "bench_portal_load"
+EXPECTED = {"bare": 200, "bare-db": 200, "links": 200, "submit": 201, "status": 200}
+
+
+# --- The server side: the portal's URLs plus a bare view (gunicorn imports this module) -------
+
+
+def _bare(request):
+    from django.http import HttpResponse
+
+    return HttpResponse(b"ok", content_type="text/plain")
+
+
+def _bare_db(request):
+    """The bare view plus one database round trip (SELECT 1): what one query costs here."""
+    from django.db import connection
+    from django.http import HttpResponse
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+    return HttpResponse(b"ok", content_type="text/plain")
+
+
+def __getattr__(name: str):
+    # `urlpatterns`, read by Django's resolver once settings are loaded (ROOT_URLCONF below).
+    if name == "urlpatterns":
+        from django.urls import include, path
+
+        return [
+            path("bench/bare", _bare),
+            path("bench/bare-db", _bare_db),
+            path("", include("portal.urls")),
+        ]
+    raise AttributeError(name)
+
+
+def wsgi():
+    """gunicorn's app factory: `bench.load:wsgi()`."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.wsgi import get_wsgi_application
+
+    settings.ROOT_URLCONF = "bench.load"
+    return get_wsgi_application()
+
+
+# --- The clients ---------------------------------------------------------------------------------
+
+
+def _request(session, url: str, kind: str, job_id: str | None):
+    if kind in ("bare", "bare-db"):
+        return session.get(f"{url}/bench/{kind}", timeout=30)
+    if kind == "links":
+        return session.get(f"{url}/api/v1/models/demo/links", timeout=30)
+    if kind == "submit":
+        body = {"model": "demo", "prompt": "The model", "max_new_tokens": 4}
+        return session.post(f"{url}/api/v1/jobs", json=body, timeout=30)
+    return session.get(f"{url}/api/v1/jobs/{job_id}", timeout=30)
+
+
+def _client_process(args) -> dict:
+    """One process's share of the clients, through one phase."""
+    import requests
+
+    url, tokens, kinds, warmup, seconds = args
+    results: dict[str, list] = {k: [] for k in kinds}
+    errors: dict[str, list[str]] = {k: [] for k in kinds}
+    lock = threading.Lock()
+    start_at = time.monotonic() + 0.5  # every thread starts together
+    measure_from = start_at + warmup
+    stop_at = measure_from + seconds
+
+    def client(index: int, token: str) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+        job = session.post(
+            f"{url}/api/v1/jobs", json={"model": "demo", "prompt": "Hi", "max_new_tokens": 1}
+        )
+        job_id = job.json()["id"] if job.status_code == 201 else None
+        turn = index
+        while time.monotonic() < start_at:
+            time.sleep(0.005)
+        while True:
+            now = time.monotonic()
+            if now >= stop_at:
+                break
+            kind = kinds[turn % len(kinds)]
+            turn += 1
+            began = time.perf_counter()
+            try:
+                response = _request(session, url, kind, job_id)
+                status, problem = response.status_code, None
+                response.content  # noqa: B018 - read the whole answer
+            except requests.RequestException as exc:
+                status, problem = None, type(exc).__name__
+            took = time.perf_counter() - began
+            if now < measure_from:
+                continue
+            with lock:
+                results[kind].append(took)
+                if status != EXPECTED[kind]:
+                    errors[kind].append(problem or f"HTTP {status}")
+        session.close()
+
+    threads = [
+        threading.Thread(target=client, args=(i, t), daemon=True) for i, t in enumerate(tokens)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"results": results, "errors": errors}
+
+
+def run_phase(pool, url: str, tokens: list[str], kinds: list[str], ns, seconds=None) -> dict:
+    seconds = seconds or ns.phase_seconds
+    shares = [s for s in (tokens[i :: ns.processes] for i in range(ns.processes)) if s]
+    parts = pool.map(_client_process, [(url, share, kinds, ns.warmup, seconds) for share in shares])
+    merged: dict[str, dict] = {}
+    for kind in kinds:
+        times = sorted(t for p in parts for t in p["results"][kind])
+        errs = [e for p in parts for e in p["errors"][kind]]
+        merged[kind] = {"times": times, "errors": errs, "seconds": seconds}
+    return merged
+
+
+def _pct(times: list[float], q: float) -> float:
+    if not times:
+        return float("nan")
+    return times[min(len(times) - 1, int(q * len(times)))] * 1000
+
+
+# --- Setup and main ----------------------------------------------------------------------------
+
+
+def _environment(tmp: Path) -> dict[str, str]:
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal")
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/7")
+    return {
+        "DATABASE_URL": urlunsplit(urlsplit(base)._replace(path=f"/{DB_NAME}")),
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
+        "DJANGO_SECRET_KEY": "bench-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECURE_SSL_REDIRECT": "0",
+        "DJANGO_SESSION_COOKIE_SECURE": "0",
+        "DJANGO_CSRF_COOKIE_SECURE": "0",
+        "DJANGO_SECURE_HSTS_SECONDS": "0",
+        "DJANGO_SECURE_PROXY_SSL_HEADER": "0",
+        "DJANGO_STATICFILES_MANIFEST": "0",
+        "DJANGO_LOG_LEVEL": "WARNING",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
+        "JOBS_MAX_ACTIVE_PER_USER": "1000000",
+        "JOBS_TOKENS_PER_DAY": "1000000000",
+        "WEIGHTS_LINK_MAX_USES": "1000000",
+        "WORKER_PRESENCE_SECONDS": "3600",
+        "JOBS_MODEL_CACHE_DIR": str(tmp / "models"),
+        "PORTAL_VAR_DIR": str(tmp / "var"),
+    }
+
+
+def _wait_http(url: str, timeout: float = 60) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/bench/bare", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError("gunicorn did not answer")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--phase-seconds", type=float, default=15.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--processes", type=int, default=4)
+    ns = parser.parse_args()
+
+    from bench._harness import database
+    from devtools.services import SeaweedConfig, free_port, start_seaweed, stop_process
+    from devtools.stack_web import gunicorn_argv
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    env = _environment(tmp)
+    s3 = SeaweedConfig.on_free_ports(tmp / "s3", access_key="load", secret_key=uuid.uuid4().hex)
+    env.update(
+        {
+            "S3_ENDPOINT_URL": s3.endpoint,
+            "S3_ACCESS_KEY_ID": s3.access_key,
+            "S3_SECRET_ACCESS_KEY": s3.secret_key,
+            "S3_BUCKET": "load",
+        }
+    )
+    os.environ.update(env)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
+    database(env["DATABASE_URL"], create=True)
+    seaweed = start_seaweed(s3, log_path=tmp / "weed.log", timeout=120)
+    server = None
+    phases: list[tuple[str, dict]] = []
+    try:
+        import django
+
+        django.setup()
+        import redis
+        from django.core.management import call_command
+
+        redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+        call_command("migrate", verbosity=0)
+        from accounts.services import token_create
+        from accounts.tests.factories import UserFactory, grant_access
+        from catalog.models import ModelVariant
+        from core import storage, workers
+        from inference.llama.demo import build_demo_checkpoint
+        from weights.services import variant_publish
+
+        storage.ensure_bucket(wait=60)
+        print("building and publishing the demo checkpoint ...", flush=True)
+        build_demo_checkpoint(tmp / "demo", steps=5, seed=0)
+        variant_publish(variant=ModelVariant.objects.get(slug="demo"), directory=tmp / "demo")
+        tokens = []
+        for i in range(ns.clients):
+            user = UserFactory(email=f"load{i}@uni.example.edu")
+            grant_access(user, "demo")
+            tokens.append(token_create(user=user, name="load", scopes=["download", "generate"])[1])
+        workers.announce(node="load@bench", queues=["gpu.demo"])
+
+        port = free_port()
+        argv = gunicorn_argv(str(port))
+        argv[argv.index("portal.wsgi:application")] = "bench.load:wsgi()"
+        with open(tmp / "gunicorn.log", "wb") as log:
+            server = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env={**os.environ},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url)
+        web_workers = os.environ.get("PORTAL_WEB_WORKERS", "2")
+        print(
+            f"gunicorn: {web_workers} workers x 8 threads; {ns.clients} clients in "
+            f"{ns.processes} processes; {ns.phase_seconds:.0f} s per phase",
+            flush=True,
+        )
+        load_before = os.getloadavg()
+        context = multiprocessing.get_context("fork")
+        with context.Pool(ns.processes) as pool:
+            plan = [
+                ("bare", ["bare"]),
+                ("bare-db", ["bare-db"]),
+                ("links", ["links"]),
+                ("submit", ["submit"]),
+                ("status", ["status"]),
+                ("bare", ["bare"]),
+                ("mixed", ["links", "submit", "status"]),
+            ]
+            for name, kinds in plan:
+                print(f"phase: {name} ...", flush=True)
+                phases.append((name, run_phase(pool, url, tokens, kinds, ns)))
+            # One client alone: each request's own cost, without queueing behind others.
+            for kind in ("bare", "bare-db", "links", "submit", "status"):
+                phases.append(("1 client", run_phase(pool, url, tokens[:1], [kind], ns, 4.0)))
+        load_after = os.getloadavg()
+    finally:
+        if server is not None:
+            stop_process(server, grace=5)
+        import redis
+
+        redis.Redis.from_url(env["REDIS_URL"]).flushdb()  # the queued jobs' messages
+        from django.db import connections
+
+        connections.close_all()
+        stop_process(seaweed, grace=1)
+        database(env["DATABASE_URL"], create=False)
+
+    bare_rates = [
+        len(p["bare"]["times"]) / p["bare"]["seconds"] for name, p in phases if name == "bare"
+    ]
+    bare = statistics.mean(bare_rates)
+    print(
+        f"\n{ns.clients} clients, {os.cpu_count()} cores shared with the load generator; load "
+        f"average {load_before[0]:.2f} before, {load_after[0]:.2f} after (1 min)"
+    )
+    print(f"{'phase':8} {'request':8} {'count':>7} {'errors':>6} {'req/s':>8} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'vs bare':>8}")  # fmt: skip
+    errors = 0
+    for name, phase in phases:
+        for kind, data in phase.items():
+            rate = len(data["times"]) / data["seconds"]
+            errors += len(data["errors"])
+            print(
+                f"{name:8} {kind:8} {len(data['times']):7d} {len(data['errors']):6d} "
+                f"{rate:8.1f} {_pct(data['times'], 0.5):8.1f} {_pct(data['times'], 0.99):8.1f} "
+                f"{rate / bare:8.2f}"
+            )
+            if data["errors"]:
+                print(f"         errors: {sorted(set(data['errors']))[:5]}")
+    print(f"bare view: {', '.join(f'{r:.1f}' for r in bare_rates)} req/s in its two phases")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
