@@ -139,7 +139,14 @@ def task_file_parse(data: bytes | str, *, kind: str, max_items: int, max_bytes: 
             code="invalid_kind",
             extra={"param": "kind"},
         )
-    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if isinstance(data, str):
+        try:
+            raw = data.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate, from a JSON "\ud800" escape
+            line = data[: exc.start].count("\n") + 1
+            raise _invalid([LineError(line, None, "is not valid Unicode text.")]) from None
+    else:
+        raw = bytes(data)
     if len(raw) > max_bytes:
         raise TooLarge(
             f"The file has {len(raw)} bytes; the most is {max_bytes}.",

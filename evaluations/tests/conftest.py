@@ -1,5 +1,5 @@
 """Fixtures of the evaluations tests: the jobs tests' demo checkpoint (published to the test
-S3 server) and worker, the project's demo tasks, and a stand-in worker that finishes scoring
+S3 server), the project's demo tasks, and a stand-in worker that finishes scoring
 jobs through the jobs service with made-up log-probabilities (a pure function of the token
 ids, so a job run twice gives the same numbers)."""
 
@@ -9,13 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from inference.tests.conftest import (  # noqa: F401 (fixtures)
-    _session_worker,
-    demo_checkpoint,
-    jobs_worker,
-    jobs_worker_factory,
-    published_demo,
-)
+# The jobs tests' session-wide worker is not imported: a second copy of it would live on
+# through the jobs tests and take their jobs. The end-to-end test starts its own.
+from inference.tests.conftest import demo_checkpoint, published_demo  # noqa: F401 (fixtures)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -12,6 +12,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from accounts.services import token_create
+from core.errors import InvalidInput
 from evaluations.models import Evaluation, EvaluationItem, EvaluationState, EvaluationTask
 from evaluations.services import evaluation_advance, evaluation_start, task_upload
 from evaluations.tests.conftest import fake_run
@@ -171,3 +172,18 @@ def test_cancel_and_resume_through_the_api(researcher, published_demo, pairs_fil
     assert client.post(f"{base}/cancel").status_code == 409
     assert client.post(f"{base}/resume").json()["state"] == "running"
     assert Evaluation.objects.get(pk=evaluation.pk).params["resumed"]
+
+
+def test_a_lone_surrogate_is_a_400_not_a_crash(researcher):
+    # The JSON escape \ud800 is a valid JSON string but no Unicode text: refused by the
+    # field (API) or by the line check (any other caller), never a 500.
+    body = json.dumps({"name": "t", "kind": "loglikelihood", "content": GOOD_LINE + "X\n"})
+    body = body.replace("X", '{\\"text\\": \\"\\ud800\\"}')
+    response = client_for(researcher).post(
+        "/api/v1/evaluations/tasks", data=body.encode(), content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert "U+D800" in response.json()["error"]["message"]
+    with pytest.raises(InvalidInput) as caught:
+        task_upload(user=researcher, name="t", kind="loglikelihood", data=GOOD_LINE + "\ud800")
+    assert caught.value.extra["errors"][0]["line"] == 2

@@ -73,8 +73,15 @@ def test_in_process_scores_equal_the_engines_forward_pass(
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_an_evaluation_end_to_end_on_a_real_worker(
-    jobs_worker, published_demo, researcher, pairs_file, mc_file, demo_llama, settings
-):
+    celery_worker, s3, published_demo, researcher, pairs_file, mc_file, demo_llama, settings,
+    tmp_path,
+):  # fmt: skip
+    # A worker of this test's own (stopped at its end), serving the demo size's queue.
+    celery_worker(
+        queues=["gpu.demo"],
+        s3_server=s3,
+        env={"JOBS_MODEL_CACHE_DIR": str(tmp_path / "models"), "JOBS_MAX_ATTEMPTS": "2"},
+    )
     settings.EVAL_CHUNK_CONTEXTS = 1  # several chunks, batched on the worker
     results = {}
     for kind, data in (("paired_sentences", pairs_file), ("multiple_choice", mc_file)):
