@@ -187,3 +187,32 @@ def test_a_lone_surrogate_is_a_400_not_a_crash(researcher):
     with pytest.raises(InvalidInput) as caught:
         task_upload(user=researcher, name="t", kind="loglikelihood", data=GOOD_LINE + "\ud800")
     assert caught.value.extra["errors"][0]["line"] == 2
+
+
+def test_the_upload_form_lists_each_bad_line(client, researcher):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(researcher)
+    bad = SimpleUploadedFile("t.jsonl", (GOOD_LINE + '{"text": 5}\n{"text": ""}\n').encode())
+    page = client.post(
+        "/evaluations/", {"name": "t", "kind": "loglikelihood", "file": bad, "description": ""}
+    )
+    assert page.status_code == 400
+    html = page.content.decode()
+    assert "Line 2, <code>text</code>: must be a string" in html
+    assert "Line 3, <code>text</code>: must not be empty" in html
+    good = SimpleUploadedFile("t.jsonl", GOOD_LINE.encode())
+    page = client.post("/evaluations/", {"name": "ok", "kind": "loglikelihood", "file": good})
+    assert page.status_code == 302 and EvaluationTask.objects.get().name == "ok"
+
+
+def test_starting_from_the_page(client, researcher, published_demo, pairs_file):
+    task = task_upload(user=researcher, name="pairs", kind="paired_sentences", data=pairs_file)
+    client.force_login(researcher)
+    index = client.get("/evaluations/")
+    assert index.status_code == 200 and "pairs" in index.content.decode()
+    started = client.post("/evaluations/start", {"task": task.pk, "model": "demo"})
+    evaluation = Evaluation.objects.get()
+    assert started.status_code == 302 and started["Location"] == evaluation.get_absolute_url()
+    page = client.get(evaluation.get_absolute_url()).content.decode()
+    assert "0 of 10 items scored" in page and "Cancel" in page
