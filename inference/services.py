@@ -275,14 +275,12 @@ def _check_limits(
             code="quota_too_small",
             extra={"param": "max_new_tokens", "limit": quota},
         )
-    rows = list(
-        GenerationJob.objects.filter(owner=user, created_at__gt=now - DAY, token_charge__gt=0)
-        .order_by("created_at")
-        .values_list("created_at", "token_charge")
-    )
-    used = sum(charge for _, charge in rows)
+    day = GenerationJob.objects.filter(owner=user, created_at__gt=now - DAY, token_charge__gt=0)
+    # One sum per submission; the day's rows are read only to tell a refused job when.
+    used = day.aggregate(total=Sum("token_charge"))["total"] or 0
     if used + need <= quota:
         return
+    rows = list(day.order_by("created_at").values_list("created_at", "token_charge"))
     freed, retry_after = 0, int(DAY.total_seconds())
     for created, charge in rows:
         freed += charge
