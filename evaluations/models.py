@@ -78,7 +78,8 @@ class ScoredBy(models.TextChoices):
 
 class Evaluation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    task = models.ForeignKey(EvaluationTask, on_delete=models.PROTECT, related_name="evaluations")
+    # A task's evaluations go with it (`task_delete`, or its owner's account deleted).
+    task = models.ForeignKey(EvaluationTask, on_delete=models.CASCADE, related_name="evaluations")
     variant = models.ForeignKey(
         "catalog.ModelVariant", on_delete=models.PROTECT, related_name="evaluations"
     )
@@ -140,7 +141,7 @@ class EvaluationChunk(models.Model):
 
     evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="chunks")
     job = models.OneToOneField(
-        "inference.GenerationJob", on_delete=models.PROTECT, related_name="evaluation_chunk"
+        "inference.GenerationJob", on_delete=models.CASCADE, related_name="evaluation_chunk"
     )
     item_indexes = models.JSONField()
     layout = models.JSONField()

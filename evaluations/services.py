@@ -125,11 +125,7 @@ def task_delete(*, task: EvaluationTask, user) -> None:
         raise PermissionDenied("Only the task's owner or staff may delete it.", code="not_owner")
     for evaluation in task.evaluations.filter(state=EvaluationState.RUNNING):
         evaluation_cancel(evaluation=evaluation, reason="Its task was deleted.")
-    with transaction.atomic():
-        EvaluationItem.objects.filter(evaluation__task=task).delete()
-        EvaluationChunk.objects.filter(evaluation__task=task).delete()
-        task.evaluations.all().delete()
-        task.delete()
+    task.delete()  # its evaluations, their items and chunks go with it (CASCADE)
 
 
 # --- Starting ------------------------------------------------------------------------------

@@ -212,3 +212,13 @@ def test_wilson_interval_matches_the_textbook_values():
     assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)
     lo, hi = scoring.wilson(0, 20)
     assert lo == 0 and round(hi, 4) == 0.1611
+
+
+def test_deleting_a_researcher_deletes_their_tasks_and_evaluations(
+    researcher, published_demo, mc_file, small_chunks
+):
+    task = task_upload(user=researcher, name="stories", kind="multiple_choice", data=mc_file)
+    evaluation = finish_all(evaluation_start(user=researcher, task=task, variant=published_demo))
+    assert evaluation.items_done == 20
+    researcher.delete()
+    assert not EvaluationItem.objects.exists() and not EvaluationChunk.objects.exists()
