@@ -21,9 +21,9 @@ EPYC, AVX-512 with BF16, 2 cores; 5632x2048 weights, see README):
   row blocks multiplied as a batch (`small_linear`) lets every thread read its own block
   (about 1.8x), with the same dot products in the same order (bitwise equal);
 - bfloat16: `F.linear` goes to oneDNN, which already splits the work;
-- float16: `F.linear` with one row reads at full bandwidth; with several rows this CPU
-  (no AVX-512 FP16, which oneDNN needs for float16) has only a slow path (about 8x the
-  one-row time for 8 rows: no faster than one gemv per row);
+- float16, and bfloat16 where oneDNN cannot pack it (no AVX-512 BF16): `F.linear` with
+  one row reads at full bandwidth; with several rows ATen has only a slow path here
+  (about 8x the one-row time for 8 rows), so 2-16 rows go to `cpu_kernels.half_mm`;
 - int8: `int8_groups.matmul` (its kernel for up to 16 rows, dequantized otherwise).
 """
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import int8_groups
+from . import cpu_kernels, int8_groups
 
 # Decode passes with at most this many rows take the few-row paths on the CPU.
 SMALL_ROWS = 16
@@ -72,6 +72,20 @@ def small_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     x2 = x.reshape(1, rows, in_f).expand(threads, rows, in_f)
     out = torch.bmm(x2, w.view(threads, out_f // threads, in_f).transpose(1, 2))
     return out.transpose(0, 1).reshape(*x.shape[:-1], out_f)
+
+
+def half_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`F.linear(x, w)` for float16/bfloat16 weights: 2 to SMALL_ROWS rows on the CPU go
+    to `cpu_kernels.half_mm` (float32 products and sums, as ATen's), the rest to ATen
+    (one row: ATen reads the weight at full bandwidth; many rows: its GEMM)."""
+    rows = x.numel() // x.shape[-1]
+    if x.device.type != "cpu" or not 2 <= rows <= SMALL_ROWS or x.shape[-1] % 32:
+        return F.linear(x, w)
+    mod = cpu_kernels.kernel()
+    if mod is None:
+        return F.linear(x, w)
+    out = mod.half_mm(x.reshape(rows, x.shape[-1]).float(), w)
+    return out.to(x.dtype).view(*x.shape[:-1], w.shape[0])
 
 
 class Proj:
@@ -131,4 +145,4 @@ class Proj:
         w = self.weight
         if w.dtype == torch.float32:
             return small_linear(x, w)
-        return F.linear(x, w)
+        return half_linear(x, w)

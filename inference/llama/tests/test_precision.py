@@ -18,11 +18,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.llama import int8_groups
+from inference.llama import cpu_kernels, int8_groups
 from inference.llama.__main__ import main
 from inference.llama.engine import Llama
 from inference.llama.generation import BatchDecoder, SamplingParams
 from inference.llama.hf import to_transformers
+from inference.llama.kernels import half_linear
 from inference.llama.model import ThreadChooser
 
 from .conftest import random_model
@@ -368,7 +369,7 @@ def test_int8_without_the_kernel_dequantizes_to_the_same_logits(monkeypatch):
         model = variant_model("int8")
         fast = model(toks)
         fast_steps = cached_logits(model, toks, 12)
-        monkeypatch.setattr(int8_groups, "_kernel", False)  # as where it cannot be built
+        monkeypatch.setattr(cpu_kernels, "_kernel", False)  # as where it cannot be built
         slow = model(toks)
         slow_steps = cached_logits(model, toks, 12)
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
@@ -403,3 +404,21 @@ def test_int8_groups_beat_one_scale_per_row_on_weights_with_outliers():
         row_err = (row_model(toks) - ref).abs().max()
         group_err = (model.prepare("int8")(toks) - ref).abs().max()
     assert group_err < row_err / 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows", [2, 3, 4, 5, 8, 16])
+def test_half_kernel_equals_float32_products_of_the_same_values(dtype, rows, two_threads):
+    """half_mm (2-16 rows of float16/bfloat16 weights): float32 products and sums of the
+    same half-precision values, rounded once to the output dtype."""
+    gen = torch.Generator().manual_seed(rows)
+    w = (torch.randn(200, 256, generator=gen) * 0.05).to(dtype)
+    x = torch.randn(rows, 256, generator=gen).to(dtype)
+    ref = (x.double() @ w.double().T).to(dtype)
+    out = half_linear(x, w)
+    assert cpu_kernels.kernel() is not None
+    assert out.dtype == dtype
+    # One rounding of the result to the output dtype: half an ulp, plus float32 sums.
+    ulp = 2.0**-10 if dtype == torch.float16 else 2.0**-7
+    tol = ref.double().abs() * ulp + 1e-5
+    assert ((out.double() - ref.double()).abs() <= tol).all()

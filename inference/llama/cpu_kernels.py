@@ -1,0 +1,235 @@
+"""Small C++ CPU kernels for the decode step's few-row products, where ATen has no fast
+path on this machine kind (AVX2, no AVX-512 BF16/FP16):
+
+- `int8_group_mm(x, q, scale, 32)`: weight-only int8 with a float16 scale per 32 input
+  columns (see `int8_groups`);
+- `half_mm(x, w)`: float16 or bfloat16 weights against 2-16 float32 rows. ATen's
+  few-row path for half-precision weights runs about one row at a time on this CPU
+  (8 rows: about 8x the one-row time); here each weight is converted to float once per
+  group of up to 4 rows. Products and sums in float32, as ATen's own.
+
+Built at first use by `torch.utils.cpp_extension` (AVX2 + FMA + F16C, OpenMP threads
+as torch's intra-op count; cached under torch's extensions folder, a minute on the
+first load of a machine). Where they cannot be built (no compiler, a CPU without AVX2,
+`LLAMA_CPU_KERNELS=0`), `kernel()` is None and callers use ATen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+static inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_hadd_ps(lo, lo);
+  lo = _mm_hadd_ps(lo, lo);
+  return _mm_cvtss_f32(lo);
+}
+
+// x copied with a row stride of K + 16 floats: rows K * 4 bytes apart (a multiple of 4 KiB
+// for LLaMA's widths) would all fall in the same L1 sets, and 8 rows plus the weight
+// stream overflow its 8 ways (measured: 8 rows took 4x the time of 4).
+static inline torch::Tensor padded_rows(const torch::Tensor& x) {
+  auto xs = torch::empty({x.size(0), x.size(1) + 16}, x.options());
+  xs.narrow(1, 0, x.size(1)).copy_(x);
+  return xs;
+}
+
+// RB rows of x against output row o, accumulators held in registers (RB <= 4).
+template <int RB>
+static inline void rows_block(const float* xp, const int8_t* qrow, const uint16_t* srow,
+                              int64_t ldx, int64_t g0, int64_t g1, int64_t O, int64_t o,
+                              float* op) {
+  __m256 tot[RB];
+  for (int r = 0; r < RB; ++r) tot[r] = _mm256_setzero_ps();
+  for (int64_t g = g0; g < g1; ++g) {
+    // The group's 32 weights as four float vectors, converted once for the RB rows.
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qrow + g * 32));
+    const __m128i lo = _mm256_castsi256_si128(b), hi = _mm256_extracti128_si256(b, 1);
+    const __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+    const __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+    const __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+    const __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+    const __m256 s = _mm256_set1_ps(_cvtsh_ss(srow[g]));
+    const float* xg = xp + g * 32;
+    for (int r = 0; r < RB; ++r) {
+      const float* xr = xg + r * ldx;
+      __m256 p0 = _mm256_mul_ps(w0, _mm256_loadu_ps(xr));
+      __m256 p1 = _mm256_mul_ps(w1, _mm256_loadu_ps(xr + 8));
+      p0 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), p0);
+      p1 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), p1);
+      tot[r] = _mm256_fmadd_ps(s, _mm256_add_ps(p0, p1), tot[r]);
+    }
+  }
+  for (int r = 0; r < RB; ++r) op[r * O + o] += hsum(tot[r]);
+}
+
+// out[r, o] = sum_g scale[o, g] * sum_{k in g} q[o, k] * x[r, k]
+torch::Tensor int8_group_mm(torch::Tensor x, torch::Tensor q, torch::Tensor scale, int64_t group) {
+  TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && scale.dim() == 2, "2-d tensors expected");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32, "x must be float32");
+  TORCH_CHECK(q.scalar_type() == torch::kInt8, "q must be int8");
+  TORCH_CHECK(scale.scalar_type() == torch::kFloat16, "scale must be float16");
+  TORCH_CHECK(group == 32, "the kernel takes groups of 32");
+  const int64_t R = x.size(0), K = x.size(1), O = q.size(0), G = K / group;
+  TORCH_CHECK(q.size(1) == K && K % group == 0 && scale.size(0) == O && scale.size(1) == G,
+              "shapes do not match");
+  x = x.contiguous(); q = q.contiguous(); scale = scale.contiguous();
+  auto out = torch::zeros({R, O}, x.options());
+  const auto xs = padded_rows(x);
+  const int64_t ldx = xs.size(1);
+  const float* xp = xs.data_ptr<float>();
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>());
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, O, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const int8_t* qrow = qp + o * K;
+      const uint16_t* srow = sp + o * G;
+      for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const float* xr = xp + r0 * ldx;
+        float* orow = op + r0 * O;
+        switch (std::min<int64_t>(4, R - r0)) {
+          case 4: rows_block<4>(xr, qrow, srow, ldx, 0, G, O, o, orow); break;
+          case 3: rows_block<3>(xr, qrow, srow, ldx, 0, G, O, o, orow); break;
+          case 2: rows_block<2>(xr, qrow, srow, ldx, 0, G, O, o, orow); break;
+          default: rows_block<1>(xr, qrow, srow, ldx, 0, G, O, o, orow); break;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+
+// Eight float16 or bfloat16 values as floats.
+static inline __m256 load8(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+static inline __m256 load8(const at::BFloat16* p) {
+  const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+// RB rows of x against half-precision weight row o; NA accumulator chains per row.
+template <int RB, typename T>
+static inline void half_rows_block(const float* xp, const T* wrow, int64_t ldx, int64_t k0,
+                                   int64_t k1, int64_t O, int64_t o, float* op) {
+  constexpr int NA = RB <= 2 ? 4 : 2;
+  __m256 acc[RB][NA];
+  for (int r = 0; r < RB; ++r)
+    for (int a = 0; a < NA; ++a) acc[r][a] = _mm256_setzero_ps();
+  for (int64_t k = k0; k < k1; k += 32) {
+    const __m256 w[4] = {load8(wrow + k), load8(wrow + k + 8), load8(wrow + k + 16),
+                         load8(wrow + k + 24)};
+    for (int r = 0; r < RB; ++r) {
+      const float* xr = xp + r * ldx + k;
+      for (int j = 0; j < 4; ++j)
+        acc[r][j % NA] = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(xr + 8 * j), acc[r][j % NA]);
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    __m256 t = acc[r][0];
+    for (int a = 1; a < NA; ++a) t = _mm256_add_ps(t, acc[r][a]);
+    op[r * O + o] += hsum(t);
+  }
+}
+
+template <typename T>
+static void half_mm_impl(const float* xp, int64_t ldx, const T* wp, float* op, int64_t R,
+                         int64_t K, int64_t O) {
+  at::parallel_for(0, O, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const T* wrow = wp + o * K;
+      for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const float* xr = xp + r0 * ldx;
+        float* orow = op + r0 * O;
+        switch (std::min<int64_t>(4, R - r0)) {
+          case 4: half_rows_block<4>(xr, wrow, ldx, 0, K, O, o, orow); break;
+          case 3: half_rows_block<3>(xr, wrow, ldx, 0, K, O, o, orow); break;
+          case 2: half_rows_block<2>(xr, wrow, ldx, 0, K, O, o, orow); break;
+          default: half_rows_block<1>(xr, wrow, ldx, 0, K, O, o, orow); break;
+        }
+      }
+    }
+  });
+}
+
+// out[r, o] = sum_k w[o, k] * x[r, k], w float16 or bfloat16, float32 products and sums.
+torch::Tensor half_mm(torch::Tensor x, torch::Tensor w) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2, "2-d tensors expected");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32, "x must be float32");
+  const int64_t R = x.size(0), K = x.size(1), O = w.size(0);
+  TORCH_CHECK(w.size(1) == K && K % 32 == 0, "widths must match and be a multiple of 32");
+  x = x.contiguous(); w = w.contiguous();
+  auto out = torch::zeros({R, O}, x.options());
+  const auto xs = padded_rows(x);
+  const float* xp = xs.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  if (w.scalar_type() == torch::kFloat16)
+    half_mm_impl(xp, xs.size(1), w.data_ptr<at::Half>(), op, R, K, O);
+  else if (w.scalar_type() == torch::kBFloat16)
+    half_mm_impl(xp, xs.size(1), w.data_ptr<at::BFloat16>(), op, R, K, O);
+  else
+    TORCH_CHECK(false, "w must be float16 or bfloat16");
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("int8_group_mm", &int8_group_mm);
+  m.def("half_mm", &half_mm);
+}
+"""
+
+_lock = threading.Lock()
+_kernel = None  # the built module, False when it cannot be built here
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def kernel():
+    """The compiled module, or None where it cannot be built."""
+    global _kernel
+    if _kernel is None:
+        with _lock:
+            if _kernel is None:
+                _kernel = _build()
+    return _kernel or None
+
+
+def _build():
+    if os.environ.get("LLAMA_CPU_KERNELS", "1") == "0":
+        return False
+    if not {"avx2", "fma", "f16c"} <= _cpu_flags():
+        return False
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        return load_inline(
+            name="llama_cpu_kernels_v3",
+            cpp_sources=[_SOURCE],
+            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as exc:  # no compiler, no headers: ATen's paths still work
+        logger.warning("CPU kernels not built (%s); using ATen's", exc)
+        return False
