@@ -273,6 +273,8 @@ ROUTES: dict[str, dict[str, dict[str, str]]] = {
     "admin:weights_downloadlink_add": {"GET": ADMIN_REFUSED},
     "admin:weights_downloadevent_add": {"GET": ADMIN_REFUSED},
     "admin:inference_generationjob_add": {"GET": ADMIN_REFUSED},
+    "admin:evaluations_evaluationtask_add": {"GET": ADMIN_REFUSED},
+    "admin:evaluations_evaluation_add": {"GET": ADMIN_REFUSED},
     # `<id>/` redirects to `<id>/change/` for staff (checked above), to the login otherwise.
     "admin/*/<path:object_id>/": {"GET": o("login", reviewer="redirect", superuser="redirect")},
     "admin/(?P<url>.*)$": {"GET": o("login", reviewer="404", superuser="404")},
