@@ -37,8 +37,8 @@ def task_get_for_user(*, user, task_id) -> EvaluationTask:
 
 
 def evaluations_visible(*, user) -> QuerySet[Evaluation]:
-    rows = Evaluation.objects.select_related("task", "variant", "owner").defer(
-        "task__content", "task__items", "checkpoint_manifest"
+    rows = Evaluation.objects.select_related("task__owner", "variant", "owner").defer(
+        "task__content", "task__items"
     )
     return rows if user.is_staff else rows.filter(owner=user)
 

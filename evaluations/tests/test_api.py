@@ -216,3 +216,30 @@ def test_starting_from_the_page(client, researcher, published_demo, pairs_file):
     assert started.status_code == 302 and started["Location"] == evaluation.get_absolute_url()
     page = client.get(evaluation.get_absolute_url()).content.decode()
     assert "0 of 10 items scored" in page and "Cancel" in page
+
+
+def test_the_list_page_and_api_take_the_same_queries_for_more_rows(
+    client, researcher, published_demo, pairs_file, settings
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.EVAL_ACTIVE_PER_USER = 100
+    client.force_login(researcher)
+    api = client_for(researcher)
+
+    def add(n):
+        for _ in range(n):
+            task = task_upload(user=researcher, name="p", kind="paired_sentences", data=pairs_file)
+            evaluation_start(user=researcher, task=task, variant=published_demo)
+
+    counts = []
+    for n in (1, 4):
+        add(n)
+        with CaptureQueriesContext(connection) as page:
+            assert client.get("/evaluations/").status_code == 200
+        with CaptureQueriesContext(connection) as listing:
+            assert len(api.get("/api/v1/evaluations").json()) in (1, 5)
+            assert len(api.get("/api/v1/evaluations/tasks").json()) in (1, 5)
+        counts.append((len(page), len(listing)))
+    assert counts[0] == counts[1], counts
