@@ -8,6 +8,7 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.db import connection
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -237,16 +238,78 @@ def _grant_decision(user, variant: ModelVariant, now: datetime) -> AccessDecisio
     )
 
 
+def _allowed_grant(user, variant: ModelVariant, now: datetime) -> Grant | None:
+    """The rules below that the database holds, as ONE query: the live grant that
+    `_grant_decision` would pick (latest end first), found only when the account's address
+    is verified and the current version of the size's governing license (its own, else the
+    default license) is accepted, or none is in effect. None says "not allowed this way", never
+    why: `access_check` then takes the rules one by one for the reason. Allowed requests,
+    nearly all of them, cost one query instead of four or five.
+
+    Written as SQL: the same query through the ORM (Exists, OuterRef, a sliced subquery)
+    took longer to compile in Python than the four simple queries took to run.
+    `test_access_check.py` holds it to the step-by-step rules over generated states."""
+    from allauth.account.models import EmailAddress
+
+    ops = connection.ops
+    at = ops.adapt_datetimefield_value(now)
+    if variant.license_id is not None:
+        governing, governing_params = "%s", [variant.license_id]
+    else:
+        governing = f"(SELECT id FROM {License._meta.db_table} WHERE slug = %s)"  # noqa: S608
+        governing_params = [DEFAULT_LICENSE_SLUG]
+    sql = f"""
+        SELECT g.* FROM {Grant._meta.db_table} g
+        WHERE g.user_id = %s AND g.variant_id = %s AND g.status = %s
+          AND g.starts_at <= %s AND g.ends_at > %s
+          AND EXISTS (
+            SELECT 1 FROM {EmailAddress._meta.db_table} e
+            WHERE e.user_id = %s AND UPPER(e.email) = UPPER(%s) AND e.verified = %s
+          )
+          AND NOT EXISTS (
+            SELECT 1 FROM (
+              SELECT v.id FROM {LicenseVersion._meta.db_table} v
+              WHERE v.license_id = {governing} AND v.effective_at <= %s
+              ORDER BY v.version DESC LIMIT 1
+            ) cur
+            WHERE NOT EXISTS (
+              SELECT 1 FROM {LicenseAcceptance._meta.db_table} a
+              WHERE a.user_id = %s AND a.version_id = cur.id
+            )
+          )
+        ORDER BY g.ends_at DESC, g.id DESC
+        LIMIT 1
+    """  # noqa: S608 - table names from the models; every value is a parameter
+    params = [
+        user.pk, variant.pk, GrantStatus.ACTIVE.value, at, at,
+        user.pk, user.email, True,
+        *governing_params, at,
+        user.pk,
+    ]  # fmt: skip
+    found = list(Grant.objects.raw(sql, params))
+    return found[0] if found else None
+
+
 def access_check(*, user, variant: ModelVariant, purpose: str) -> AccessDecision:
     """May this user download or run this size right now, and if not, why."""
     if purpose not in PURPOSES:
         raise ValueError(f"unknown purpose {purpose!r}; expected one of {PURPOSES}")
+    now = timezone.now()
+    if user is not None and user.is_authenticated and user.is_active and variant.is_published:
+        grant = _allowed_grant(user, variant, now)
+        if grant is not None:
+            return AccessDecision(True, "ok", "Access granted.", grant)
+    # Denied (or the one query found nothing): the same rules step by step, for the reason.
+    return _access_by_steps(user, variant, now)
+
+
+def _access_by_steps(user, variant: ModelVariant, now: datetime) -> AccessDecision:
+    """The access rules one at a time, so a refusal says which one failed."""
     decision = _account_decision(user)
     if decision is not None:
         return decision
     if not variant.is_published:
         return AccessDecision(False, "not_published", f"{variant} is not published.")
-    now = timezone.now()
     decision = _grant_decision(user, variant, now)
     if not decision.allowed:
         return decision

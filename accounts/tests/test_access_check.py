@@ -7,7 +7,11 @@ from datetime import timedelta
 import pytest
 from allauth.account.models import EmailAddress
 from django.contrib.auth.models import AnonymousUser
+from django.db import transaction
 from django.utils import timezone
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from accounts import services
 from accounts.models import Grant
@@ -146,3 +150,104 @@ def test_a_returned_application_gives_no_access(reviewer):
     app = application_fill(user, "7b")
     services.application_return(application=app, reviewer=reviewer, message="Add a web page.")
     assert access_check(user=user, variant=v("7b"), purpose="download").code == "no_grant"
+
+
+# --- The one-query path agrees with the rules taken one by one ---------------------------
+
+_hours = st.sampled_from([-24, -1, 1, 24])  # from now: well past, just past, just ahead ...
+_grant_states = st.tuples(
+    st.sampled_from(["active", "active", "revoked", "expired"]), _hours, _hours
+)
+
+
+@given(
+    email=st.sampled_from(["none", "verified", "verified-other-case", "unverified"]),
+    grants=st.lists(_grant_states, min_size=1, max_size=3),
+    own_license=st.booleans(),
+    accept_existing=st.booleans(),  # the versions the catalog already holds
+    # each new version: (effective, hours from now; accepted by the user)
+    versions=st.lists(st.tuples(_hours, st.booleans()), max_size=3),
+)
+@hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_the_one_query_allows_exactly_when_every_rule_does(
+    email, grants, own_license, accept_existing, versions, db
+):
+    """Over generated accounts, grants and license histories, `_allowed_grant` (the one
+    query access_check asks first) finds a grant exactly when the rules one by one allow,
+    and the same grant; so a refusal always comes from the step-by-step reasons."""
+    with transaction.atomic():  # each example starts from the same database
+        _one_query_agrees(email, grants, own_license, accept_existing, versions)
+        transaction.set_rollback(True)
+
+
+def _one_query_agrees(email, grants, own_license, accept_existing, versions) -> None:
+    from hashlib import sha256
+
+    from accounts.models import LicenseAcceptance
+    from accounts.selectors import _access_by_steps, _allowed_grant
+    from catalog.models import LicenseVersion
+
+    now = timezone.now()
+    user = UserFactory(email="Mixed.Case@uni.example.edu")
+    EmailAddress.objects.filter(user=user).delete()
+    if email != "none":
+        EmailAddress.objects.create(
+            user=user,
+            email=user.email.upper() if email == "verified-other-case" else user.email,
+            verified=email != "unverified",
+        )
+    variant = v("7b")
+    variant.is_published = True
+    if own_license:
+        license = License.objects.create(slug=f"own-{user.pk}", title="Own license")
+        variant.license = license
+    else:
+        variant.license = None
+        license = License.objects.get(slug=DEFAULT_LICENSE_SLUG)
+    variant.save(update_fields=["is_published", "license"])
+    existing = list(license.versions.all())
+    if accept_existing:
+        for version in existing:
+            LicenseAcceptance.objects.create(
+                user=user, version=version, text_sha256=version.sha256, typed_name="x"
+            )
+    start = max((version.version for version in existing), default=0)
+    for i, (effective, accepted) in enumerate(versions, start=start + 1):
+        version = LicenseVersion.objects.create(
+            license=license,
+            version=i,
+            title=f"v{i}",
+            text=f"text {i}",
+            sha256=sha256(f"text {i}".encode()).hexdigest(),
+            effective_at=now + timedelta(hours=effective),
+        )
+        if accepted:
+            LicenseAcceptance.objects.create(
+                user=user, version=version, text_sha256=version.sha256, typed_name="x"
+            )
+    active_seen = False
+    for status, starts, ends in grants:
+        if status == "active":
+            if active_seen:  # at most one active grant per person and size
+                continue
+            active_seen = True
+        Grant.objects.create(
+            user=user,
+            variant=variant,
+            status=status,
+            starts_at=now + timedelta(hours=starts),
+            ends_at=now + timedelta(hours=ends),
+        )
+
+    steps = _access_by_steps(user, variant, now)
+    found = _allowed_grant(user, variant, now)
+
+    assert (found is not None) == steps.allowed, (steps.code, found)
+    if found is not None:
+        assert found.pk == steps.grant.pk
+        assert access_check(user=user, variant=variant, purpose="download").grant.pk == found.pk
+    else:
+        decision = access_check(user=user, variant=variant, purpose="generate")
+        assert (decision.allowed, decision.code) == (False, steps.code)
