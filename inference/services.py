@@ -23,7 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import F, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from accounts.selectors import access_require
@@ -235,17 +235,24 @@ def _check_context(variant: ModelVariant, prompts: list[Prompt], params: dict[st
 def _check_limits(
     *, user, need: int, now: datetime, scoring: bool = False, variant: ModelVariant | None = None
 ) -> None:
-    mine = GenerationJob.objects.filter(owner=user, state__in=ACTIVE_STATES)
     most = settings.JOBS_MAX_ACTIVE_PER_USER
+    # The three counts the limits need, in one query over the user's active and recent jobs.
+    scoring_q = Q(params__max_new_tokens__lte=1, params__n=1)
+    active_q = Q(state__in=ACTIVE_STATES)
+    day_q = Q(created_at__gt=now - DAY, token_charge__gt=0)
+    totals = (
+        GenerationJob.objects.filter(owner=user)
+        .filter(active_q | day_q)
+        .aggregate(
+            in_flight=Sum("token_charge", filter=active_q & scoring_q),
+            active=Count("pk", filter=active_q & ~scoring_q),
+            used=Sum("token_charge", filter=day_q),
+        )
+    )
     if scoring and variant is not None:
         # Scoring jobs are one forward pass each, batched with the others: what bounds them
         # is the tokens in flight, as many as the user's generation jobs could hold at once.
-        in_flight = (
-            mine.filter(params__max_new_tokens__lte=1, params__n=1).aggregate(
-                total=Sum("token_charge")
-            )["total"]
-            or 0
-        )
+        in_flight = totals["in_flight"] or 0
         room = SCORING_ACTIVE_CONTEXTS * variant.context_length
         if in_flight + need > room:
             raise RateLimited(
@@ -258,7 +265,7 @@ def _check_limits(
             )
         active = 0
     else:
-        active = mine.exclude(params__max_new_tokens__lte=1, params__n=1).count()
+        active = totals["active"]
     if active >= most:
         raise RateLimited(
             f"You have {active} jobs queued or running, the most allowed at once. Wait for "
@@ -275,11 +282,11 @@ def _check_limits(
             code="quota_too_small",
             extra={"param": "max_new_tokens", "limit": quota},
         )
-    day = GenerationJob.objects.filter(owner=user, created_at__gt=now - DAY, token_charge__gt=0)
-    # One sum per submission; the day's rows are read only to tell a refused job when.
-    used = day.aggregate(total=Sum("token_charge"))["total"] or 0
+    used = totals["used"] or 0
     if used + need <= quota:
         return
+    # The day's rows are read only to tell a refused job when.
+    day = GenerationJob.objects.filter(owner=user).filter(day_q)
     rows = list(day.order_by("created_at").values_list("created_at", "token_charge"))
     freed, retry_after = 0, int(DAY.total_seconds())
     for created, charge in rows:

@@ -44,31 +44,54 @@ def _processor(path: str, sha256: str):
     return processor
 
 
-def tokenizer_file(variant: ModelVariant) -> Path | None:
-    """The size's `tokenizer.model`, fetched and SHA-256 verified on first use; None when it
-    cannot be had (not stored yet, S3 down)."""
-    row = WeightFile.objects.filter(variant=variant, path=TOKENIZER_PATH).first()
-    if row is None:
-        return None
+def _tokenizer_row(variant: ModelVariant) -> tuple[str, str, int] | None:
+    return (
+        WeightFile.objects.filter(variant=variant, path=TOKENIZER_PATH)
+        .values_list("s3_key", "sha256", "size")
+        .first()
+    )
+
+
+def _tokenizer_fetch(variant: ModelVariant, row: tuple[str, str, int]) -> Path | None:
+    s3_key, sha256, size = row
     # Beside, not inside, the workers' checkpoint folders: a worker on the same host fills
     # those under a lock the web must not wait on.
     dest = Path(settings.JOBS_MODEL_CACHE_DIR) / "web-tokenizers" / variant.slug / TOKENIZER_PATH
     try:
-        storage.download_file(row.s3_key, dest, sha256=row.sha256, size=row.size)
+        storage.download_file(s3_key, dest, sha256=sha256, size=size)
     except (*storage.S3Error, storage.ChecksumMismatch, OSError) as exc:
         logger.warning("tokenizer of %s unavailable, estimating prompt tokens: %s", variant, exc)
         return None
     return dest
 
 
+def tokenizer_file(variant: ModelVariant) -> Path | None:
+    """The size's `tokenizer.model`, fetched and SHA-256 verified on first use; None when it
+    cannot be had (not stored yet, S3 down)."""
+    row = _tokenizer_row(variant)
+    return None if row is None else _tokenizer_fetch(variant, row)
+
+
+# variant id -> (its tokenizer's manifest row, the processor loaded from that file). A
+# submission reads the row (one query) and uses the processor it already holds while the
+# row is the same: no lock, no re-hash of the file per request. A republished tokenizer
+# (another key, digest or size) is fetched and verified again.
+_loaded: dict[int, tuple[tuple[str, str, int], object]] = {}
+
+
 def _tokenizer_for(variant: ModelVariant):
-    path = tokenizer_file(variant)
+    row = _tokenizer_row(variant)
+    if row is None:
+        return None
+    held = _loaded.get(variant.pk)
+    if held is not None and held[0] == row:
+        return held[1]
+    path = _tokenizer_fetch(variant, row)
     if path is None:
         return None
-    sha256 = WeightFile.objects.filter(variant=variant, path=TOKENIZER_PATH).values_list(
-        "sha256", flat=True
-    )[0]
-    return _processor(str(path), sha256)
+    processor = _processor(str(path), row[1])
+    _loaded[variant.pk] = (row, processor)
+    return processor
 
 
 def tokenizer_get(variant: ModelVariant):
