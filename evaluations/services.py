@@ -406,10 +406,11 @@ def evaluation_advance(*, evaluation_id) -> Evaluation | None:
 
 
 def _send_more(evaluation: Evaluation) -> None:
-    active = EvaluationChunk.objects.filter(
-        evaluation=evaluation, collected=False, job__state__in=(JobState.QUEUED, JobState.RUNNING)
-    )
-    room = settings.EVAL_MAX_OUTSTANDING_JOBS - active.count()
+    # Every chunk not collected yet covers its items, whatever its job's state now: a job
+    # that ended after this advance collected the others is collected by the next one, and
+    # its items must not be sent again meanwhile.
+    active = list(EvaluationChunk.objects.filter(evaluation=evaluation, collected=False))
+    room = settings.EVAL_MAX_OUTSTANDING_JOBS - len(active)
     if room <= 0:
         return
     covered = {i for chunk in active for i in chunk.item_indexes}

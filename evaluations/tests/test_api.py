@@ -45,7 +45,7 @@ def upload(client, *, content=GOOD_LINE, kind="loglikelihood", shared=False):
         ("outsider", False, 403, "no_grant"),
     ],
 )
-def test_who_may_upload(request, who, shared, status, code):
+def test_who_may_upload(db, request, who, shared, status, code):
     response = upload(client_for(request.getfixturevalue(who)), shared=shared)
     assert response.status_code == status, response.content
     if code:

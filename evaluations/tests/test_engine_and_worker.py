@@ -99,7 +99,8 @@ def test_an_evaluation_end_to_end_on_a_real_worker(
         assert evaluation.state == EvaluationState.SUCCEEDED, evaluation.error
         assert seen == sorted(seen) and seen[-1] == task.item_count  # progress only grows
         chunks = EvaluationChunk.objects.filter(evaluation=evaluation).select_related("job")
-        assert len(chunks) > 1 and all(c.job.state == "succeeded" for c in chunks)
+        states = [(c.job.state, c.job.error) for c in chunks]
+        assert len(chunks) > 1 and all(state == "succeeded" for state, _ in states), states
         assert {c.job.worker for c in chunks} and evaluation.params["workers"]
         stored = [
             i.scores for i in EvaluationItem.objects.filter(evaluation=evaluation).order_by("index")

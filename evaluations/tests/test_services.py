@@ -222,3 +222,24 @@ def test_deleting_a_researcher_deletes_their_tasks_and_evaluations(
     assert evaluation.items_done == 20
     researcher.delete()
     assert not EvaluationItem.objects.exists() and not EvaluationChunk.objects.exists()
+
+
+def test_a_chunk_whose_job_ends_mid_advance_is_not_sent_again(
+    researcher, published_demo, mc_file, small_chunks
+):
+    """The window inside one advance: the chunks were collected, then a job ended before
+    more were sent. Its items are still covered (found by the end-to-end test: a chunk
+    sent twice, scored once)."""
+    from evaluations import services
+
+    task = task_upload(user=researcher, name="stories", kind="multiple_choice", data=mc_file)
+    evaluation = evaluation_start(user=researcher, task=task, variant=published_demo)
+    evaluation = evaluation_advance(evaluation_id=evaluation.pk)
+    first = EvaluationChunk.objects.filter(evaluation=evaluation).order_by("created_at")[0]
+    fake_run(first.job)  # ends now, after "collection", before "send"
+    evaluation.params = {**evaluation.params}
+    services._send_more(evaluation)  # the rest of the same advance
+    items = [
+        i for c in EvaluationChunk.objects.filter(evaluation=evaluation) for i in c.item_indexes
+    ]
+    assert len(items) == len(set(items))
