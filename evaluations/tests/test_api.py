@@ -243,3 +243,13 @@ def test_the_list_page_and_api_take_the_same_queries_for_more_rows(
             assert len(api.get("/api/v1/evaluations/tasks").json()) in (1, 5)
         counts.append((len(page), len(listing)))
     assert counts[0] == counts[1], counts
+
+
+def test_the_site_header_links_signed_in_researchers_to_their_evaluations(client, researcher):
+    assert 'href="/evaluations/"' not in client.get("/models/").content.decode()
+    client.force_login(researcher)
+
+    header = client.get("/models/").content.decode().split("</header>")[0]
+
+    assert 'href="/evaluations/">Evaluations</a>' in header
+    assert client.get("/evaluations/").status_code == 200
