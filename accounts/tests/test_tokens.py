@@ -167,3 +167,29 @@ def test_a_token_killed_by_a_revocation_carries_the_reviewers_reason(researcher,
     services.grant_revoke(grant=grant, actor=reviewer, reason="Breach of license.")
     token = services.token_find(key)
     assert token.revoke_reason == "access to LLaMA 7B revoked: Breach of license"
+
+
+def test_the_found_token_and_its_user_hold_what_the_orm_reads(researcher):
+    """token_find reads the token and its user in one plain query: every field, converted,
+    equals the ORM's (dates as aware datetimes, scopes as a list, flags as booleans)."""
+    from django.contrib.auth import get_user_model
+
+    token, key = services.token_create(
+        user=researcher, name="laptop", scopes=["download", "generate"]
+    )
+    services.token_touch(token=token)
+
+    found = services.token_find(key)
+    expected = AccessToken.objects.select_related("user").get(pk=token.pk)
+
+    for field in AccessToken._meta.concrete_fields:
+        assert getattr(found, field.attname) == getattr(expected, field.attname), field.name
+    for field in get_user_model()._meta.concrete_fields:
+        value = getattr(found.user, field.attname)
+        assert value == getattr(expected.user, field.attname), field.name
+        assert type(value) is type(getattr(expected.user, field.attname)), field.name
+    assert isinstance(found.scopes, list) and found.expires_at.tzinfo is not None
+    assert found.user is not None and found.user.pk == researcher.pk
+    assert not found._state.adding and found.user.is_authenticated
+    assert services.token_find(key[:12] + "x" * (len(key) - 12)) is None  # same prefix, bad key
+    assert services.token_find("llp_" + "0" * 40) is None  # no such prefix
