@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import uuid
 
+from django.db import connection
 from django.db.models import QuerySet
 
 from core.errors import InvalidInput, NotFound
+from core.rows import one_with_related
 from inference.models import GenerationJob, JobState
 
 
@@ -16,11 +18,16 @@ def job_get_for_user(*, user, job_id) -> GenerationJob:
         pk = uuid.UUID(str(job_id))
     except ValueError:
         raise NotFound("There is no such job on your account.", code="job_not_found") from None
-    job = (
-        GenerationJob.objects.select_related("variant")
-        .filter(pk=pk, owner_id=getattr(user, "pk", None))
-        .first()
-    )
+    owner_id = getattr(user, "pk", None)
+    job = None
+    if owner_id is not None:
+        # The job with its size in one plain query: every status poll reads it.
+        job = one_with_related(
+            GenerationJob,
+            "variant",
+            "m.id = %s AND m.owner_id = %s",
+            [GenerationJob._meta.pk.get_db_prep_value(pk, connection), owner_id],
+        )
     if job is None:
         raise NotFound("There is no such job on your account.", code="job_not_found")
     return job
