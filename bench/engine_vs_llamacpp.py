@@ -359,9 +359,18 @@ def report(results: list[dict], ns: argparse.Namespace, bw: tuple[float, float])
     read_bw, copy_bw = bw
     limit = max(read_bw, copy_bw)
     log("")
+    # Saved runs (--report) carry their own conditions; they may differ per shape.
+    runs = {json.dumps(r.get("run"), sort_keys=True) for r in results if r.get("run")}
+    if ns.report and runs:
+        conditions = "; ".join(
+            f"prompt {c['prompt_len']}, {c['new_tokens']} new tokens, {c['rounds']} rounds"
+            for c in map(json.loads, sorted(runs))
+        )
+    else:
+        conditions = f"prompt {ns.prompt_len}, {ns.new_tokens} new tokens, {ns.rounds} rounds"
     log(
-        f"{datetime.now():%Y-%m-%d %H:%M}, {ns.threads} threads, prompt {ns.prompt_len}, "
-        f"{ns.new_tokens} new tokens, {ns.rounds} rounds; decode tok/s, median of rounds "
+        f"{datetime.now():%Y-%m-%d %H:%M}, {ns.threads} threads, {conditions}; "
+        f"decode tok/s, median of rounds "
         f"[min-max]; ratios: median of the rounds' ratios [min-max]; memory: read "
         f"{read_bw / 1e9:.1f} GB/s, copy {copy_bw / 1e9:.1f} GB/s"
     )
@@ -410,6 +419,9 @@ def report(results: list[dict], ns: argparse.Namespace, bw: tuple[float, float])
             f"greedy = float32 {res['greedy_fp32']}/16, = llama.cpp {res['greedy_llamacpp']}/16"
         )
     if ns.json:
+        run = {"rounds": ns.rounds, "new_tokens": ns.new_tokens, "prompt_len": ns.prompt_len}
+        for res in results:
+            res.setdefault("run", run)
         ns.json.write_text(json.dumps({"results": results, "bandwidth": bw}, indent=1))
 
 
