@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -215,11 +216,24 @@ def kernel():
     return _kernel or None
 
 
+def _ninja_on_path() -> None:
+    """torch's builder runs `ninja` from PATH; a venv that is not activated (`.venv/bin/pytest`,
+    the worker started by path) has the pinned `ninja` package's binary off PATH."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def _build():
     if os.environ.get("LLAMA_CPU_KERNELS", "1") == "0":
         return False
     if not {"avx2", "fma", "f16c"} <= _cpu_flags():
         return False
+    _ninja_on_path()
     try:
         from torch.utils.cpp_extension import load_inline
 
