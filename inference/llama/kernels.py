@@ -21,9 +21,11 @@ EPYC, AVX-512 with BF16, 2 cores; 5632x2048 weights, see README):
   row blocks multiplied as a batch (`small_linear`) lets every thread read its own block
   (about 1.8x), with the same dot products in the same order (bitwise equal);
 - bfloat16: `F.linear` goes to oneDNN, which already splits the work;
-- float16, and bfloat16 where oneDNN cannot pack it (no AVX-512 BF16): `F.linear` with
-  one row reads at full bandwidth; with several rows ATen has only a slow path here
-  (about 8x the one-row time for 8 rows), so 2-16 rows go to `cpu_kernels.half_mm`;
+- float16, and bfloat16 where oneDNN cannot pack it (no AVX-512 BF16, as on the AVX2
+  host): one row goes to `cpu_kernels.half_mv`, which streams the weight once at 93-94%
+  of the read bandwidth measured beside it (ATen's one-row path: 66%, 1B layer shapes,
+  AVX2 host); with several rows ATen has only a slow path here (about 8x the one-row
+  time for 8 rows), so 2-16 rows go to `cpu_kernels.half_mm`;
 - int8: `int8_groups.matmul` (its kernel for up to 16 rows, dequantized otherwise).
 """
 
@@ -75,16 +77,17 @@ def small_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def half_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """`F.linear(x, w)` for float16/bfloat16 weights: 2 to SMALL_ROWS rows on the CPU go
-    to `cpu_kernels.half_mm` (float32 products and sums, as ATen's), the rest to ATen
-    (one row: ATen reads the weight at full bandwidth; many rows: its GEMM)."""
+    """`F.linear(x, w)` for float16/bfloat16 weights on the CPU, float32 products and sums
+    as ATen's: one row goes to `cpu_kernels.half_mv` (any width), 2 to SMALL_ROWS rows to
+    `cpu_kernels.half_mm` (widths a multiple of 32), the rest to ATen's GEMM."""
     rows = x.numel() // x.shape[-1]
-    if x.device.type != "cpu" or not 2 <= rows <= SMALL_ROWS or x.shape[-1] % 32:
+    if x.device.type != "cpu" or rows > SMALL_ROWS or (rows > 1 and x.shape[-1] % 32):
         return F.linear(x, w)
     mod = cpu_kernels.kernel()
     if mod is None:
         return F.linear(x, w)
-    out = mod.half_mm(x.reshape(rows, x.shape[-1]).float(), w)
+    x2 = x.reshape(rows, x.shape[-1]).float()
+    out = mod.half_mv(x2, w) if rows == 1 else mod.half_mm(x2, w)
     return out.to(x.dtype).view(*x.shape[:-1], w.shape[0])
 
 
