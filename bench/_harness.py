@@ -16,6 +16,30 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def environment(*, db_name: str, redis_url: str, **jobs: str) -> dict[str, str]:
+    """The portal's settings for a benchmark's own processes: the scratch database `db_name`
+    on the server DATABASE_URL names, `redis_url` as cache and broker, production settings
+    minus HTTPS (the benches speak plain HTTP on loopback), mail kept in memory, quiet logs;
+    then the benchmark's own JOBS_* and other settings."""
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal")
+    return {
+        "DATABASE_URL": urlunsplit(urlsplit(base)._replace(path=f"/{db_name}")),
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
+        "DJANGO_SECRET_KEY": "bench-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECURE_SSL_REDIRECT": "0",
+        "DJANGO_SESSION_COOKIE_SECURE": "0",
+        "DJANGO_CSRF_COOKIE_SECURE": "0",
+        "DJANGO_SECURE_HSTS_SECONDS": "0",
+        "DJANGO_SECURE_PROXY_SSL_HEADER": "0",
+        "DJANGO_STATICFILES_MANIFEST": "0",
+        "DJANGO_LOG_LEVEL": "WARNING",
+        "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
+        **jobs,
+    }
+
+
 def database(url: str, *, create: bool) -> None:
     """Drop the database `url` names and, with `create`, make it again empty."""
     import psycopg

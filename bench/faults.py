@@ -44,12 +44,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._harness import Portal, database  # noqa: E402
+from bench._harness import Portal, database, environment  # noqa: E402
 from devtools.services import (  # noqa: E402
     SeaweedConfig,
     free_port,
@@ -65,31 +64,18 @@ DEFAULT_NODE = "faults-default@localhost"
 
 
 def _environment(tmp: Path, redis_port: int) -> dict[str, str]:
-    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal")
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    return {
-        "DATABASE_URL": urlunsplit(urlsplit(base)._replace(path=f"/{DB_NAME}")),
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
-        "DJANGO_SECRET_KEY": "bench-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz",
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECURE_SSL_REDIRECT": "0",
-        "DJANGO_SESSION_COOKIE_SECURE": "0",
-        "DJANGO_CSRF_COOKIE_SECURE": "0",
-        "DJANGO_SECURE_HSTS_SECONDS": "0",
-        "DJANGO_SECURE_PROXY_SSL_HEADER": "0",
-        "DJANGO_STATICFILES_MANIFEST": "0",
-        "DJANGO_LOG_LEVEL": "WARNING",
-        "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
-        "JOBS_MAX_ACTIVE_PER_USER": "32",
-        "JOBS_TOKENS_PER_DAY": "100000000",
-        "JOBS_MAX_BATCH_SIZE": "8",
-        "JOBS_STEP_DELAY_SECONDS": "0.04",
-        "JOBS_TORCH_THREADS": "1",
-        "JOBS_MODEL_CACHE_DIR": str(tmp / "models"),
-        "PORTAL_VAR_DIR": str(tmp / "var"),
-        "PYTHONUNBUFFERED": "1",
-    }
+    return environment(
+        db_name=DB_NAME,
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        JOBS_MAX_ACTIVE_PER_USER="32",
+        JOBS_TOKENS_PER_DAY="100000000",
+        JOBS_MAX_BATCH_SIZE="8",
+        JOBS_STEP_DELAY_SECONDS="0.04",
+        JOBS_TORCH_THREADS="1",
+        JOBS_MODEL_CACHE_DIR=str(tmp / "models"),
+        PORTAL_VAR_DIR=str(tmp / "var"),
+        PYTHONUNBUFFERED="1",
+    )
 
 
 class Stack:

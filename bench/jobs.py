@@ -36,12 +36,11 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._harness import Portal, database, start_worker  # noqa: E402
+from bench._harness import Portal, database, environment, start_worker  # noqa: E402
 
 DB_NAME = "bench_portal_jobs"
 PROMPT = "The model"
@@ -49,33 +48,18 @@ WORDS = ["was", "of", "and", "in", "the", "is", "a", "to"]  # eight different pr
 
 
 def _environment(tmp: Path) -> dict[str, str]:
-    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal")
-    parts = urlsplit(base)
-    env = {
-        "DATABASE_URL": urlunsplit(parts._replace(path=f"/{DB_NAME}")),
-        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/7"),
-        "DJANGO_SECRET_KEY": "bench-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz",
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECURE_SSL_REDIRECT": "0",
-        "DJANGO_SESSION_COOKIE_SECURE": "0",
-        "DJANGO_CSRF_COOKIE_SECURE": "0",
-        "DJANGO_SECURE_HSTS_SECONDS": "0",
-        "DJANGO_SECURE_PROXY_SSL_HEADER": "0",
-        "DJANGO_STATICFILES_MANIFEST": "0",
-        "DJANGO_LOG_LEVEL": "WARNING",
-        "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
-        "JOBS_MAX_ACTIVE_PER_USER": "16",
-        "JOBS_TOKENS_PER_DAY": "100000000",
-        "JOBS_MAX_BATCH_SIZE": "8",
-        "JOBS_STEP_DELAY_SECONDS": "0",
+    return environment(
+        db_name=DB_NAME,
+        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/7"),
+        JOBS_MAX_ACTIVE_PER_USER="16",
+        JOBS_TOKENS_PER_DAY="100000000",
+        JOBS_MAX_BATCH_SIZE="8",
+        JOBS_STEP_DELAY_SECONDS="0",
         # Two cores run the worker, the web, PostgreSQL and this script: one torch thread in
         # the worker (and in this script's direct engine calls) avoids oversubscription.
-        "JOBS_TORCH_THREADS": "1",
-        "JOBS_MODEL_CACHE_DIR": str(tmp / "models"),
-        "CELERY_BROKER_URL": "",
-    }
-    env["CELERY_BROKER_URL"] = env["REDIS_URL"]
-    return env
+        JOBS_TORCH_THREADS="1",
+        JOBS_MODEL_CACHE_DIR=str(tmp / "models"),
+    )
 
 
 class Api:

@@ -40,10 +40,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench._harness import environment  # noqa: E402
 
 DB_NAME = "bench_portal_load"
 EXPECTED = {"bare": 200, "bare-db": 200, "links": 200, "submit": 201, "status": 200}
@@ -185,30 +186,17 @@ def _pct(times: list[float], q: float) -> float:
 
 
 def _environment(tmp: Path) -> dict[str, str]:
-    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal")
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/7")
-    return {
-        "DATABASE_URL": urlunsplit(urlsplit(base)._replace(path=f"/{DB_NAME}")),
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
-        "DJANGO_SECRET_KEY": "bench-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz",
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECURE_SSL_REDIRECT": "0",
-        "DJANGO_SESSION_COOKIE_SECURE": "0",
-        "DJANGO_CSRF_COOKIE_SECURE": "0",
-        "DJANGO_SECURE_HSTS_SECONDS": "0",
-        "DJANGO_SECURE_PROXY_SSL_HEADER": "0",
-        "DJANGO_STATICFILES_MANIFEST": "0",
-        "DJANGO_LOG_LEVEL": "WARNING",
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
-        "JOBS_MAX_ACTIVE_PER_USER": "1000000",
-        "JOBS_TOKENS_PER_DAY": "1000000000",
-        "WEIGHTS_LINK_MAX_USES": "1000000",
-        "WORKER_PRESENCE_SECONDS": "3600",
-        "JOBS_MODEL_CACHE_DIR": str(tmp / "models"),
-        "PORTAL_VAR_DIR": str(tmp / "var"),
-    }
+    return environment(
+        db_name=DB_NAME,
+        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/7"),
+        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+        JOBS_MAX_ACTIVE_PER_USER="1000000",
+        JOBS_TOKENS_PER_DAY="1000000000",
+        WEIGHTS_LINK_MAX_USES="1000000",
+        WORKER_PRESENCE_SECONDS="3600",
+        JOBS_MODEL_CACHE_DIR=str(tmp / "models"),
+        PORTAL_VAR_DIR=str(tmp / "var"),
+    )
 
 
 def _wait_http(url: str, timeout: float = 60) -> None:

@@ -42,43 +42,29 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._harness import Portal, database, start_worker  # noqa: E402
+from bench._harness import Portal, database, environment, start_worker  # noqa: E402
 
 DB_NAME = "bench_portal_scoring"
 MEDIUM = {"dim": 512, "n_layers": 8, "n_heads": 8, "multiple_of": 32, "norm_eps": 1e-5}
 
 
 def _environment(tmp: Path, threads: int) -> dict[str, str]:
-    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal")
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/8")
-    return {
-        "DATABASE_URL": urlunsplit(urlsplit(base)._replace(path=f"/{DB_NAME}")),
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
-        "DJANGO_SECRET_KEY": "bench-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz",
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECURE_SSL_REDIRECT": "0",
-        "DJANGO_SESSION_COOKIE_SECURE": "0",
-        "DJANGO_CSRF_COOKIE_SECURE": "0",
-        "DJANGO_SECURE_HSTS_SECONDS": "0",
-        "DJANGO_SECURE_PROXY_SSL_HEADER": "0",
-        "DJANGO_STATICFILES_MANIFEST": "0",
-        "DJANGO_LOG_LEVEL": "WARNING",
-        "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
-        "JOBS_TOKENS_PER_DAY": "100000000",
-        "JOBS_STEP_DELAY_SECONDS": "0",
-        "JOBS_TORCH_THREADS": str(threads),
-        "JOBS_DTYPE": "float32",
-        "JOBS_MODEL_CACHE_DIR": str(tmp / "models"),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+    return environment(
+        db_name=DB_NAME,
+        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/8"),
+        JOBS_TOKENS_PER_DAY="100000000",
+        JOBS_STEP_DELAY_SECONDS="0",
+        JOBS_TORCH_THREADS=str(threads),
+        JOBS_DTYPE="float32",
+        JOBS_MODEL_CACHE_DIR=str(tmp / "models"),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
 
 
 def _checkpoint(kind: str, out: Path) -> Path:
