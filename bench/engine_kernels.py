@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", choices=["half", "int8"], help="one of the two sections")
     ns = ap.parse_args()
     torch.set_num_threads(ns.threads)
     mod = cpu_kernels.kernel()
@@ -53,7 +54,8 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     big = torch.rand(64 << 20, generator=gen)  # 256 MiB of float32
     xs = {k: torch.randn(1, k, generator=gen) for k in (2048, 5632)}
-    for dtype in (torch.float16, torch.bfloat16):
+    limit = 0.0
+    for dtype in (torch.float16, torch.bfloat16) if ns.only != "int8" else ():
         ws = [
             (torch.randn(o, k, generator=gen) * 0.02).to(dtype)
             for _ in range(ns.layers)
@@ -71,12 +73,48 @@ def main() -> None:
             read.append(big.nbytes / best(big.sum, 5))
             for name, f in methods.items():
                 figures[name].append(nbytes / best(f, 7))
-        limit = max(read)
+        limit = max(limit, *read)
         print(
             f"{str(dtype).removeprefix('torch.')}: {nbytes / 1e6:.0f} MB of weights, "
             f"{ns.threads} threads; read bandwidth {limit / 1e9:.1f} GB/s "
             f"(rounds {', '.join(f'{r / 1e9:.1f}' for r in read)})"
         )
+        for name, vals in figures.items():
+            print(
+                f"  {name:14s} {max(vals) / 1e9:5.1f} GB/s = {max(vals) / limit:4.0%} "
+                f"(rounds {', '.join(f'{v / 1e9:.1f}' for v in vals)})"
+            )
+    if ns.only != "half":
+        if not limit:
+            limit = max(big.nbytes / best(big.sum, 5) for _ in range(ns.rounds))
+            print(f"read bandwidth {limit / 1e9:.1f} GB/s")
+        int8_figures(mod, ns, gen, limit)
+
+
+def int8_figures(mod, ns, gen, limit: float) -> None:
+    """int8 weights (float16 scale per 32 columns) at 1 and 8 rows: the weight-only kernel
+    (float32 activations) against int8 x int8 (activations rounded to int8 per group)."""
+    from inference.llama import int8_groups
+
+    mats = [
+        int8_groups.quantize(torch.randn(o, k, generator=gen) * 0.02)
+        for _ in range(ns.layers)
+        for o, k in SHAPES
+    ]
+    nbytes = sum(q.nbytes + s.nbytes for q, s in mats)
+    for rows in (1, 8):
+        xs = {k: torch.randn(rows, k, generator=gen) for k in (2048, 5632)}
+        methods = {
+            "int8_group_mm": lambda xs=xs: [
+                mod.int8_group_mm(xs[q.shape[1]], q, s, 32) for q, s in mats
+            ],
+            "int8_q8_mm": lambda xs=xs: [mod.int8_q8_mm(xs[q.shape[1]], q, s) for q, s in mats],
+        }
+        figures: dict[str, list[float]] = {m: [] for m in methods}
+        for _ in range(ns.rounds):
+            for name, f in methods.items():
+                figures[name].append(nbytes / best(f, 7))
+        print(f"int8, {rows} row(s): {nbytes / 1e6:.0f} MB of weights and scales")
         for name, vals in figures.items():
             print(
                 f"  {name:14s} {max(vals) / 1e9:5.1f} GB/s = {max(vals) / limit:4.0%} "

@@ -519,3 +519,59 @@ def test_batch_one_decode_with_the_one_row_kernel_matches_aten(precision, seed, 
     assert (fast - slow).abs().max() <= bound / 2
     assert (fast - ref).abs().max() <= bound
     assert (slow - ref).abs().max() <= bound
+
+
+def _q8_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor):
+    """llama.cpp's q8_0 x q8_0 in float64: x rounded per group of 32 to int8 (scale
+    max|x| / 127, kept in float32; values x * (127 / max|x|) rounded half to even, as the
+    kernel computes them), exact integer dot products per group, scaled. Also returns the
+    bound of float32 scaling and summing over the groups."""
+    rows, width = x.shape
+    xg = x.reshape(rows, width // 32, 32)
+    amax = xg.abs().amax(-1, keepdim=True)
+    # tensor / tensor: IEEE float32 division (a scalar over a tensor is not, in torch)
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
+    xq = torch.round(xg * inv)
+    d = (amax / 127.0).squeeze(-1)  # float32, as the kernel's
+    qw = q.reshape(q.shape[0], -1, 32).double()
+    dots = torch.einsum("rgk,ogk->rog", xq.double(), qw)  # exact, as the kernel's int32 sums
+    scales = (scale.float()[None] * d[:, None]).double()  # the float32 product of the scales
+    # float32: a fused multiply-add per group into each of 8 lanes, then 3 additions across
+    # lanes; every rounding is bounded by the sum of |products| (cancellation inside a group
+    # is exact in int32, across lanes it is not).
+    mags = torch.einsum("rgk,ogk->rog", xq.double().abs(), qw.abs()) * scales.abs()
+    bound = (width // 32 + 4) * 2.0**-24 * mags.sum(-1) + 1e-30
+    return (dots * scales).sum(-1), bound, xq.abs().max()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    rows=st.integers(1, 16),
+    out_f=st.integers(1, 40),
+    groups=st.integers(1, 9),
+    log_scale=st.floats(-10, 6),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**16),
+)
+def test_int8_by_int8_kernel_equals_the_q8_reference(rows, out_f, groups, log_scale, threads, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q, scale = int8_groups.quantize(torch.randn(out_f, groups * 32, generator=gen) * 0.05)
+    x = torch.randn(rows, groups * 32, generator=gen) * 2.0**log_scale
+    if rows * groups > 1:
+        x[0, :32] = 0.0  # a group of zeros: scale 0, no division by zero
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = cpu_kernels.kernel().int8_q8_mm(x, q, scale)
+    finally:
+        torch.set_num_threads(before)
+    ref, bound, qmax = _q8_reference(x, q, scale)
+    assert qmax == 127  # every nonzero group's largest value at full scale
+    assert torch.isfinite(out).all()
+    assert ((out.double() - ref).abs() <= bound).all()
+    # and within the activations' rounding (half a step of each group) of the weight-only
+    # product: sum over k of |w| * step / 2
+    exact = x.double() @ int8_groups.dequantize(q, scale, torch.float64).T
+    step = x.reshape(rows, groups, 32).abs().amax(-1).double() / 127
+    w = int8_groups.dequantize(q, scale, torch.float64).abs().reshape(out_f, groups, 32).sum(-1)
+    assert ((out.double() - exact).abs() <= step @ w.T / 2 * 1.001 + bound).all()
