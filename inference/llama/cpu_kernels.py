@@ -7,15 +7,15 @@ path on this machine kind (AVX2, no AVX-512 BF16/FP16):
   batch 1), any width: four weight rows at a time against x held in L1, output rows
   handed to the threads in chunks from a shared counter (a descheduled thread on a
   shared machine takes fewer chunks instead of stalling the step). It streams the
-  weights at 93-94% of the read bandwidth measured in the same run on the 1B layer
-  shapes, ATen's one-row path at 66% (AVX2 host, 2 threads;
+  weights at 93-97% of the read bandwidth measured in the same run on the 1B layer
+  shapes, ATen's one-row path at 66-75% (AVX2 host, 2 threads;
   `bench/engine_kernels.py`);
 - `int8_q8_mm(x, q, scale)`: the same int8 weights against activations rounded to int8
   per group of 32 (llama.cpp's q8_0 x q8_0: exact int32 sums per group via
   `_mm256_maddubs_epi16`, then both scales in float32). Not routed by the model: it
-  moves the logits away from the weight-only path's (tiny model: up to 2.0% of the
-  largest logit, 2.4% from float32 against weight-only's 2.4%; within int8's 5% bound,
-  but not the 1e-4 the weight-only kernel holds to its reference). Measured on the 1B
+  moves the logits away from the weight-only path's (tiny models: up to 2.0% of the
+  largest logit; 2.1-2.4% from float32 against weight-only's 1.5-2.4%; within int8's 5%
+  bound, but not the 1e-4 the weight-only kernel holds to its reference). Measured on the 1B
   layer shapes (AVX2 host, 2 threads, `bench/engine_kernels.py --only int8`): 1 row 26.4
   against 18.6 GB/s, 8 rows 7.9 against 5.6 GB/s (still compute-bound at 8 rows);
 - `half_mm(x, w)`: float16 or bfloat16 weights against 2-16 float32 rows. ATen's

@@ -22,8 +22,8 @@ EPYC, AVX-512 with BF16, 2 cores; 5632x2048 weights, see README):
   (about 1.8x), with the same dot products in the same order (bitwise equal);
 - bfloat16: `F.linear` goes to oneDNN, which already splits the work;
 - float16, and bfloat16 where oneDNN cannot pack it (no AVX-512 BF16, as on the AVX2
-  host): one row goes to `cpu_kernels.half_mv`, which streams the weight once at 93-94%
-  of the read bandwidth measured beside it (ATen's one-row path: 66%, 1B layer shapes,
+  host): one row goes to `cpu_kernels.half_mv`, which streams the weight once at 93-97%
+  of the read bandwidth measured beside it (ATen's one-row path: 66-75%, 1B layer shapes,
   AVX2 host); with several rows ATen has only a slow path here (about 8x the one-row
   time for 8 rows), so 2-16 rows go to `cpu_kernels.half_mm`;
 - int8: `int8_groups.matmul` (its kernel for up to 16 rows, dequantized otherwise).
