@@ -21,6 +21,7 @@ from markdown_it import MarkdownIt
 
 from catalog.models import CARD_CHARTS
 from core.errors import InvalidInput
+from core.exports import csv_cell
 
 TABLE_LINE = re.compile(r"^\[table:\s*([a-z0-9_-]+)\s*\]\s*$", re.MULTILINE)
 KEY = re.compile(r"^[a-z0-9_-]{1,40}$")
@@ -185,19 +186,12 @@ def cell_text(value) -> str:
 # --- Downloads -----------------------------------------------------------------------------
 
 
-def _csv_cell(value) -> str:
-    # Text starting with = + - @ would run as a formula in a spreadsheet; numbers stay numbers.
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return "" if value is None else str(value)
-
-
 def table_csv(table: dict) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([_csv_cell(c) for c in table["columns"]])
+    writer.writerow([csv_cell(c) for c in table["columns"]])
     for row in table["rows"]:
-        writer.writerow([_csv_cell(cell) for cell in row])
+        writer.writerow([csv_cell(cell) for cell in row])
     return out.getvalue()
 
 

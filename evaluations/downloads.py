@@ -8,17 +8,9 @@ import json
 
 from django.http import HttpResponse
 
+from core.exports import csv_cell
 from evaluations.models import Evaluation
 from evaluations.services import evaluation_summary_rows
-
-
-def _csv_cell(value) -> str:
-    # Text starting with = + - @ would run as a formula in a spreadsheet; numbers stay numbers.
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    if isinstance(value, list | dict):
-        return json.dumps(value, ensure_ascii=False)
-    return "" if value is None else str(value)
 
 
 def items_json(evaluation: Evaluation) -> str:
@@ -53,8 +45,8 @@ def items_csv(evaluation: Evaluation) -> str:
     for row in rows:
         writer.writerow(
             [row["index"]]
-            + [_csv_cell(row.get(k)) for k in item_keys]
-            + [_csv_cell(row["scores"].get(k)) for k in score_keys]
+            + [csv_cell(row.get(k)) for k in item_keys]
+            + [csv_cell(row["scores"].get(k)) for k in score_keys]
         )
     return out.getvalue()
 

@@ -24,6 +24,7 @@ from accounts.models import Application, Grant, SizeDecision, SizeOutcome
 from catalog.models import AccessPolicy, ModelVariant
 from catalog.selectors import variant_availability, variant_get
 from core.errors import InvalidInput, NotFound
+from core.exports import csv_cell
 from review import charts, selectors, services, stats
 from review.access import application_get_for_review, grant_get_for_review, reviewer_required
 from review.forms import (
@@ -612,12 +613,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _csv_cell(value) -> str:
-    # A cell starting with = + - @ would be run as a formula by a spreadsheet.
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 class _Echo:
     def write(self, value: str) -> str:
         return value
@@ -667,7 +662,7 @@ def export(request: HttpRequest) -> HttpResponse:
             a: Application = d.application
             yield writer.writerow(
                 [
-                    _csv_cell(value)
+                    csv_cell(value)
                     for value in (
                         d.decided_at.isoformat(),
                         a.pk,
