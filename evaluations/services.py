@@ -47,6 +47,7 @@ from evaluations.models import (
     can_move,
 )
 from inference.models import TERMINAL_STATES, GenerationJob, JobSource, JobState
+from inference.selectors import precision_for
 from inference.services import job_cancel, job_submit
 from inference.tokens import tokenizer_get
 
@@ -131,15 +132,17 @@ def task_delete(*, task: EvaluationTask, user) -> None:
 # --- Starting ------------------------------------------------------------------------------
 
 
-def engine_version() -> str:
-    """The portal release and the engine settings the workers run with."""
+def engine_version(variant: ModelVariant) -> str:
+    """The portal release and the engine settings the workers run `variant` with."""
     try:
         with open(Path(settings.BASE_DIR) / "pyproject.toml", "rb") as handle:
             version = tomllib.load(handle)["project"]["version"]
     except (OSError, KeyError, tomllib.TOMLDecodeError):
         version = "unknown"
+    dtype, quantize = precision_for(variant.slug)
+    weights = f", {quantize} weights" if quantize else ""
     return (
-        f"llama-research-portal {version}, inference.llama; dtype {settings.JOBS_DTYPE}, "
+        f"llama-research-portal {version}, inference.llama; dtype {dtype}{weights}, "
         f"device {settings.JOBS_DEVICE}"
     )
 
@@ -221,7 +224,7 @@ def evaluation_start(
         items_total=task.item_count,
         task_sha256=task.sha256,
         checkpoint_manifest=manifest,
-        engine_version=engine_version(),
+        engine_version=engine_version(variant),
         created_at=now,
         started_at=now,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import QuerySet
 
@@ -43,3 +44,14 @@ def jobs_for_user(*, user, state: str | None = None, limit: int = 50) -> QuerySe
             )
         jobs = jobs.filter(state=state)
     return jobs.order_by("-created_at")[:limit]
+
+
+def precision_for(slug: str) -> tuple[str, str]:
+    """The dtype and the weight quantization ("" for none) the workers load size `slug`
+    with: JOBS_DTYPE and JOBS_QUANTIZE, overridden per size by JOBS_DTYPE_SIZES and
+    JOBS_QUANTIZE_SIZES. What a worker loads and what an evaluation records as its
+    provenance both come from here."""
+    return (
+        settings.JOBS_DTYPE_SIZES.get(slug, settings.JOBS_DTYPE),
+        settings.JOBS_QUANTIZE_SIZES.get(slug, settings.JOBS_QUANTIZE),
+    )

@@ -51,6 +51,7 @@ from catalog.models import ModelVariant
 from inference import events
 from inference.checkpoints import checkpoint_fetch
 from inference.models import GenerationJob, JobState
+from inference.selectors import precision_for
 from inference.services import (
     WorkerIdentity,
     job_claim,
@@ -146,12 +147,13 @@ def model_for(variant: ModelVariant):
         with _cache_lock(directory):
             checkpoint_fetch(variant=variant, directory=directory)
         ranks = ranks_for(variant.slug, variant.shard_count)
+        dtype, quantize = precision_for(variant.slug)
         spec = GroupSpec(
             ckpt_dir=str(directory),
             world_size=ranks,
             device=_device(),
-            dtype=settings.JOBS_DTYPE_SIZES.get(variant.slug, settings.JOBS_DTYPE),
-            quantize=settings.JOBS_QUANTIZE_SIZES.get(variant.slug, settings.JOBS_QUANTIZE) or None,
+            dtype=dtype,
+            quantize=quantize or None,
             max_seq_len=variant.context_length,
             max_batch_size=settings.JOBS_MAX_BATCH_SIZE,
             timeout_s=settings.JOBS_TP_TIMEOUT_SECONDS,

@@ -243,3 +243,19 @@ def test_a_chunk_whose_job_ends_mid_advance_is_not_sent_again(
         i for c in EvaluationChunk.objects.filter(evaluation=evaluation) for i in c.item_indexes
     ]
     assert len(items) == len(set(items))
+
+
+def test_the_provenance_names_the_precision_the_workers_load_this_size_with(
+    researcher, published_demo, mc_file, settings
+):
+    settings.JOBS_DTYPE = "float32"
+    task = task_upload(user=researcher, name="stories", kind="multiple_choice", data=mc_file)
+    plain = evaluation_start(user=researcher, task=task, variant=published_demo)
+    assert "dtype float32, device" in plain.engine_version
+    evaluation_cancel(evaluation=plain, reason="the next one")
+
+    settings.JOBS_DTYPE_SIZES = {published_demo.slug: "bfloat16"}
+    settings.JOBS_QUANTIZE_SIZES = {published_demo.slug: "int8"}
+    overridden = evaluation_start(user=researcher, task=task, variant=published_demo)
+
+    assert "dtype bfloat16, int8 weights, device" in overridden.engine_version
