@@ -710,11 +710,13 @@ def jobs_take_back_batch(*, job: GenerationJob, reason: str, requeue: bool = Fal
     return states
 
 
-def _process_gone(pid: int | None) -> bool:
-    if not pid:
+def holder_gone(job: GenerationJob) -> bool:
+    """Is the process that claimed this running job known to be gone: it ran on this host
+    and its pid no longer exists? (Elsewhere only a stale heartbeat can tell.)"""
+    if not job.worker_pid or job.worker_host != socket.gethostname():
         return False
     try:
-        os.kill(pid, 0)
+        os.kill(job.worker_pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # another user's process: alive
@@ -728,7 +730,6 @@ def _dead_holders(now: datetime) -> list[GenerationJob]:
     no such pid) or no live worker consumes its size's queue any more (core.workers)."""
     quiet = now - timedelta(seconds=max(3 * settings.JOBS_HEARTBEAT_SECONDS, 3))
     stale = now - timedelta(seconds=settings.JOBS_STALE_SECONDS)
-    host = socket.gethostname()
     found: dict[tuple, GenerationJob] = {}
     consumers: dict[str, int | None] = {}
     running = (
@@ -743,11 +744,7 @@ def _dead_holders(now: datetime) -> list[GenerationJob]:
         queue = job.variant.queue_name
         if queue not in consumers:
             consumers[queue] = workers.consumers(queue)
-        if (
-            (job.heartbeat_at < stale)
-            or (job.worker_host == host and _process_gone(job.worker_pid))
-            or consumers[queue] == 0
-        ):
+        if (job.heartbeat_at < stale) or holder_gone(job) or consumers[queue] == 0:
             found[holder] = job
     return list(found.values())
 

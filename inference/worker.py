@@ -54,6 +54,7 @@ from inference.models import GenerationJob, JobState
 from inference.selectors import precision_for
 from inference.services import (
     WorkerIdentity,
+    holder_gone,
     job_claim,
     job_finish,
     job_take_back,
@@ -257,13 +258,7 @@ def _holder_is_dead(job: GenerationJob) -> bool:
     if job.worker_host == socket.gethostname() and job.worker_pid:
         if job.worker_pid == os.getpid():
             return True  # this process is free, so it is not running the job
-        try:
-            os.kill(job.worker_pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        return holder_gone(job)
     if job.heartbeat_at is None:
         return True
     age = (timezone.now() - job.heartbeat_at).total_seconds()
