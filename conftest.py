@@ -115,12 +115,7 @@ class S3Server:
 
     def env(self) -> dict[str, str]:
         """Environment for a subprocess (a worker, a client) that must use this server."""
-        return {
-            "S3_ENDPOINT_URL": self.endpoint,
-            "S3_ACCESS_KEY_ID": self.cfg.access_key,
-            "S3_SECRET_ACCESS_KEY": self.cfg.secret_key,
-            "S3_BUCKET": self.bucket,
-        }
+        return self.cfg.env(bucket=self.bucket)
 
 
 @pytest.fixture(scope="session")

@@ -416,14 +416,7 @@ def main() -> int:
         tmp / "s3", access_key="faults", secret_key=uuid.uuid4().hex
     )
     env = _environment(tmp, redis_port)
-    env.update(
-        {
-            "S3_ENDPOINT_URL": s3_cfg.endpoint,
-            "S3_ACCESS_KEY_ID": s3_cfg.access_key,
-            "S3_SECRET_ACCESS_KEY": s3_cfg.secret_key,
-            "S3_BUCKET": "faults",
-        }
-    )
+    env.update(s3_cfg.env(bucket="faults"))
     os.environ.update(env)
     os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
     database(env["DATABASE_URL"], create=True)

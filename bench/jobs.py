@@ -162,14 +162,7 @@ def main() -> int:
         tmp / "s3", access_key="bench", secret_key=uuid.uuid4().hex
     )
     seaweed = start_seaweed(s3_cfg, log_path=tmp / "weed.log", timeout=90)
-    os.environ.update(
-        {
-            "S3_ENDPOINT_URL": s3_cfg.endpoint,
-            "S3_ACCESS_KEY_ID": s3_cfg.access_key,
-            "S3_SECRET_ACCESS_KEY": s3_cfg.secret_key,
-            "S3_BUCKET": "bench",
-        }
-    )
+    os.environ.update(s3_cfg.env(bucket="bench"))
     worker = None
     portal = None
     try:

@@ -228,14 +228,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
     env = _environment(tmp)
     s3 = SeaweedConfig.on_free_ports(tmp / "s3", access_key="load", secret_key=uuid.uuid4().hex)
-    env.update(
-        {
-            "S3_ENDPOINT_URL": s3.endpoint,
-            "S3_ACCESS_KEY_ID": s3.access_key,
-            "S3_SECRET_ACCESS_KEY": s3.secret_key,
-            "S3_BUCKET": "load",
-        }
-    )
+    env.update(s3.env(bucket="load"))
     os.environ.update(env)
     os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
     database(env["DATABASE_URL"], create=True)

@@ -98,6 +98,17 @@ class SeaweedConfig:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
+    def env(self, bucket: str | None = None) -> dict[str, str]:
+        """The portal's S3 settings for this server (and `bucket`, when given)."""
+        env = {
+            "S3_ENDPOINT_URL": self.endpoint,
+            "S3_ACCESS_KEY_ID": self.access_key,
+            "S3_SECRET_ACCESS_KEY": self.secret_key,
+        }
+        if bucket is not None:
+            env["S3_BUCKET"] = bucket
+        return env
+
 
 def weed_binary() -> str:
     for candidate in (VENV_BIN / "weed", shutil.which("weed")):

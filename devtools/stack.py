@@ -56,9 +56,7 @@ def main() -> None:
         "PORTAL_VAR_DIR": str(var),
         "PORTAL_SITE_URL": f"http://127.0.0.1:{web_port}",
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "S3_ENDPOINT_URL": s3.endpoint,
-        "S3_ACCESS_KEY_ID": s3.access_key,
-        "S3_SECRET_ACCESS_KEY": s3.secret_key,
+        **s3.env(),
         "PYTHONUNBUFFERED": "1",
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
