@@ -19,8 +19,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 def test_the_progress_bar_follows_the_items_then_the_results_show(
-    live_server, browser, researcher, published_demo, pairs_file, settings, tmp_path
+    live_server, browser, researcher, published_demo, pairs_file, settings, tmp_path, monkeypatch
 ):
+    # This test finishes the jobs itself (fake_run): no queue message may reach a demo
+    # worker that an earlier test of the session left running.
+    monkeypatch.setattr("inference.services._enqueue", lambda job: None)
     settings.EVAL_CHUNK_CONTEXTS = 1
     settings.EVAL_MAX_OUTSTANDING_JOBS = 10
     task = task_upload(user=researcher, name="pairs", kind="paired_sentences", data=pairs_file)
