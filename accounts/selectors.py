@@ -34,6 +34,7 @@ from catalog.models import (
     LicenseVersion,
     ModelVariant,
 )
+from core import rows
 from core.errors import NotFound, PermissionDenied
 
 REVIEWER_GROUP = "reviewers"
@@ -259,7 +260,7 @@ def _allowed_grant(user, variant: ModelVariant, now: datetime) -> Grant | None:
         governing = f"(SELECT id FROM {License._meta.db_table} WHERE slug = %s)"  # noqa: S608
         governing_params = [DEFAULT_LICENSE_SLUG]
     sql = f"""
-        SELECT g.* FROM {Grant._meta.db_table} g
+        SELECT {rows.columns(Grant, "g")} FROM {Grant._meta.db_table} g
         WHERE g.user_id = %s AND g.variant_id = %s AND g.status = %s
           AND g.starts_at <= %s AND g.ends_at > %s
           AND EXISTS (
@@ -286,8 +287,8 @@ def _allowed_grant(user, variant: ModelVariant, now: datetime) -> Grant | None:
         *governing_params, at,
         user.pk,
     ]  # fmt: skip
-    found = list(Grant.objects.raw(sql, params))
-    return found[0] if found else None
+    found = rows.fetch(sql, params)
+    return rows.build(Grant, found[0]) if found else None
 
 
 def access_check(*, user, variant: ModelVariant, purpose: str) -> AccessDecision:

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 
 from django.db.models import QuerySet
 from django.http import Http404
-from django.shortcuts import get_object_or_404
 
 from catalog.models import CardVersionSeen, ModelCardVersion, ModelVariant, WeightFile
-from core import workers
+from core import rows, workers
 from core.errors import NotFound
 
 
@@ -20,14 +19,17 @@ def variant_list_published() -> QuerySet[ModelVariant]:
 
 def variant_get_published(*, slug: str) -> ModelVariant:
     """The published variant with this slug (case-insensitive, '7B' or '7b'), or 404."""
-    return get_object_or_404(
-        ModelVariant.objects.select_related("license"), slug=slug.lower(), is_published=True
-    )
+    # One plain query: every download-links request starts here (the license, where a
+    # page shows it, is read when asked for).
+    variant = rows.first(ModelVariant, "m.slug = %s AND m.is_published = %s", [slug.lower(), True])
+    if variant is None:
+        raise Http404("No published model size with this name.")
+    return variant
 
 
 def variant_get(*, size: str) -> ModelVariant:
     """A catalog variant by size or slug ('7B', '7b', 'demo'), published or not."""
-    variant = ModelVariant.objects.filter(slug=size.lower()).first()
+    variant = rows.first(ModelVariant, "m.slug = %s", [size.lower()])  # every job submission
     if variant is None:
         raise NotFound(
             f"No model size {size!r}. Known sizes: "

@@ -10,13 +10,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from accounts.selectors import access_check, access_require
 from catalog.models import ModelVariant, WeightFile
-from core import storage
+from core import rows, storage
 from core.errors import InvalidInput, NotFound, PermissionDenied, ServiceUnavailable
 from weights.checkpoints import LocalFile, checkpoint_inspect
 from weights.models import DownloadEvent, DownloadLink
@@ -159,18 +159,8 @@ def download_links_issue(*, user, variant: ModelVariant) -> list[DownloadLink]:
     """A usable link for each file of `variant`: the user's live ones, new ones where the
     last one expired, was revoked or is used up. Access is checked first."""
     access_require(user=user, variant=variant, purpose="download")
-    files = list(WeightFile.objects.filter(variant=variant).order_by("path"))
-    live = {
-        link.file_id: link
-        for link in DownloadLink.objects.filter(
-            user=user,
-            file__in=files,
-            revoked_at__isnull=True,
-            expires_at__gt=timezone.now() + timedelta(minutes=1),
-            use_count__lt=F("max_uses"),
-        ).order_by("created_at")
-    }
     now = timezone.now()
+    files_and_live = _files_with_live_link(user=user, variant=variant, now=now)
     missing = [
         DownloadLink(
             id=_new_link_id(),
@@ -180,14 +170,44 @@ def download_links_issue(*, user, variant: ModelVariant) -> list[DownloadLink]:
             expires_at=now + timedelta(seconds=settings.WEIGHTS_LINK_SECONDS),
             max_uses=settings.WEIGHTS_LINK_MAX_USES,
         )
-        for file in files
-        if file.id not in live
+        for file, live in files_and_live
+        if live is None
     ]
     DownloadLink.objects.bulk_create(missing)
-    links = {link.file_id: link for link in missing} | live
-    for file in files:
-        links[file.id].file = file
-    return [links[file.id] for file in files]
+    new = iter(missing)
+    links = []
+    for file, live in files_and_live:
+        link = live if live is not None else next(new)
+        link.file = file
+        links.append(link)
+    return links
+
+
+def _files_with_live_link(*, user, variant: ModelVariant, now) -> list[tuple]:
+    """Each file of `variant` in path order, with the user's newest link to it that is usable
+    for at least another minute (None where there is none), in one query: every links
+    request of a download script reads this."""
+    ops = connection.ops
+    files, links = WeightFile._meta.db_table, DownloadLink._meta.db_table
+    sql = f"""
+        SELECT {rows.columns(WeightFile, "f")}, {rows.columns(DownloadLink, "l")}
+        FROM {files} f
+        LEFT JOIN {links} l ON l.id = (
+            SELECT n.id FROM {links} n
+            WHERE n.file_id = f.id AND n.user_id = %s AND n.revoked_at IS NULL
+              AND n.expires_at > %s AND n.use_count < n.max_uses
+            ORDER BY n.created_at DESC, n.id DESC
+            LIMIT 1
+        )
+        WHERE f.variant_id = %s
+        ORDER BY f.path
+    """  # noqa: S608 - table names from the models; every value is a parameter
+    params = [user.pk, ops.adapt_datetimefield_value(now + timedelta(minutes=1)), variant.pk]
+    width = len(WeightFile._meta.concrete_fields)
+    return [
+        (rows.build(WeightFile, row), rows.build(DownloadLink, row, width))
+        for row in rows.fetch(sql, params)
+    ]
 
 
 def download_link_revoke(*, link: DownloadLink) -> None:
