@@ -200,9 +200,21 @@ class KVCache:
         self.v = [t[1] for t in self.kv]
         self.max_batch_size = max_batch_size
         self.max_seq_len = max_seq_len
+        self._float: torch.Tensor | None = None
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.kv)
+
+    def as_float(self, layer: int, rows: int, span: int) -> torch.Tensor:
+        """Keys and values `[2, rows, KV, span, D]` of a layer copied to float32, into one
+        buffer the layers share (allocated once: a fresh 10-30 MB tensor per layer would
+        cost its page faults every step). What CPU decode attends over in half precision."""
+        kv = self.kv[layer]
+        if self._float is None:
+            self._float = torch.empty(kv.shape, dtype=torch.float32, device=kv.device)
+        out = self._float[:, :rows, :, :span]
+        out.copy_(kv[:, :rows, :, :span])
+        return out
 
 
 class _Step:
@@ -264,19 +276,27 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(bsz, seqlen, hq + 2 * hkv, hd)
         if step.mode == "decode":
             # One rotation over all heads: the step's tables carry cos 1, sin 0 for the
-            # value heads and the attention scale folded into the query heads.
-            qkv = rotate(qkv, step.cos, step.sin).to(x.dtype)[:, 0]  # [B, H, D]
+            # value heads and the attention scale folded into the query heads. The result
+            # is float32; the cache write rounds keys and values to the cache's dtype.
+            qkv = rotate(qkv, step.cos, step.sin)[:, 0]  # [B, H, D]
             cache = step.cache
             assert cache is not None
             kv = cache.kv[layer]  # [2, rows, KV, S, D]
-            kv[:, step.rows, :, step.positions] = qkv[:, hq:].view(bsz, 2, hkv, hd)
+            kv[:, step.rows, :, step.positions] = qkv[:, hq:].view(bsz, 2, hkv, hd).to(kv.dtype)
             q = qkv[:, :hq].view(bsz, hkv, self.rep, hd)
-            keys = kv[0, :bsz, :, : step.span]
-            values = kv[1, :bsz, :, : step.span]
+            if kv.dtype != torch.float32 and kv.device.type == "cpu":
+                # ATen's CPU attention in bfloat16/float16 took 3-6x the float32 time for
+                # one query (100M shape, 64 positions, batch 1 and 8: bfloat16 71 against
+                # 25 us, float16 194 against 61, the copy to float32 included) and half a
+                # 100M decode step: attend in float32 over a float32 copy of the span.
+                keys, values = cache.as_float(layer, bsz, step.span)
+            else:
+                q = q.to(kv.dtype)
+                keys, values = kv[0, :bsz, :, : step.span], kv[1, :bsz, :, : step.span]
             # Grouped-query attention without repeating the cache: the `rep` query heads
             # of a group share one key head, so they are that group's rows of queries.
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask, scale=1.0)
-            out = out.reshape(bsz, 1, hq * hd)
+            out = out.reshape(bsz, 1, hq * hd).to(x.dtype)
         else:
             qk = rotate(qkv[:, :, : hq + hkv], step.cos, step.sin).to(x.dtype)
             q = qk[:, :, :hq].transpose(1, 2)

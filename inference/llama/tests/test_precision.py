@@ -24,7 +24,7 @@ from inference.llama.engine import Llama
 from inference.llama.generation import BatchDecoder, SamplingParams
 from inference.llama.hf import to_transformers
 from inference.llama.kernels import half_linear
-from inference.llama.model import ThreadChooser
+from inference.llama.model import KVCache, ThreadChooser
 
 from .conftest import random_model
 
@@ -575,3 +575,31 @@ def test_int8_by_int8_kernel_equals_the_q8_reference(rows, out_f, groups, log_sc
     step = x.reshape(rows, groups, 32).abs().amax(-1).double() / 127
     w = int8_groups.dequantize(q, scale, torch.float64).abs().reshape(out_f, groups, 32).sum(-1)
     assert ((out.double() - exact).abs() <= step @ w.T / 2 * 1.001 + bound).all()
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_half_precision_decode_attends_over_a_float_copy_of_the_cache(precision, two_threads):
+    """CPU decode in half precision attends in float32 over one float32 buffer that the
+    layers share: each layer's span (rows at different positions, a batch that shrinks)
+    must see exactly its own cache, as a fresh float32 copy of it would."""
+    toks = tokens(30, (3, 20))
+    model = variant_model(precision)
+
+    def steps() -> torch.Tensor:
+        cache = model.new_cache(3, 20)
+        model.prefill(toks[:, :6], cache, torch.arange(3), None)
+        out = [model.decode(toks[:, t], torch.tensor([t, t - 3, t]), cache) for t in range(6, 14)]
+        out += [model.decode(toks[:1, t], torch.tensor([t]), cache) for t in range(14, 20)]
+        assert cache.kv[0].dtype == getattr(torch, precision)  # the cache keeps its dtype
+        return torch.cat(out)
+
+    with torch.inference_mode():
+        shared = steps()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(
+                KVCache,
+                "as_float",
+                lambda c, layer, rows, span: c.kv[layer][:, :rows, :, :span].float(),
+            )
+            fresh = steps()
+    assert torch.equal(shared, fresh)
