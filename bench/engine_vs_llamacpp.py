@@ -311,7 +311,7 @@ def run_shape(shape: str, ns: argparse.Namespace, results: list[dict]) -> None:
             f"llama.cpp's ({v.gguf}): {same_cpp}/16"
         )
         hf = None
-        if v.hf is not None:
+        if v.hf is not None and not ns.no_transformers:
             from transformers import LlamaForCausalLM
 
             hf = LlamaForCausalLM.from_pretrained(base / "hf", dtype=getattr(torch, v.hf)).eval()
@@ -438,6 +438,9 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
+    ap.add_argument(
+        "--no-transformers", action="store_true", help="engine and llama.cpp only (shorter rounds)"
+    )
     ap.add_argument("--report", type=Path, nargs="+", help="print the tables of saved --json files")
     ns = ap.parse_args()
     if ns.report:
