@@ -472,6 +472,34 @@ def test_one_row_half_kernel_equals_float64_products(dtype, out_f, width, thread
     assert ((out.double() - ref).abs() <= _float64_bound(x, w)).all()
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+    rows=st.integers(2, 16),
+    out_f=st.integers(1, 90),
+    groups=st.integers(1, 80),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**16),
+)
+def test_few_row_half_kernel_equals_float64_products(dtype, rows, out_f, groups, threads, seed):
+    """half_mm's tiles (2 output rows x up to 4 activation rows, odd remainders of each),
+    width blocks (up to 2560 columns: several blocks and a short last one for 8-16 rows)
+    and chunks handed out to 1 or 2 threads: every output against float64 products of the
+    same values."""
+    gen = torch.Generator().manual_seed(seed)
+    w = (torch.randn(out_f, groups * 32, generator=gen) * 0.05).to(dtype)
+    x = torch.randn(rows, groups * 32, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = cpu_kernels.kernel().half_mm(x, w)
+    finally:
+        torch.set_num_threads(before)
+    ref = x.double() @ w.double().T
+    assert out.shape == (rows, out_f) and out.dtype == torch.float32
+    assert ((out.double() - ref).abs() <= _float64_bound(x, w)).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1000, 2059), (4099, 37), (3, 4096)])
 def test_one_row_half_kernel_splits_wide_matrices_into_chunks(dtype, shape, two_threads):
