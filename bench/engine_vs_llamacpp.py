@@ -41,7 +41,8 @@ Precisions: float32 (f32 GGUF), half (engine and transformers in bfloat16 and fl
 llama.cpp bf16 and f16 GGUF), int8 (engine weight-only int8, a float16 scale per 32
 input columns, float32 activations; llama.cpp q8_0, the same weight layout with its
 activations rounded to 8 bits too; transformers has no CPU int8 path of its own and is
-left out).
+left out), q8_0 (engine `quantize="q8_0"`: the same int8 weights, decode activations
+rounded to int8 per group of 32 as llama.cpp does, integer products; against q8_0).
 
 The memory-bandwidth line: bytes of weights read per token (all but the embedding
 table) times batch-1 tokens per second, over the larger of a read-only pass (a sum over
@@ -104,6 +105,7 @@ PRECISIONS = {
         Variant("float16", ("float16", None), "float16", "f16"),
     ],
     "int8": [Variant("int8 / q8_0", ("float32", "int8"), None, "q8_0")],
+    "q8_0": [Variant("q8_0 / q8_0", ("float32", "q8_0"), None, "q8_0")],
 }
 
 
@@ -431,7 +433,9 @@ def main() -> None:
     )
     ap.add_argument("tools", type=Path, help="llama.cpp binaries and converter (see above)")
     ap.add_argument("--shapes", default="100m,1b", help=f"of {', '.join(SHAPES)}")
-    ap.add_argument("--precisions", default="float32,half,int8", help="float32, half, int8")
+    ap.add_argument(
+        "--precisions", default="float32,half,int8,q8_0", help="float32, half, int8, q8_0"
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/engine_vs_llamacpp"))
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--rounds", type=int, default=3)

@@ -53,9 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--quantize",
-        choices=["none", "int8"],
+        choices=["none", "int8", "q8_0"],
         default="none",
-        help="int8: weight-only int8, a scale per 32 input columns (like Q8_0)",
+        help="int8: weight-only int8, a scale per 32 input columns (Q8_0's layout); q8_0: the "
+        "same weights, decode activations rounded to int8 too (llama.cpp's q8_0, faster)",
     )
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda")
     gen.add_argument("--max-seq-len", type=int, help="context length (default 2048)")

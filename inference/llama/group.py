@@ -131,7 +131,7 @@ def memory_plan(
     weights = 0
     for name, shape in shapes.items():
         numel = shape.numel()
-        if quantize == "int8" and len(shape) == 2 and "tok_embeddings" not in name:
+        if quantize in ("int8", "q8_0") and len(shape) == 2 and "tok_embeddings" not in name:
             # int8 plus its scales: a float16 one per 32 input columns (llama.cpp's Q8_0
             # layout) or one per output row, whichever the engine uses; the larger counts.
             weights += numel + max(numel // 32 * 2, shape[0] * item)

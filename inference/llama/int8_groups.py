@@ -56,8 +56,13 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
     return w.reshape(out_f, in_f).to(dtype)
 
 
-def matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """`x @ dequantize(q, scale).T` in x's dtype (float32 accumulation in the kernel)."""
+def matmul(
+    x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, *, round_activations: bool = False
+) -> torch.Tensor:
+    """`x @ dequantize(q, scale).T` in x's dtype (float32 accumulation in the kernel).
+
+    `round_activations` (the "q8_0" mode): where the kernel runs, x is rounded to int8 per
+    group of 32 too and the products are summed in integers (llama.cpp's q8_0 x q8_0)."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     group = shape[-1] // scale.shape[1]
@@ -65,5 +70,8 @@ def matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
     mod = kernel() if fits else None
     if mod is None:
         return F.linear(x, dequantize(q, scale, x.dtype))
-    out = mod.int8_group_mm(x2.float(), q, scale, group)
+    if round_activations:
+        out = mod.int8_q8_mm(x2.float(), q, scale)
+    else:
+        out = mod.int8_group_mm(x2.float(), q, scale, group)
     return out.to(x.dtype).view(*shape[:-1], q.shape[0])

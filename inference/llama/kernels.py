@@ -13,6 +13,11 @@ A `Proj` is derived data built from a model's parameters at load time (see
   output row (symmetric, llama.cpp's Q8_0 layout; see `int8_groups`), multiplied by a
   small C++ kernel that reads the int8 matrix once and accumulates in float32, without
   a dequantized copy. The activations stay in the model's dtype (float32 by default).
+- "q8_0": the same int8 weights, and in passes of up to SMALL_ROWS rows (decode, short
+  prompts) the activations rounded to int8 per group of 32 as well, multiplied in integers
+  (`cpu_kernels.int8_q8_mm`, llama.cpp's q8_0 x q8_0): faster than "int8" for a few
+  rows, at the cost of the activations' rounding (logits within int8's bound of
+  float32, but not equal to "int8"'s). Prefill and other devices take "int8"'s path.
 
 Which ATen call is fast for a few rows depends on the dtype, measured on this CPU (AMD
 EPYC, AVX-512 with BF16, 2 cores; 5632x2048 weights, see README):
@@ -39,7 +44,7 @@ from . import cpu_kernels, int8_groups
 # Decode passes with at most this many rows take the few-row paths on the CPU.
 SMALL_ROWS = 16
 
-QUANT_MODES = ("int8",)
+QUANT_MODES = ("int8", "q8_0")
 
 
 def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
@@ -118,8 +123,8 @@ class Proj:
             self.kind = "plain"
             self.weight = weight
             self.scale = None
-        elif quantize == "int8":
-            self.kind = "int8"
+        elif quantize in ("int8", "q8_0"):
+            self.kind = quantize
             self.weight, self.scale = int8_groups.quantize(weight)
             int8_groups.kernel()  # built (or found in the cache) at load, not on a job
             self.dtype = act_dtype or weight.dtype
@@ -136,7 +141,7 @@ class Proj:
         """The plain `[out, in]` matrix (int8: dequantized, in the activations' dtype)."""
         if self.kind == "packed":
             return self.weight.to_dense()
-        if self.kind == "int8":
+        if self.kind in ("int8", "q8_0"):
             return int8_groups.dequantize(self.weight, self.scale, self.dtype)
         return self.weight
 
@@ -145,6 +150,8 @@ class Proj:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
         if self.kind == "int8":
             return int8_groups.matmul(x, self.weight, self.scale)
+        if self.kind == "q8_0":
+            return int8_groups.matmul(x, self.weight, self.scale, round_activations=True)
         w = self.weight
         if w.dtype == torch.float32:
             return small_linear(x, w)

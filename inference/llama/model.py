@@ -577,7 +577,9 @@ class Transformer(nn.Module):
           twice as fast, and the plain float weights are released;
         - `quantize="int8"`: weight-only int8 with a float16 scale per group of 32 input
           columns (`int8_groups`); float weights released, activations in the model's
-          dtype (float32 keeps the most precision and is as fast on the CPU).
+          dtype (float32 keeps the most precision and is as fast on the CPU);
+        - `quantize="q8_0"`: the same weights, decode activations rounded to int8 per
+          group of 32 as well (llama.cpp's q8_0 x q8_0, `kernels.Proj`).
 
         Released, the model is for inference only: its parameters are on `meta`, and
         `state_dict()` rebuilds them from the prepared form (int8: dequantized).

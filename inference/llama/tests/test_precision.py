@@ -29,15 +29,15 @@ from inference.llama.model import KVCache, ThreadChooser
 from .conftest import random_model
 
 # Largest |logit - float32 logit| over the largest |float32 logit|.
-TOLERANCE = {"bfloat16": 0.03, "float16": 0.004, "int8": 0.05}
+TOLERANCE = {"bfloat16": 0.03, "float16": 0.004, "int8": 0.05, "q8_0": 0.05}
 
 VARIANTS = {"gqa": {}, "mha": {"n_kv_heads": None}, "theta": {"rope_theta": 500000.0}}
 
 
 def variant_model(precision: str, seed: int = 0, **overrides):
     model = random_model(seed=seed, **overrides)
-    if precision == "int8":
-        return model.prepare("int8")
+    if precision in ("int8", "q8_0"):
+        return model.prepare(precision)
     if precision != "float32":
         model = model.to(getattr(torch, precision))
     return model
@@ -239,10 +239,11 @@ def test_llama_load_quantizes_on_request(demo_dir):
     assert (out - ref).abs().max() <= TOLERANCE["int8"] * ref.abs().max()
 
 
-def test_cli_generates_with_int8_weights(capsys, demo_dir):
+@pytest.mark.parametrize("quantize", ["int8", "q8_0"])
+def test_cli_generates_with_int8_weights(capsys, demo_dir, quantize):
     code = main(
         ["generate", "--ckpt", str(demo_dir), "--prompt", "The old keeper",
-         "--temperature", "0", "--max-new-tokens", "8", "--quantize", "int8", "--json"]
+         "--temperature", "0", "--max-new-tokens", "8", "--quantize", quantize, "--json"]
     )  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -631,3 +632,33 @@ def test_half_precision_decode_attends_over_a_float_copy_of_the_cache(precision,
             )
             fresh = steps()
     assert torch.equal(shared, fresh)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_q8_0_decode_rounds_activations_and_stays_near_weight_only_int8(rows, two_threads):
+    """q8_0 shares int8's weights; passes of up to 16 rows (decode) go through the int8 x
+    int8 kernel, longer ones (prefill) through the weight-only path. Its logits stay within int8's
+    bound of float32 and of weight-only int8, and its greedy tokens are int8's wherever
+    int8's top token leads by more than twice that bound."""
+    toks = tokens(40 + rows, (rows, 20))
+    with torch.inference_mode():
+        ref = random_model()(toks)[:, 8:]
+        int8 = cached_logits(variant_model("int8"), toks, 8)
+        model = variant_model("q8_0")
+        counting = _Counting(cpu_kernels.kernel())
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cpu_kernels, "_kernel", counting)
+            q8 = cached_logits(model, toks, 8)
+    # Fused qkv, wo, fused w1/w3 and the output per step (w2's 176 input columns are not
+    # whole groups of 32: the dequantizing path), and a prefill of up to 16 rows too.
+    per_step = 3 * model.args.n_layers + 1
+    prefill = per_step if rows * 8 <= 16 else 0
+    assert counting.calls.get("int8_q8_mm", 0) == 12 * per_step + prefill
+    assert "int8_group_mm" not in counting.calls
+    bound = TOLERANCE["q8_0"] * ref.abs().max()
+    assert (q8 - ref).abs().max() <= bound
+    assert (q8 - int8).abs().max() <= bound
+    assert not torch.equal(q8, int8)  # the activations were rounded
+    top2 = int8.topk(2, dim=-1).values
+    clear = (top2[..., 0] - top2[..., 1]) > 2 * bound
+    assert (q8.argmax(-1) == int8.argmax(-1))[clear].all()
