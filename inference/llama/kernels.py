@@ -44,7 +44,12 @@ from . import cpu_kernels, int8_groups
 # Decode passes with at most this many rows take the few-row paths on the CPU.
 SMALL_ROWS = 16
 
-QUANT_MODES = ("int8", "q8_0")
+# What the jobs worker can be set to (portal/settings.py's JOBS_QUANTIZE_MODES mirrors
+# it, and a test holds the two equal).
+QUANT_MODES = ("int8",)
+# What Llama.load and the command line accept: q8_0 as well, not yet a worker setting (it
+# needs JOBS_QUANTIZE_MODES to name it; then it belongs in QUANT_MODES).
+LOAD_QUANT_MODES = (*QUANT_MODES, "q8_0")
 
 
 def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
@@ -129,7 +134,8 @@ class Proj:
             int8_groups.kernel()  # built (or found in the cache) at load, not on a job
             self.dtype = act_dtype or weight.dtype
         else:
-            raise ValueError(f"unknown quantization {quantize!r}; one of {', '.join(QUANT_MODES)}")
+            modes = ", ".join(LOAD_QUANT_MODES)
+            raise ValueError(f"unknown quantization {quantize!r}; one of {modes}")
 
     def nbytes(self) -> int:
         n = self.shape.numel() * self.weight.element_size()
