@@ -18,6 +18,8 @@ path on this machine kind (AVX2, no AVX-512 BF16/FP16):
   bound, but not the 1e-4 the weight-only kernel holds to its reference). Measured on the 1B
   layer shapes (AVX2 host, 2 threads, `bench/engine_kernels.py --only int8`): 1 row 26.4
   against 18.6 GB/s, 8 rows 7.9 against 5.6 GB/s (still compute-bound at 8 rows);
+- `rms_norm(x, w, eps)`: RMSNorm of a few float32 rows in one call (ATen's runs six
+  operators, about 18 us for a 768-wide row; a 100M decode step has 17);
 - `half_mm(x, w)`: float16 or bfloat16 weights against 2-16 float32 rows. ATen's
   few-row path for half-precision weights runs about one row at a time on this CPU
   (8 rows: about 8x the one-row time); here tiles of 2 weight rows x 4 activation rows
@@ -53,6 +55,7 @@ _SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 
 static inline float hsum(__m256 v) {
@@ -430,7 +433,44 @@ torch::Tensor int8_q8_mm(torch::Tensor x, torch::Tensor q, torch::Tensor scale) 
   return out;
 }
 
+// ---- RMSNorm of a few float32 rows -------------------------------------------------------
+
+// out = x / sqrt(mean(x^2) + eps) * w per row, float32 sums: one call instead of ATen's six
+// operators (about 18 us per call for a 768-wide row here, 17 calls per 100M step).
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32,
+              "float32 tensors expected");
+  const int64_t D = w.numel();
+  TORCH_CHECK(D > 0 && x.size(-1) == D, "widths must match");
+  x = x.contiguous(); w = w.contiguous();
+  auto out = torch::empty_like(x);
+  const int64_t R = x.numel() / D;
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for (int64_t r = 0; r < R; ++r) {
+    const float* xr = xp + r * D;
+    float* orow = op + r * D;
+    __m256 acc = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= D; k += 8) {
+      const __m256 v = _mm256_loadu_ps(xr + k);
+      acc = _mm256_fmadd_ps(v, v, acc);
+    }
+    float ss = hsum(acc);
+    for (; k < D; ++k) ss += xr[k] * xr[k];
+    const float inv = 1.0f / std::sqrt(ss / float(D) + float(eps));
+    const __m256 vi = _mm256_set1_ps(inv);
+    for (k = 0; k + 8 <= D; k += 8)
+      _mm256_storeu_ps(orow + k, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + k), vi),
+                                               _mm256_loadu_ps(wp + k)));
+    for (; k < D; ++k) orow[k] = xr[k] * inv * wp[k];
+  }
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("rms_norm", &rms_norm);
   m.def("int8_group_mm", &int8_group_mm);
   m.def("half_mm", &half_mm);
   m.def("half_mv", &half_mv);
@@ -484,7 +524,7 @@ def _build():
         from torch.utils.cpp_extension import load_inline
 
         return load_inline(
-            name="llama_cpu_kernels_v8",
+            name="llama_cpu_kernels_v10",
             cpp_sources=[_SOURCE],
             extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
             extra_ldflags=["-fopenmp"],

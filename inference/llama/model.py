@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernels
 from .kernels import SMALL_ROWS, Proj, can_pack, small_linear
 from .parallel import Parallel
 
@@ -215,6 +216,17 @@ class KVCache:
         out = self._float[:, :rows, :, :span]
         out.copy_(kv[:, :rows, :, :span])
         return out
+
+
+def rms_norm(x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+    """`F.rms_norm` with the module's weight; a few float32 rows on the CPU (decode) go to
+    one C++ call (`cpu_kernels.rms_norm`) instead of ATen's six operators."""
+    w = norm.weight
+    if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() <= SMALL_ROWS * w.numel():
+        mod = cpu_kernels.kernel()
+        if mod is not None and w.dtype == torch.float32:
+            return mod.rms_norm(x, w, norm.eps)
+    return F.rms_norm(x, w.shape, w, norm.eps)
 
 
 class _Step:
@@ -398,12 +410,8 @@ class TransformerBlock(nn.Module):
 
     def fused_forward(self, x: torch.Tensor, step: _Step) -> torch.Tensor:
         an, fn = self.attention_norm, self.ffn_norm
-        h = x + self.attention.fused_forward(
-            F.rms_norm(x, an.weight.shape, an.weight, an.eps), self.layer_id, step
-        )
-        return h + self.feed_forward.fused_forward(
-            F.rms_norm(h, fn.weight.shape, fn.weight, fn.eps)
-        )
+        h = x + self.attention.fused_forward(rms_norm(x, an), self.layer_id, step)
+        return h + self.feed_forward.fused_forward(rms_norm(h, fn))
 
 
 def _fuse(linears: list[nn.Linear]) -> torch.Tensor:
@@ -678,7 +686,7 @@ class Transformer(nn.Module):
         if fused:
             assert self._out is not None
             n = self.norm
-            out = self._out(F.rms_norm(h, n.weight.shape, n.weight, n.eps))
+            out = self._out(rms_norm(h, n))
         else:
             out = small_linear(self.norm(h), self.output.weight)
         return self.par.all_gather_last(out).float()

@@ -662,3 +662,16 @@ def test_q8_0_decode_rounds_activations_and_stays_near_weight_only_int8(rows, tw
     top2 = int8.topk(2, dim=-1).values
     clear = (top2[..., 0] - top2[..., 1]) > 2 * bound
     assert (q8.argmax(-1) == int8.argmax(-1))[clear].all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 768), (8, 1, 2048), (3, 5, 77), (2, 13)])
+def test_rms_norm_kernel_equals_aten(shape):
+    """The decode step's C++ RMSNorm against ATen's: float32 sums in another order, so
+    within a few float32 roundings of each output (widths with a scalar tail too)."""
+    gen = torch.Generator().manual_seed(shape[-1])
+    x = torch.randn(*shape, generator=gen) * 3
+    w = torch.randn(shape[-1], generator=gen)
+    out = cpu_kernels.kernel().rms_norm(x, w, 1e-5)
+    ref = torch.nn.functional.rms_norm(x.double(), w.shape, w.double(), 1e-5)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert ((out.double() - ref).abs() <= 8 * 2.0**-24 * ref.abs() + 1e-30).all()
