@@ -29,8 +29,9 @@ EPYC, AVX-512 with BF16, 2 cores; 5632x2048 weights, see README):
 - float16, and bfloat16 where oneDNN cannot pack it (no AVX-512 BF16, as on the AVX2
   host): one row goes to `cpu_kernels.half_mv`, which streams the weight once at 93-97%
   of the read bandwidth measured beside it (ATen's one-row path: 66-75%, 1B layer shapes,
-  AVX2 host); with several rows ATen has only a slow path here (about 8x the one-row
-  time for 8 rows), so 2-16 rows go to `cpu_kernels.half_mm`;
+  AVX2 host; where torch runs its AVX-512 code ATen's float16 row is the faster one and
+  takes float16, `aten_one_row_float16`); with several rows ATen has only a slow path
+  here (about 8x the one-row time for 8 rows), so 2-16 rows go to `cpu_kernels.half_mm`;
 - int8: `int8_groups.matmul` (its kernel for up to 16 rows, dequantized otherwise).
 """
 
@@ -86,12 +87,24 @@ def small_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return out.transpose(0, 1).reshape(*x.shape[:-1], out_f)
 
 
+def aten_one_row_float16() -> bool:
+    """Whether ATen's own one-row float16 kernel beats `half_mv` here: where torch runs its
+    AVX-512 code (an AMD EPYC with AVX-512 BF16, 8 layers of the 100M shape from memory,
+    2 threads: 37.6 against 22.4 GB/s; 1B: 31.8 against 28.5), not on an AVX2 host (ATen
+    66-75% of the read bandwidth, half_mv 93-97%). bfloat16 stays with half_mv either way
+    (AVX-512 host: 27.6 against 19.7 GB/s on 1B)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 def half_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """`F.linear(x, w)` for float16/bfloat16 weights on the CPU, float32 products and sums
-    as ATen's: one row goes to `cpu_kernels.half_mv` (any width), 2 to SMALL_ROWS rows to
-    `cpu_kernels.half_mm` (widths a multiple of 32), the rest to ATen's GEMM."""
+    as ATen's: one row goes to `cpu_kernels.half_mv` (any width; float16 to ATen where
+    `aten_one_row_float16`), 2 to SMALL_ROWS rows to `cpu_kernels.half_mm` (widths a
+    multiple of 32), the rest to ATen's GEMM."""
     rows = x.numel() // x.shape[-1]
     if x.device.type != "cpu" or rows > SMALL_ROWS or (rows > 1 and x.shape[-1] % 32):
+        return F.linear(x, w)
+    if rows == 1 and w.dtype == torch.float16 and aten_one_row_float16():
         return F.linear(x, w)
     mod = cpu_kernels.kernel()
     if mod is None:

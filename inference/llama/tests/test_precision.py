@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.llama import cpu_kernels, int8_groups
+from inference.llama import cpu_kernels, int8_groups, kernels
 from inference.llama.__main__ import main
 from inference.llama.engine import Llama
 from inference.llama.generation import BatchDecoder, SamplingParams
@@ -513,6 +513,7 @@ def test_one_row_half_kernel_splits_wide_matrices_into_chunks(dtype, shape, two_
     counting = _Counting(cpu_kernels.kernel())
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cpu_kernels, "_kernel", counting)
+        mp.setattr(kernels, "aten_one_row_float16", lambda: False)  # as on an AVX2 host
         out = half_linear(x, w)
     assert counting.calls == {"half_mv": 1}
     assert out.shape == (1, 1, shape[0]) and out.dtype == dtype
@@ -539,6 +540,7 @@ def test_batch_one_decode_with_the_one_row_kernel_matches_aten(precision, seed, 
         counting = _Counting(cpu_kernels.kernel())
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(cpu_kernels, "_kernel", counting)
+            mp.setattr(kernels, "aten_one_row_float16", lambda: False)  # as on an AVX2 host
             fast = cached_logits(model, toks, 8)
             mp.setattr(cpu_kernels, "_kernel", False)
             slow = cached_logits(model, toks, 8)
@@ -675,3 +677,23 @@ def test_rms_norm_kernel_equals_aten(shape):
     ref = torch.nn.functional.rms_norm(x.double(), w.shape, w.double(), 1e-5)
     assert out.shape == x.shape and out.dtype == torch.float32
     assert ((out.double() - ref).abs() <= 8 * 2.0**-24 * ref.abs() + 1e-30).all()
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_one_float16_row_goes_to_aten_where_its_avx512_kernel_is_faster(avx512, monkeypatch):
+    """float16 at one row: ATen's kernel where torch runs AVX-512 code, half_mv elsewhere;
+    bfloat16 always half_mv; both equal to float64 products within float32 sums and one
+    rounding to the output dtype."""
+    gen = torch.Generator().manual_seed(3)
+    counting = _Counting(cpu_kernels.kernel())
+    monkeypatch.setattr(cpu_kernels, "_kernel", counting)
+    monkeypatch.setattr(kernels, "aten_one_row_float16", lambda: avx512)
+    for dtype in (torch.float16, torch.bfloat16):
+        w = (torch.randn(300, 512, generator=gen) * 0.05).to(dtype)
+        x = torch.randn(1, 1, 512, generator=gen).to(dtype)
+        out = half_linear(x, w)
+        ref = x[0].double() @ w.double().T
+        ulp = 2.0**-11 if dtype == torch.float16 else 2.0**-8
+        tol = _float64_bound(x[0], w) + ref.abs() * ulp * 1.01 + 2.0**-25
+        assert ((out[0].double() - ref).abs() <= tol).all()
+    assert counting.calls == {"half_mv": 1 if avx512 else 2}
