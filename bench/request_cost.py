@@ -1,0 +1,187 @@
+"""What one API request costs the machine, in the portal's Python and in PostgreSQL, against
+the bare view (prints; no HTTP, no load generator):
+
+    .venv/bin/python bench/request_cost.py [--requests 400] [--rounds 3] [--profile links]
+
+`bench/load.py` measures throughput under 32 clients, where the load generator, gunicorn's
+HTTP handling and the other requests share the 2 cores, and where a run moves by a third
+from the last. This measures each request alone through Django's test client (the same
+middleware, views and queries) and counts CPU seconds, not wall time: this process's
+(`time.process_time`) plus those of the PostgreSQL backend serving its connection (read from
+/proc). CPU seconds hardly move with other work on the machine, so a change to a view shows
+here at once. Same setup as load.py: the scratch database `bench_portal_request_cost`, a
+SeaweedFS of its own, the demo checkpoint published, one approved researcher with a token.
+
+Printed per request kind (median of `--rounds` rounds, interleaved): queries, wall ms,
+Python CPU ms, PostgreSQL CPU ms, and the total as a multiple of the bare view's. With
+`--profile KIND`, cProfile's top functions for that request.
+
+How the figures relate to load.py's ratios (fitted on 2026-12-07 runs): a request's load
+ratio is about (bare + O) / (cost + O), with O about 1 ms of HTTP and load-generator work
+per request on this machine; for a ratio of 0.5 a request may cost about 1.4 ms here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._harness import database, environment  # noqa: E402
+
+DB_NAME = "bench_portal_request_cost"
+KINDS = ("bare", "links", "submit", "status")
+
+
+def _backend_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of the PostgreSQL backend process `pid`."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", choices=KINDS)
+    ns = parser.parse_args()
+
+    from devtools.services import SeaweedConfig, start_seaweed, stop_process
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cost-"))
+    env = environment(
+        db_name=DB_NAME,
+        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/8"),
+        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost,testserver",
+        JOBS_MAX_ACTIVE_PER_USER="1000000",
+        JOBS_TOKENS_PER_DAY="1000000000",
+        WEIGHTS_LINK_MAX_USES="1000000",
+        WORKER_PRESENCE_SECONDS="3600",
+        JOBS_MODEL_CACHE_DIR=str(tmp / "models"),
+        PORTAL_VAR_DIR=str(tmp / "var"),
+    )
+    s3 = SeaweedConfig.on_free_ports(tmp / "s3", access_key="cost", secret_key=uuid.uuid4().hex)
+    env.update(s3.env(bucket="cost"))
+    os.environ.update(env)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
+    database(env["DATABASE_URL"], create=True)
+    seaweed = start_seaweed(s3, log_path=tmp / "weed.log", timeout=120)
+    try:
+        import django
+
+        django.setup()
+        import logging
+
+        import redis
+        from django.conf import settings
+        from django.core.management import call_command
+        from django.db import connection
+        from django.test import Client
+        from django.test.utils import CaptureQueriesContext
+
+        logging.disable(logging.INFO)  # the audit log's lines
+        redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+        call_command("migrate", verbosity=0)
+        from accounts.services import token_create
+        from accounts.tests.factories import UserFactory, grant_access
+        from catalog.models import ModelVariant
+        from core import storage, workers
+        from inference.llama.demo import build_demo_checkpoint
+        from weights.services import variant_publish
+
+        storage.ensure_bucket(wait=60)
+        build_demo_checkpoint(tmp / "demo", steps=5, seed=0)
+        variant_publish(variant=ModelVariant.objects.get(slug="demo"), directory=tmp / "demo")
+        user = UserFactory(email="cost@uni.example.edu")
+        grant_access(user, "demo")
+        _, key = token_create(user=user, name="cost", scopes=["download", "generate"])
+        workers.announce(node="cost@bench", queues=["gpu.demo"])
+
+        settings.ROOT_URLCONF = "bench.load"  # the portal's URLs plus /bench/bare
+        client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+        job = client.post(
+            "/api/v1/jobs", {"model": "demo", "prompt": "Hi", "max_new_tokens": 1},
+            content_type="application/json",
+        ).json()  # fmt: skip
+        body = {"model": "demo", "prompt": "The model", "max_new_tokens": 4}
+        requests = {
+            "bare": (lambda: client.get("/bench/bare"), 200),
+            "links": (lambda: client.get("/api/v1/models/demo/links"), 200),
+            "submit": (
+                lambda: client.post("/api/v1/jobs", body, content_type="application/json"),
+                201,
+            ),
+            "status": (lambda: client.get(f"/api/v1/jobs/{job['id']}"), 200),
+        }
+        queries = {}
+        for kind, (call, expected) in requests.items():
+            for _ in range(20):  # warm: imports, the tokenizer, connections
+                response = call()
+                assert response.status_code == expected, (kind, response.content[:300])
+            with CaptureQueriesContext(connection) as captured:
+                call()
+            queries[kind] = len(captured.captured_queries)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+
+        figures: dict[str, list[tuple[float, float, float]]] = {k: [] for k in KINDS}
+        for _ in range(ns.rounds):
+            for kind in KINDS:
+                call = requests[kind][0]
+                wall, cpu, pg = time.perf_counter(), time.process_time(), _backend_cpu(backend)
+                for _ in range(ns.requests):
+                    call()
+                figures[kind].append(
+                    (
+                        (time.perf_counter() - wall) / ns.requests * 1000,
+                        (time.process_time() - cpu) / ns.requests * 1000,
+                        (_backend_cpu(backend) - pg) / ns.requests * 1000,
+                    )
+                )
+        load = os.getloadavg()[0]
+        print(f"{ns.requests} requests x {ns.rounds} rounds each; load average {load:.2f}")
+        print(f"{'request':8} {'queries':>7} {'wall ms':>8} {'python':>8} {'postgres':>8} "
+              f"{'total':>8} {'x bare':>7}")  # fmt: skip
+        medians = {
+            kind: [statistics.median(f[i] for f in figures[kind]) for i in range(3)]
+            for kind in KINDS
+        }
+        bare = medians["bare"][1] + medians["bare"][2]
+        for kind in KINDS:
+            wall, cpu, pg = medians[kind]
+            print(
+                f"{kind:8} {queries[kind]:7d} {wall:8.2f} {cpu:8.2f} {pg:8.2f} {cpu + pg:8.2f} "
+                f"{(cpu + pg) / bare:7.1f}"
+            )
+        if ns.profile:
+            profile = cProfile.Profile()
+            profile.enable()
+            for _ in range(ns.requests):
+                requests[ns.profile][0]()
+            profile.disable()
+            out = io.StringIO()
+            pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(40)
+            print(out.getvalue())
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        stop_process(seaweed, grace=1)
+        database(env["DATABASE_URL"], create=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
