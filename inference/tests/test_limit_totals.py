@@ -76,3 +76,12 @@ def test_a_user_without_jobs_has_nothing_counted(db):
     assert _limit_totals(user_id=UserFactory().pk, now=timezone.now()) == {
         "in_flight": 0, "active": 0, "used": 0,
     }  # fmt: skip
+
+
+def test_the_run_is_on_the_database_it_was_asked_for(db):
+    """`portal/tests/test_plain_sql_on_sqlite.py` runs this file on SQLite: it says so."""
+    import os
+
+    from django.db import connection
+
+    assert connection.vendor == os.environ.get("PORTAL_EXPECT_DB_VENDOR", connection.vendor)
