@@ -47,10 +47,9 @@ SMALL_ROWS = 16
 
 # What the jobs worker can be set to (portal/settings.py's JOBS_QUANTIZE_MODES mirrors
 # it, and a test holds the two equal).
-QUANT_MODES = ("int8",)
-# What Llama.load and the command line accept: q8_0 as well, not yet a worker setting (it
-# needs JOBS_QUANTIZE_MODES to name it; then it belongs in QUANT_MODES).
-LOAD_QUANT_MODES = (*QUANT_MODES, "q8_0")
+QUANT_MODES = ("int8", "q8_0")
+# What Llama.load and the command line accept: the same.
+LOAD_QUANT_MODES = QUANT_MODES
 
 
 def can_pack(dtype: torch.dtype, device: torch.device) -> bool:

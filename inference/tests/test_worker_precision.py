@@ -42,6 +42,7 @@ def load_demo(demo_checkpoint, settings, monkeypatch, tmp_path, db):
     [
         ({}, torch.float32, None),
         ({"JOBS_QUANTIZE": "int8"}, torch.float32, "int8"),
+        ({"JOBS_QUANTIZE_SIZES": {"demo": "q8_0"}}, torch.float32, "q8_0"),
         ({"JOBS_DTYPE": "bfloat16"}, torch.bfloat16, None),
         # A size's own entry wins over the global one; another size's is ignored.
         (
@@ -69,7 +70,7 @@ def test_model_for_loads_the_configured_precision(load_demo, settings, overrides
     assert llama.model.dtype == dtype
     assert llama.model.quantize == quantize
     kind = llama.model.layers[0].attention.qkv.kind
-    assert kind == "int8" if quantize else kind in ("packed", "plain")
+    assert kind == quantize if quantize else kind in ("packed", "plain")
     [done] = llama.generate([[1, 5, 9]], SamplingParams(max_new_tokens=4))  # it runs
     assert len(done.tokens) == 4
 
