@@ -96,3 +96,84 @@ def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
         if app.control.ping(destination=[name], timeout=0.5):
             return proc
     raise TimeoutError("worker did not start")
+
+
+class WebTier:
+    """What the web-tier benchmarks (load.py, request_cost.py) run against: a scratch
+    database, REDIS_URL's Redis (default: db `redis_db`, flushed), a SeaweedFS of their own
+    with the demo checkpoint published (submissions count prompt tokens with its tokenizer),
+    the limits lifted so that no request is refused for volume, and a worker's presence
+    announced for the demo size (no worker runs: jobs stay queued). `start()` sets
+    DJANGO_SETTINGS_MODULE, the environment and Django up in this process."""
+
+    def __init__(self, tmp: Path, *, db_name: str, redis_db: int, name: str, **settings: str):
+        from devtools.services import SeaweedConfig
+
+        self.tmp, self.name = tmp, name
+        self.env = environment(
+            db_name=db_name,
+            redis_url=os.environ.get("REDIS_URL", f"redis://127.0.0.1:6379/{redis_db}"),
+            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost,testserver",
+            JOBS_MAX_ACTIVE_PER_USER="1000000",
+            JOBS_TOKENS_PER_DAY="1000000000",
+            WEIGHTS_LINK_MAX_USES="1000000",
+            WORKER_PRESENCE_SECONDS="3600",
+            JOBS_MODEL_CACHE_DIR=str(tmp / "models"),
+            PORTAL_VAR_DIR=str(tmp / "var"),
+            **settings,
+        )
+        secret = uuid.uuid4().hex
+        self.s3 = SeaweedConfig.on_free_ports(tmp / "s3", access_key=name, secret_key=secret)
+        self.env.update(self.s3.env(bucket=name))
+        self.seaweed = None
+
+    def start(self) -> None:
+        from devtools.services import start_seaweed
+
+        os.environ.update(self.env)
+        os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
+        database(self.env["DATABASE_URL"], create=True)
+        self.seaweed = start_seaweed(self.s3, log_path=self.tmp / "weed.log", timeout=120)
+        import django
+
+        django.setup()
+        import redis
+        from django.core.management import call_command
+
+        redis.Redis.from_url(self.env["REDIS_URL"]).flushdb()
+        call_command("migrate", verbosity=0)
+        from catalog.models import ModelVariant
+        from core import storage, workers
+        from inference.llama.demo import build_demo_checkpoint
+        from weights.services import variant_publish
+
+        storage.ensure_bucket(wait=60)
+        print("building and publishing the demo checkpoint ...", flush=True)
+        build_demo_checkpoint(self.tmp / "demo", steps=5, seed=0)
+        variant_publish(variant=ModelVariant.objects.get(slug="demo"), directory=self.tmp / "demo")
+        workers.announce(node=f"{self.name}@bench", queues=["gpu.demo"])
+
+    def researchers(self, count: int) -> list[str]:
+        """Tokens (download, generate) of `count` approved researchers, one each."""
+        from accounts.services import token_create
+        from accounts.tests.factories import UserFactory, grant_access
+
+        tokens = []
+        for i in range(count):
+            user = UserFactory(email=f"{self.name}{i}@uni.example.edu")
+            grant_access(user, "demo")
+            _, key = token_create(user=user, name=self.name, scopes=["download", "generate"])
+            tokens.append(key)
+        return tokens
+
+    def stop(self) -> None:
+        import redis
+        from django.db import connections
+
+        from devtools.services import stop_process
+
+        redis.Redis.from_url(self.env["REDIS_URL"]).flushdb()  # the queued jobs' messages
+        connections.close_all()
+        if self.seaweed is not None:
+            stop_process(self.seaweed, grace=1)
+        database(self.env["DATABASE_URL"], create=False)

@@ -38,13 +38,11 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._harness import environment  # noqa: E402
 
 DB_NAME = "bench_portal_load"
 EXPECTED = {"bare": 200, "bare-db": 200, "links": 200, "submit": 201, "status": 200}
@@ -185,20 +183,6 @@ def _pct(times: list[float], q: float) -> float:
 # --- Setup and main ----------------------------------------------------------------------------
 
 
-def _environment(tmp: Path) -> dict[str, str]:
-    return environment(
-        db_name=DB_NAME,
-        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/7"),
-        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-        JOBS_MAX_ACTIVE_PER_USER="1000000",
-        JOBS_TOKENS_PER_DAY="1000000000",
-        WEIGHTS_LINK_MAX_USES="1000000",
-        WORKER_PRESENCE_SECONDS="3600",
-        JOBS_MODEL_CACHE_DIR=str(tmp / "models"),
-        PORTAL_VAR_DIR=str(tmp / "var"),
-    )
-
-
 def _wait_http(url: str, timeout: float = 60) -> None:
     import requests
 
@@ -221,46 +205,17 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=4)
     ns = parser.parse_args()
 
-    from bench._harness import database
-    from devtools.services import SeaweedConfig, free_port, start_seaweed, stop_process
+    from bench._harness import WebTier
+    from devtools.services import free_port, stop_process
     from devtools.stack_web import gunicorn_argv
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
-    env = _environment(tmp)
-    s3 = SeaweedConfig.on_free_ports(tmp / "s3", access_key="load", secret_key=uuid.uuid4().hex)
-    env.update(s3.env(bucket="load"))
-    os.environ.update(env)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
-    database(env["DATABASE_URL"], create=True)
-    seaweed = start_seaweed(s3, log_path=tmp / "weed.log", timeout=120)
+    tier = WebTier(tmp, db_name=DB_NAME, redis_db=7, name="load")
     server = None
     phases: list[tuple[str, dict]] = []
     try:
-        import django
-
-        django.setup()
-        import redis
-        from django.core.management import call_command
-
-        redis.Redis.from_url(env["REDIS_URL"]).flushdb()
-        call_command("migrate", verbosity=0)
-        from accounts.services import token_create
-        from accounts.tests.factories import UserFactory, grant_access
-        from catalog.models import ModelVariant
-        from core import storage, workers
-        from inference.llama.demo import build_demo_checkpoint
-        from weights.services import variant_publish
-
-        storage.ensure_bucket(wait=60)
-        print("building and publishing the demo checkpoint ...", flush=True)
-        build_demo_checkpoint(tmp / "demo", steps=5, seed=0)
-        variant_publish(variant=ModelVariant.objects.get(slug="demo"), directory=tmp / "demo")
-        tokens = []
-        for i in range(ns.clients):
-            user = UserFactory(email=f"load{i}@uni.example.edu")
-            grant_access(user, "demo")
-            tokens.append(token_create(user=user, name="load", scopes=["download", "generate"])[1])
-        workers.announce(node="load@bench", queues=["gpu.demo"])
+        tier.start()
+        tokens = tier.researchers(ns.clients)
 
         port = free_port()
         argv = gunicorn_argv(str(port))
@@ -304,14 +259,7 @@ def main() -> int:
     finally:
         if server is not None:
             stop_process(server, grace=5)
-        import redis
-
-        redis.Redis.from_url(env["REDIS_URL"]).flushdb()  # the queued jobs' messages
-        from django.db import connections
-
-        connections.close_all()
-        stop_process(seaweed, grace=1)
-        database(env["DATABASE_URL"], create=False)
+        tier.stop()
 
     bare_rates = [
         len(p["bare"]["times"]) / p["bare"]["seconds"] for name, p in phases if name == "bare"

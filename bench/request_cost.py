@@ -32,13 +32,12 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._harness import database, environment  # noqa: E402
+from bench._harness import WebTier  # noqa: E402
 
 DB_NAME = "bench_portal_request_cost"
 KINDS = ("bare", "links", "submit", "status")
@@ -57,56 +56,20 @@ def main() -> int:
     parser.add_argument("--profile", choices=KINDS)
     ns = parser.parse_args()
 
-    from devtools.services import SeaweedConfig, start_seaweed, stop_process
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-cost-"))
-    env = environment(
-        db_name=DB_NAME,
-        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/8"),
-        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost,testserver",
-        JOBS_MAX_ACTIVE_PER_USER="1000000",
-        JOBS_TOKENS_PER_DAY="1000000000",
-        WEIGHTS_LINK_MAX_USES="1000000",
-        WORKER_PRESENCE_SECONDS="3600",
-        JOBS_MODEL_CACHE_DIR=str(tmp / "models"),
-        PORTAL_VAR_DIR=str(tmp / "var"),
+    tier = WebTier(
+        Path(tempfile.mkdtemp(prefix="bench-cost-")), db_name=DB_NAME, redis_db=8, name="cost"
     )
-    s3 = SeaweedConfig.on_free_ports(tmp / "s3", access_key="cost", secret_key=uuid.uuid4().hex)
-    env.update(s3.env(bucket="cost"))
-    os.environ.update(env)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
-    database(env["DATABASE_URL"], create=True)
-    seaweed = start_seaweed(s3, log_path=tmp / "weed.log", timeout=120)
     try:
-        import django
-
-        django.setup()
+        tier.start()
         import logging
 
-        import redis
         from django.conf import settings
-        from django.core.management import call_command
         from django.db import connection
         from django.test import Client
         from django.test.utils import CaptureQueriesContext
 
         logging.disable(logging.INFO)  # the audit log's lines
-        redis.Redis.from_url(env["REDIS_URL"]).flushdb()
-        call_command("migrate", verbosity=0)
-        from accounts.services import token_create
-        from accounts.tests.factories import UserFactory, grant_access
-        from catalog.models import ModelVariant
-        from core import storage, workers
-        from inference.llama.demo import build_demo_checkpoint
-        from weights.services import variant_publish
-
-        storage.ensure_bucket(wait=60)
-        build_demo_checkpoint(tmp / "demo", steps=5, seed=0)
-        variant_publish(variant=ModelVariant.objects.get(slug="demo"), directory=tmp / "demo")
-        user = UserFactory(email="cost@uni.example.edu")
-        grant_access(user, "demo")
-        _, key = token_create(user=user, name="cost", scopes=["download", "generate"])
-        workers.announce(node="cost@bench", queues=["gpu.demo"])
+        [key] = tier.researchers(1)
 
         settings.ROOT_URLCONF = "bench.load"  # the portal's URLs plus /bench/bare
         client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
@@ -175,11 +138,7 @@ def main() -> int:
             pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(40)
             print(out.getvalue())
     finally:
-        from django.db import connections
-
-        connections.close_all()
-        stop_process(seaweed, grace=1)
-        database(env["DATABASE_URL"], create=False)
+        tier.stop()
     return 0
 
 
