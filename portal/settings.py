@@ -115,10 +115,6 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # The same backend, whose per-request health check looks at the socket instead of
-    # sending `SELECT 1` (core/postgres/base.py).
-    DATABASES["default"]["ENGINE"] = "core.postgres"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded database serves concurrent requests (threaded server, worker, beat):
     # - WAL lets readers go on while one writer commits;
