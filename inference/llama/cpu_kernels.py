@@ -42,6 +42,8 @@ first load of a machine). Where they cannot be built (no compiler, a CPU without
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -521,15 +523,42 @@ def _build():
         return False
     _ninja_on_path()
     try:
-        from torch.utils.cpp_extension import load_inline
+        from torch.utils.cpp_extension import _get_build_directory, load_inline
 
-        return load_inline(
-            name="llama_cpu_kernels_v10",
-            cpp_sources=[_SOURCE],
-            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+        build = Path(_get_build_directory(NAME, verbose=False))
+        with _build_lock(build):
+            return load_inline(
+                name=NAME,
+                cpp_sources=[_SOURCE],
+                extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                verbose=False,
+            )
     except Exception as exc:  # no compiler, no headers: ATen's paths still work
         logger.warning("CPU kernels not built (%s); using ATen's", exc)
         return False
+
+
+NAME = "llama_cpu_kernels_v10"
+
+
+@contextlib.contextmanager
+def _build_lock(build: Path):
+    """One process at a time loads (and, the first time, builds) the kernels of a folder.
+
+    torch's own lock is a file it creates and deletes, and waits on for as long as it
+    exists: a process killed inside `load_inline` (a worker's `kill -9`, a test's timeout)
+    leaves it behind, and every later load on the machine waited forever. The lock here is
+    an flock, which the system releases when its holder dies; holding it, no other loader
+    is inside torch's, so a torch lock found then is a dead process's and is removed."""
+    build.mkdir(parents=True, exist_ok=True)
+    with open(build / "portal.flock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            stale = build / "lock"
+            if stale.exists():
+                logger.warning("removing a lock left by a killed kernel build in %s", build)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
