@@ -89,14 +89,17 @@ class JobOutput(serializers.ModelSerializer):
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_urls(self, job: GenerationJob) -> dict:
-        request = self.context.get("request")
-        base = f"/api/v1/jobs/{job.pk}"
-        build = request.build_absolute_uri if request is not None else (lambda u: u)
-        return {
-            "self": build(base),
-            "stream": build(f"{base}/stream"),
-            "cancel": build(f"{base}/cancel"),
-        }
+        return _job_urls(job, self.context.get("request"))
+
+
+def _job_urls(job: GenerationJob, request) -> dict:
+    base = f"/api/v1/jobs/{job.pk}"
+    build = request.build_absolute_uri if request is not None else (lambda u: u)
+    return {
+        "self": build(base),
+        "stream": build(f"{base}/stream"),
+        "cancel": build(f"{base}/cancel"),
+    }
 
 
 _DATETIME = serializers.DateTimeField()  # DRF's rendering of a datetime, as JobOutput's
@@ -111,8 +114,6 @@ def job_output(job: GenerationJob, request) -> dict:
     poll answers with it, and the ModelSerializer spent more time building its fields than
     the two queries behind a poll took. `test_job_output.py` holds the two equal."""
     waiting = job_waiting(job) if job.state == JobState.QUEUED else None
-    base = f"/api/v1/jobs/{job.pk}"
-    build = request.build_absolute_uri if request is not None else (lambda u: u)
     return {
         "id": str(job.pk),
         "model": job.variant.slug,
@@ -137,11 +138,7 @@ def job_output(job: GenerationJob, request) -> dict:
         "worker": job.worker,
         "waiting_reason": waiting.reason if waiting else None,
         "waiting_message": waiting.message if waiting else None,
-        "urls": {
-            "self": build(base),
-            "stream": build(f"{base}/stream"),
-            "cancel": build(f"{base}/cancel"),
-        },
+        "urls": _job_urls(job, request),
     }
 
 

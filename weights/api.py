@@ -82,8 +82,9 @@ class VariantLinksApi(APIView):
         if not links:
             # A client must not report "0 files downloaded, all verified" for an empty size.
             raise NotFound(variant_availability(variant).download_note, code="not_stored")
-        # Built as plain data (the shape VariantLinksOutput documents; the schema tests hold
-        # the answer to it): the serializer took more time than the queries behind it.
+        # Built as plain data (the shape VariantLinksOutput documents;
+        # test_links_reuse.py holds the two equal): the serializer took more time than the
+        # queries behind it.
         absolute = request.build_absolute_uri
         return Response(
             {

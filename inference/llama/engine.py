@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import load_model, load_tokenizer
 from .generation import BatchDecoder, Completion, SamplingParams, TokenCallback, generate
-from .kernels import LOAD_QUANT_MODES
+from .kernels import QUANT_MODES
 from .model import Transformer
 from .parallel import Parallel
 from .tokenizer import Tokenizer
@@ -76,8 +76,8 @@ class Llama:
         """Load a checkpoint; the inference form of the weights (fused projections, packed
         for oneDNN on the CPU, int8 when `quantize="int8"`) is built here, the files are
         not changed."""
-        if quantize is not None and quantize not in LOAD_QUANT_MODES:
-            modes = ", ".join(LOAD_QUANT_MODES)
+        if quantize is not None and quantize not in QUANT_MODES:
+            modes = ", ".join(QUANT_MODES)
             raise ValueError(f"unknown quantization {quantize!r}; one of {modes}")
         tok = load_tokenizer(ckpt_dir, tokenizer)
         model = load_model(

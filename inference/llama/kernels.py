@@ -37,6 +37,8 @@ EPYC, AVX-512 with BF16, 2 cores; 5632x2048 weights, see README):
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -47,9 +49,7 @@ SMALL_ROWS = 16
 
 # What the jobs worker can be set to (portal/settings.py's JOBS_QUANTIZE_MODES mirrors
 # it, and a test holds the two equal).
-QUANT_MODES = ("int8", "q8_0")
-# What Llama.load and the command line accept: the same.
-LOAD_QUANT_MODES = QUANT_MODES
+QUANT_MODES = ("int8", "q8_0")  # what Llama.load and the command line accept, too
 
 
 def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
@@ -86,6 +86,7 @@ def small_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return out.transpose(0, 1).reshape(*x.shape[:-1], out_f)
 
 
+@functools.cache  # asked for every float16 projection of every decode step
 def aten_one_row_float16() -> bool:
     """Whether ATen's own one-row float16 kernel beats `half_mv` here: where torch runs its
     AVX-512 code (an AMD EPYC with AVX-512 BF16, 8 layers of the 100M shape from memory,
@@ -146,7 +147,7 @@ class Proj:
             int8_groups.kernel()  # built (or found in the cache) at load, not on a job
             self.dtype = act_dtype or weight.dtype
         else:
-            modes = ", ".join(LOAD_QUANT_MODES)
+            modes = ", ".join(QUANT_MODES)
             raise ValueError(f"unknown quantization {quantize!r}; one of {modes}")
 
     def nbytes(self) -> int:
