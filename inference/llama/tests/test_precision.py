@@ -462,12 +462,8 @@ def test_one_row_half_kernel_equals_float64_products(dtype, out_f, width, thread
     gen = torch.Generator().manual_seed(seed)
     w = (torch.randn(out_f, width, generator=gen) * 0.05).to(dtype)
     x = torch.randn(1, width, generator=gen)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = cpu_kernels.kernel().half_mv(x, w)
-    finally:
-        torch.set_num_threads(before)
+    torch.set_num_threads(threads)  # conftest's _one_thread restores it after the test
+    out = cpu_kernels.kernel().half_mv(x, w)
     ref = x.double() @ w.double().T
     assert out.shape == (1, out_f) and out.dtype == torch.float32
     assert ((out.double() - ref).abs() <= _float64_bound(x, w)).all()
@@ -490,12 +486,8 @@ def test_few_row_half_kernel_equals_float64_products(dtype, rows, out_f, groups,
     gen = torch.Generator().manual_seed(seed)
     w = (torch.randn(out_f, groups * 32, generator=gen) * 0.05).to(dtype)
     x = torch.randn(rows, groups * 32, generator=gen)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = cpu_kernels.kernel().half_mm(x, w)
-    finally:
-        torch.set_num_threads(before)
+    torch.set_num_threads(threads)  # conftest's _one_thread restores it after the test
+    out = cpu_kernels.kernel().half_mm(x, w)
     ref = x.double() @ w.double().T
     assert out.shape == (rows, out_f) and out.dtype == torch.float32
     assert ((out.double() - ref).abs() <= _float64_bound(x, w)).all()
