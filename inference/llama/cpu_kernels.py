@@ -93,6 +93,15 @@ static inline void for_chunks(int64_t O, int64_t row_bytes, const F& body) {
   });
 }
 
+#ifdef __AVX512F__
+// The AVX-512 build's kernels (defined below); the entry points hand their work to them.
+static torch::Tensor half_mm512(const torch::Tensor& x, const torch::Tensor& w);
+static torch::Tensor int8_group_mm512(const torch::Tensor& x, const torch::Tensor& q,
+                                      const torch::Tensor& scale);
+static torch::Tensor int8_q8_mm512(const torch::Tensor& x, const torch::Tensor& q,
+                                   const torch::Tensor& scale);
+#endif
+
 // RB rows of x against output row o, accumulators held in registers (RB <= 4).
 template <int RB>
 static inline void rows_block(const float* xp, const int8_t* qrow, const uint16_t* srow,
@@ -133,6 +142,9 @@ torch::Tensor int8_group_mm(torch::Tensor x, torch::Tensor q, torch::Tensor scal
   TORCH_CHECK(q.size(1) == K && K % group == 0 && scale.size(0) == O && scale.size(1) == G,
               "shapes do not match");
   x = x.contiguous(); q = q.contiguous(); scale = scale.contiguous();
+#ifdef __AVX512F__
+  return int8_group_mm512(x, q, scale);
+#endif
   auto out = torch::zeros({R, O}, x.options());
   const auto xs = padded_rows(x);
   const int64_t ldx = xs.size(1);
@@ -245,6 +257,9 @@ torch::Tensor half_mm(torch::Tensor x, torch::Tensor w) {
   const int64_t R = x.size(0), K = x.size(1), O = w.size(0);
   TORCH_CHECK(w.size(1) == K && K % 32 == 0, "widths must match and be a multiple of 32");
   x = x.contiguous(); w = w.contiguous();
+#ifdef __AVX512F__
+  return half_mm512(x, w);
+#endif
   auto out = torch::zeros({R, O}, x.options());
   const auto xs = padded_rows(x);
   const float* xp = xs.data_ptr<float>();
@@ -325,6 +340,9 @@ torch::Tensor half_mv(torch::Tensor x, torch::Tensor w) {
   const int64_t K = x.size(1), O = w.size(0);
   TORCH_CHECK(w.size(1) == K, "widths must match");
   x = x.contiguous(); w = w.contiguous();
+#ifdef __AVX512F__
+  return half_mm512(x, w);
+#endif
   auto out = torch::empty({1, O}, x.options());
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -406,6 +424,9 @@ torch::Tensor int8_q8_mm(torch::Tensor x, torch::Tensor q, torch::Tensor scale) 
   TORCH_CHECK(q.size(1) == K && K % 32 == 0 && scale.size(0) == O && scale.size(1) == G,
               "shapes do not match (groups of 32)");
   x = x.contiguous(); q = q.contiguous(); scale = scale.contiguous();
+#ifdef __AVX512F__
+  return int8_q8_mm512(x, q, scale);
+#endif
   auto xq = torch::empty({R, K}, x.options().dtype(torch::kInt8));
   auto xd = torch::empty({R, G}, x.options());
   quantize_rows_q8(x.data_ptr<float>(), R, K, xq.data_ptr<int8_t>(), xd.data_ptr<float>());
@@ -434,6 +455,244 @@ torch::Tensor int8_q8_mm(torch::Tensor x, torch::Tensor q, torch::Tensor scale) 
   });
   return out;
 }
+
+// ---- AVX-512 (the second build of this source, loaded where the CPU has it) ---------------
+//
+// Compiled with -mavx512f/bw/vl/dq/bf16/vnni (`kernel()` loads that build only where
+// /proc/cpuinfo lists those flags); the AVX2 build above is the fallback and the reference
+// the tests hold both to. The same float32 products and sums, 16 lanes a step.
+#ifdef __AVX512F__
+#define LLAMA_KERNELS_ISA "avx512"
+
+// Weights as 16 floats at (o, k), and the last, short step's (mask: its columns).
+struct Half16 {  // float16: F16C's 16-wide conversion
+  using type = at::Half;
+  const at::Half* p; int64_t K;
+  inline const char* addr(int64_t o, int64_t k) const { return (const char*)(p + o * K + k); }
+  inline __m512 load(int64_t o, int64_t k) const {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + o * K + k)));
+  }
+  inline __m512 load_tail(int64_t o, int64_t k, __mmask16 m) const {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p + o * K + k));
+  }
+};
+struct BHalf16 {  // bfloat16: the 16 bits moved up
+  using type = at::BFloat16;
+  const at::BFloat16* p; int64_t K;
+  inline const char* addr(int64_t o, int64_t k) const { return (const char*)(p + o * K + k); }
+  static inline __m512 widen(__m256i v) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+  }
+  inline __m512 load(int64_t o, int64_t k) const {
+    return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + o * K + k)));
+  }
+  inline __m512 load_tail(int64_t o, int64_t k, __mmask16 m) const {
+    return widen(_mm256_maskz_loadu_epi16(m, p + o * K + k));
+  }
+};
+// int8 with a float16 scale per 32 columns: q * scale is exact in float32 (8 + 11
+// significant bits), so scaling each weight once and summing float32 products of the
+// scaled weights gives the same products as the dequantized matrix, in one FMA per row.
+struct Int8Groups16 {
+  using type = int8_t;
+  const int8_t* q; const uint16_t* s; int64_t K, G;
+  inline const char* addr(int64_t o, int64_t k) const { return (const char*)(q + o * K + k); }
+  inline __m512 load(int64_t o, int64_t k) const {
+    const __m512 v = _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + o * K + k))));
+    return _mm512_mul_ps(v, _mm512_set1_ps(_cvtsh_ss(s[o * G + k / 32])));
+  }
+  inline __m512 load_tail(int64_t o, int64_t k, __mmask16 m) const {  // K % 32 == 0: unused
+    return _mm512_maskz_mov_ps(m, load(o, k));
+  }
+};
+
+// OT weight rows x RT activation rows over columns [k0, k1): OT * RT sums of 16 lanes in
+// registers (at most 16 of the 32), each weight vector converted once for the RT rows.
+template <int OT, int RT, typename W>
+static inline void tile512(const W& w, int64_t o, const float* xp, int64_t ldx, int64_t k0,
+                           int64_t k1, float* op, int64_t O) {
+  __m512 acc[OT][RT];
+  for (int i = 0; i < OT; ++i)
+    for (int r = 0; r < RT; ++r) acc[i][r] = _mm512_setzero_ps();
+  int64_t k = k0;
+  for (; k + 16 <= k1; k += 16) {
+    __m512 wv[OT];
+    for (int i = 0; i < OT; ++i) wv[i] = w.load(o + i, k);
+    // The next tile's weight rows, at the same columns: within a width block a row is
+    // only a few cache lines, too short a stream for the hardware prefetcher (8 rows of
+    // the 1B shapes, float16: 16.1 -> 12.8 ms; a prefetch past the matrix never faults).
+    for (int i = 0; i < OT; ++i) _mm_prefetch(w.addr(o + i + OT, k), _MM_HINT_T0);
+    for (int r = 0; r < RT; ++r) {
+      const __m512 xv = _mm512_loadu_ps(xp + r * ldx + k);
+      for (int i = 0; i < OT; ++i) acc[i][r] = _mm512_fmadd_ps(wv[i], xv, acc[i][r]);
+    }
+  }
+  if (k < k1) {  // a width that is not a multiple of 16 (half_mv): masked loads, zeros beyond
+    const __mmask16 m = __mmask16((1u << (k1 - k)) - 1);
+    __m512 wv[OT];
+    for (int i = 0; i < OT; ++i) wv[i] = w.load_tail(o + i, k, m);
+    for (int r = 0; r < RT; ++r) {
+      const __m512 xv = _mm512_maskz_loadu_ps(m, xp + r * ldx + k);
+      for (int i = 0; i < OT; ++i) acc[i][r] = _mm512_fmadd_ps(wv[i], xv, acc[i][r]);
+    }
+  }
+  for (int i = 0; i < OT; ++i)
+    for (int r = 0; r < RT; ++r) op[r * O + o + i] += _mm512_reduce_add_ps(acc[i][r]);
+}
+
+template <int OT, typename W>
+static inline void rows512(const W& w, int64_t o, const float* xp, int64_t ldx, int64_t R,
+                           int64_t k0, int64_t k1, float* op, int64_t O) {
+  for (int64_t r0 = 0; r0 < R; r0 += 8) {
+    const float* xr = xp + r0 * ldx;
+    float* orow = op + r0 * O;
+    switch (std::min<int64_t>(8, R - r0)) {
+      case 8: tile512<OT, 8>(w, o, xr, ldx, k0, k1, orow, O); break;
+      case 7: tile512<OT, 7>(w, o, xr, ldx, k0, k1, orow, O); break;
+      case 6: tile512<OT, 6>(w, o, xr, ldx, k0, k1, orow, O); break;
+      case 5: tile512<OT, 5>(w, o, xr, ldx, k0, k1, orow, O); break;
+      case 4: tile512<OT, 4>(w, o, xr, ldx, k0, k1, orow, O); break;
+      case 3: tile512<OT, 3>(w, o, xr, ldx, k0, k1, orow, O); break;
+      case 2: tile512<OT, 2>(w, o, xr, ldx, k0, k1, orow, O); break;
+      default: tile512<OT, 1>(w, o, xr, ldx, k0, k1, orow, O); break;
+    }
+  }
+}
+
+// out[r, o] += sum_k w[o, k] * x[r, k] (out zeroed by the caller), any K. One row: 4
+// weight rows a tile over the whole width (x, at most a few KiB, stays in L1). 2-16
+// rows: 2 weight rows x up to 8 activation rows a tile, over width blocks whose
+// activation rows (16 KiB) stay in L1 while every tile of a chunk passes over them.
+template <typename W>
+static void tiled_mm512(const W& w, const float* xp, int64_t ldx, float* op, int64_t R,
+                        int64_t K, int64_t O) {
+  const int64_t kb = R == 1 ? K : std::min<int64_t>(K, std::max<int64_t>(64, 4096 / R / 32 * 32));
+  for_chunks(O, K * int64_t(sizeof(typename W::type)), [&](int64_t o0, int64_t o1) {
+    for (int64_t k0 = 0; k0 < K; k0 += kb) {
+      const int64_t k1 = std::min(K, k0 + kb);
+      int64_t o = o0;
+      if (R == 1) {
+        for (; o + 4 <= o1; o += 4) tile512<4, 1>(w, o, xp, ldx, k0, k1, op, O);
+      } else {
+        for (; o + 2 <= o1; o += 2) rows512<2>(w, o, xp, ldx, R, k0, k1, op, O);
+      }
+      for (; o < o1; ++o) rows512<1>(w, o, xp, ldx, R, k0, k1, op, O);
+    }
+  });
+}
+
+// One row or a few, float16 or bfloat16 weights (the entry points below call it).
+static torch::Tensor half_mm512(const torch::Tensor& x, const torch::Tensor& w) {
+  const int64_t R = x.size(0), K = x.size(1), O = w.size(0);
+  auto out = torch::zeros({R, O}, x.options());
+  const auto xs = R == 1 ? x : padded_rows(x);
+  const float* xp = xs.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  if (w.scalar_type() == torch::kFloat16)
+    tiled_mm512(Half16{w.data_ptr<at::Half>(), K}, xp, xs.size(1), op, R, K, O);
+  else if (w.scalar_type() == torch::kBFloat16)
+    tiled_mm512(BHalf16{w.data_ptr<at::BFloat16>(), K}, xp, xs.size(1), op, R, K, O);
+  else
+    TORCH_CHECK(false, "w must be float16 or bfloat16");
+  return out;
+}
+
+static torch::Tensor int8_group_mm512(const torch::Tensor& x, const torch::Tensor& q,
+                                      const torch::Tensor& scale) {
+  const int64_t R = x.size(0), K = x.size(1), O = q.size(0), G = K / 32;
+  auto out = torch::zeros({R, O}, x.options());
+  const auto xs = padded_rows(x);
+  tiled_mm512(Int8Groups16{q.data_ptr<int8_t>(),
+                           reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>()), K, G},
+              xs.data_ptr<float>(), xs.size(1), out.data_ptr<float>(), R, K, O);
+  return out;
+}
+
+// q8_0 x q8_0 with VNNI: vpdpbusd multiplies unsigned by signed bytes, so the activations
+// go in as xq + 128 (unsigned) and each group's 128 * sum(q) is taken back out; the
+// int32 sums are exact, as `_mm256_maddubs_epi16`'s. Two groups of 32 a vector: lanes
+// 0-7 hold group g's 8 partial sums, 8-15 group g + 1's; each group's float32 scale is
+// the float32 product of the two (as the AVX2 kernel's), one FMA per group and lane.
+template <int RB>
+static inline void q8_rows512(const uint8_t* xu, const float* xde, const int8_t* qrow,
+                              const uint16_t* srow, int64_t K, int64_t G, int64_t O,
+                              int64_t o, float* op) {
+  const int64_t GP = (G + 1) / 2;
+  const __m512i bias = _mm512_set1_epi8(char(0x80));
+  const __m512i pick = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  __m512 acc[RB];
+  for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < GP; ++p) {
+    const int64_t g = 2 * p;
+    const bool pair = g + 1 < G;
+    const __mmask64 m = pair ? ~__mmask64(0) : __mmask64(0xFFFFFFFFull);
+    const __m512i w = _mm512_maskz_loadu_epi8(m, qrow + g * 32);
+    _mm_prefetch(reinterpret_cast<const char*>(qrow + K + g * 32), _MM_HINT_T0);  // next row
+    const __m512i neg = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                         _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, w));
+    uint32_t s2 = srow[g];
+    if (pair) s2 |= uint32_t(srow[g + 1]) << 16;
+    const __m512 sw = _mm512_permutexvar_ps(
+        pick, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(int(s2)))));
+    for (int r = 0; r < RB; ++r) {
+      const __m512i a = _mm512_maskz_loadu_epi8(m, xu + r * K + g * 32);
+      const __m512i s = _mm512_dpbusd_epi32(neg, a, w);
+      const __m512 d = _mm512_mul_ps(sw, _mm512_loadu_ps(xde + (r * GP + p) * 16));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[r]);
+    }
+  }
+  for (int r = 0; r < RB; ++r) op[r * O + o] = _mm512_reduce_add_ps(acc[r]);
+}
+
+static void quantize_rows_q8(const float* x, int64_t R, int64_t K, int8_t* q, float* d);
+
+static torch::Tensor int8_q8_mm512(const torch::Tensor& x, const torch::Tensor& q,
+                                   const torch::Tensor& scale) {
+  const int64_t R = x.size(0), K = x.size(1), O = q.size(0), G = K / 32, GP = (G + 1) / 2;
+  auto xq = torch::empty({R, K}, x.options().dtype(torch::kInt8));
+  auto xd = torch::empty({R, G}, x.options());
+  quantize_rows_q8(x.data_ptr<float>(), R, K, xq.data_ptr<int8_t>(), xd.data_ptr<float>());
+  // xq + 128 as unsigned bytes (a flip of the top bit), and each row's group scales
+  // spread over 8 lanes each (a group with no pair: zeros).
+  uint8_t* xu = reinterpret_cast<uint8_t*>(xq.data_ptr<int8_t>());
+  for (int64_t i = 0; i < R * K; ++i) xu[i] ^= 0x80;
+  auto xde = torch::zeros({R, GP * 16}, x.options());
+  const float* xdp = xd.data_ptr<float>();
+  float* xdep = xde.data_ptr<float>();
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t g = 0; g < G; ++g)
+      for (int j = 0; j < 8; ++j) xdep[r * GP * 16 + g * 8 + j] = xdp[r * G + g];
+  auto out = torch::empty({R, O}, x.options());
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>());
+  float* op = out.data_ptr<float>();
+  for_chunks(O, K, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const int8_t* qrow = qp + o * K;
+      const uint16_t* srow = sp + o * G;
+      for (int64_t r0 = 0; r0 < R; r0 += 8) {
+        const uint8_t* xr = xu + r0 * K;
+        const float* dr = xdep + r0 * GP * 16;
+        float* orow = op + r0 * O;
+        switch (std::min<int64_t>(8, R - r0)) {
+          case 8: q8_rows512<8>(xr, dr, qrow, srow, K, G, O, o, orow); break;
+          case 7: q8_rows512<7>(xr, dr, qrow, srow, K, G, O, o, orow); break;
+          case 6: q8_rows512<6>(xr, dr, qrow, srow, K, G, O, o, orow); break;
+          case 5: q8_rows512<5>(xr, dr, qrow, srow, K, G, O, o, orow); break;
+          case 4: q8_rows512<4>(xr, dr, qrow, srow, K, G, O, o, orow); break;
+          case 3: q8_rows512<3>(xr, dr, qrow, srow, K, G, O, o, orow); break;
+          case 2: q8_rows512<2>(xr, dr, qrow, srow, K, G, O, o, orow); break;
+          default: q8_rows512<1>(xr, dr, qrow, srow, K, G, O, o, orow); break;
+        }
+      }
+    }
+  });
+  return out;
+}
+#else
+#define LLAMA_KERNELS_ISA "avx2"
+#endif
 
 // ---- RMSNorm of a few float32 rows -------------------------------------------------------
 
@@ -477,11 +736,31 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("half_mm", &half_mm);
   m.def("half_mv", &half_mv);
   m.def("int8_q8_mm", &int8_q8_mm);
+  m.def("isa", []() { return std::string(LLAMA_KERNELS_ISA); });
 }
 """
 
 _lock = threading.Lock()
-_kernel = None  # the built module, False when it cannot be built here
+_kernel = None  # the module kernel() gives, False when none can be built here
+_modules: dict[str, object] = {}  # per ISA: the built module, or False
+
+# The two builds of _SOURCE. The AVX-512 one is loaded only where the CPU lists every flag
+# it is compiled for; an AVX2-only host (CI may be one) never builds it.
+NAMES = {"avx2": "llama_cpu_kernels_v12", "avx512": "llama_cpu_kernels_avx512_v12"}
+NAME = NAMES["avx2"]
+_BASE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+_ISA_FLAGS = {
+    "avx2": _BASE_FLAGS,
+    "avx512": [
+        *_BASE_FLAGS,
+        *("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mavx512vnni"),
+    ],
+}
+_CPU_NEEDS = {
+    "avx2": {"avx2", "fma", "f16c"},
+    "avx512": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
+    | {"avx512_bf16", "avx512_vnni"},
+}
 
 
 def _cpu_flags() -> set[str]:
@@ -494,14 +773,43 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def supported(isa: str) -> bool:
+    """Whether this CPU runs the build for `isa` ("avx2" or "avx512")."""
+    return _CPU_NEEDS[isa] <= _cpu_flags()
+
+
+def preferred_isa() -> str | None:
+    """The build `kernel()` loads here: AVX-512 where the CPU has it, unless
+    LLAMA_CPU_KERNELS_ISA=avx2 asks for the AVX2 one (tests and A/B runs); None where
+    neither runs or LLAMA_CPU_KERNELS=0."""
+    if os.environ.get("LLAMA_CPU_KERNELS", "1") == "0":
+        return None
+    want = os.environ.get("LLAMA_CPU_KERNELS_ISA", "")
+    for isa in ("avx512", "avx2"):
+        if supported(isa) and want in ("", isa):
+            return isa
+    return None
+
+
 def kernel():
-    """The compiled module, or None where it cannot be built."""
+    """The compiled module for this CPU, or None where it cannot be built."""
     global _kernel
     if _kernel is None:
-        with _lock:
-            if _kernel is None:
-                _kernel = _build()
+        isa = preferred_isa()
+        _kernel = (module(isa) if isa else None) or False
+        if not _kernel and isa == "avx512":
+            _kernel = module("avx2") or False
     return _kernel or None
+
+
+def module(isa: str):
+    """The build of the kernels for `isa`, or None where this CPU cannot run it or it cannot
+    be built (tests take each build in turn through this)."""
+    if isa not in _modules:
+        with _lock:
+            if isa not in _modules:
+                _modules[isa] = supported(isa) and _build(isa)
+    return _modules[isa] or None
 
 
 def _ninja_on_path() -> None:
@@ -516,30 +824,23 @@ def _ninja_on_path() -> None:
     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
-def _build():
-    if os.environ.get("LLAMA_CPU_KERNELS", "1") == "0":
-        return False
-    if not {"avx2", "fma", "f16c"} <= _cpu_flags():
-        return False
+def _build(isa: str):
     _ninja_on_path()
     try:
         from torch.utils.cpp_extension import _get_build_directory, load_inline
 
-        build = Path(_get_build_directory(NAME, verbose=False))
+        build = Path(_get_build_directory(NAMES[isa], verbose=False))
         with _build_lock(build):
             return load_inline(
-                name=NAME,
+                name=NAMES[isa],
                 cpp_sources=[_SOURCE],
-                extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
+                extra_cflags=_ISA_FLAGS[isa],
                 extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
     except Exception as exc:  # no compiler, no headers: ATen's paths still work
-        logger.warning("CPU kernels not built (%s); using ATen's", exc)
+        logger.warning("CPU kernels (%s) not built (%s); using ATen's", isa, exc)
         return False
-
-
-NAME = "llama_cpu_kernels_v10"
 
 
 @contextlib.contextmanager

@@ -58,7 +58,20 @@ def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
         return False
     if dtype == torch.float32:
         return True
-    return dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    # bfloat16: where the AVX-512 kernels run, half_mv/half_mm are the faster ones (1B
+    # layer shapes, 2 threads: 1 row 11.2 against oneDNN's 21.9 ms, 8 rows 18.0 against
+    # 35.6; see README), so the weights stay plain for them.
+    return (
+        dtype == torch.bfloat16
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        and not avx512_kernels()
+    )
+
+
+def avx512_kernels() -> bool:
+    """Whether the kernels loaded here are the AVX-512 build (`cpu_kernels`)."""
+    mod = cpu_kernels.kernel()
+    return mod is not None and mod.isa() == "avx512"
 
 
 def small_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -89,10 +102,13 @@ def small_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 @functools.cache  # asked for every float16 projection of every decode step
 def aten_one_row_float16() -> bool:
     """Whether ATen's own one-row float16 kernel beats `half_mv` here: where torch runs its
-    AVX-512 code (an AMD EPYC with AVX-512 BF16, 8 layers of the 100M shape from memory,
-    2 threads: 37.6 against 22.4 GB/s; 1B: 31.8 against 28.5), not on an AVX2 host (ATen
-    66-75% of the read bandwidth, half_mv 93-97%). bfloat16 stays with half_mv either way
-    (AVX-512 host: 27.6 against 19.7 GB/s on 1B)."""
+    AVX-512 code and `half_mv` is the AVX2 build (an AMD EPYC with AVX-512 BF16, 8 layers
+    of the 100M shape from memory, 2 threads: 37.6 against 22.4 GB/s; 1B: 31.8 against
+    28.5), not on an AVX2 host (ATen 66-75% of the read bandwidth, half_mv 93-97%) and
+    not where the AVX-512 build runs (1B layer shapes: 10.8 against ATen's 18.5 ms).
+    bfloat16 stays with half_mv either way (AVX-512 host: 27.6 against 19.7 GB/s on 1B)."""
+    if avx512_kernels():
+        return False
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 

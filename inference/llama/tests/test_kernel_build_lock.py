@@ -22,7 +22,9 @@ LOAD = "from inference.llama import cpu_kernels; assert cpu_kernels.kernel() is 
 def _build_dir() -> Path:
     from torch.utils.cpp_extension import _get_build_directory
 
-    return Path(_get_build_directory(cpu_kernels.NAME, verbose=False))
+    # the build kernel() loads here (the AVX-512 one on a CPU that has it)
+    name = cpu_kernels.NAMES[cpu_kernels.preferred_isa()]
+    return Path(_get_build_directory(name, verbose=False))
 
 
 def _load_in_a_new_process() -> subprocess.Popen:

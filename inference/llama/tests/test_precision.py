@@ -31,6 +31,11 @@ from .conftest import random_model
 # Largest |logit - float32 logit| over the largest |float32 logit|.
 TOLERANCE = {"bfloat16": 0.03, "float16": 0.004, "int8": 0.05, "q8_0": 0.05}
 
+# The kernel builds this host runs, each test of a kernel takes each in turn: the AVX2 one
+# wherever the kernels build, the AVX-512 one where the CPU has its flags too (so an AVX2
+# CI host covers the first, this VM both).
+ISAS = [isa for isa in ("avx2", "avx512") if cpu_kernels.supported(isa)]
+
 VARIANTS = {"gqa": {}, "mha": {"n_kv_heads": None}, "theta": {"rope_theta": 500000.0}}
 
 
@@ -186,8 +191,10 @@ def test_int8_rounding_stays_within_half_a_step(out_f, groups, width, log_scale,
     assert ((scale.float() - expect).abs() <= expect * 2.0**-10).all()
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16, 17])
-def test_int8_kernel_equals_the_dequantized_product(rows, two_threads):
+def test_int8_kernel_equals_the_dequantized_product(rows, isa, two_threads, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_kernel", cpu_kernels.module(isa))
     gen = torch.Generator().manual_seed(rows)
     w = torch.randn(200, 256, generator=gen) * 0.05
     q, scale = int8_groups.quantize(w)
@@ -407,11 +414,15 @@ def test_int8_groups_beat_one_scale_per_row_on_weights_with_outliers():
     assert group_err < row_err / 2
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("rows", [2, 3, 4, 5, 8, 16])
-def test_half_kernel_equals_float32_products_of_the_same_values(dtype, rows, two_threads):
+def test_half_kernel_equals_float32_products_of_the_same_values(
+    dtype, rows, isa, two_threads, monkeypatch
+):
     """half_mm (2-16 rows of float16/bfloat16 weights): float32 products and sums of the
     same half-precision values, rounded once to the output dtype."""
+    monkeypatch.setattr(cpu_kernels, "_kernel", cpu_kernels.module(isa))
     gen = torch.Generator().manual_seed(rows)
     w = (torch.randn(200, 256, generator=gen) * 0.05).to(dtype)
     x = torch.randn(rows, 256, generator=gen).to(dtype)
@@ -448,6 +459,7 @@ def _float64_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (k + 1) * 2.0**-24 * (x.double().abs() @ w.double().abs().T) + 1e-30
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @settings(max_examples=40, deadline=None)
 @given(
     dtype=st.sampled_from([torch.float16, torch.bfloat16]),
@@ -456,19 +468,21 @@ def _float64_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     threads=st.sampled_from([1, 2]),
     seed=st.integers(0, 2**16),
 )
-def test_one_row_half_kernel_equals_float64_products(dtype, out_f, width, threads, seed):
-    """half_mv (one row, any width: vector steps of 16 and 8, a scalar tail, output rows
-    in blocks of 4 and single ones) against float64 products of the same values."""
+def test_one_row_half_kernel_equals_float64_products(isa, dtype, out_f, width, threads, seed):
+    """half_mv (one row, any width: AVX2 vector steps of 16 and 8 and a scalar tail,
+    AVX-512 steps of 16 and a masked tail; output rows in blocks of 4 and single ones)
+    against float64 products of the same values."""
     gen = torch.Generator().manual_seed(seed)
     w = (torch.randn(out_f, width, generator=gen) * 0.05).to(dtype)
     x = torch.randn(1, width, generator=gen)
     torch.set_num_threads(threads)  # conftest's _one_thread restores it after the test
-    out = cpu_kernels.kernel().half_mv(x, w)
+    out = cpu_kernels.module(isa).half_mv(x, w)
     ref = x.double() @ w.double().T
     assert out.shape == (1, out_f) and out.dtype == torch.float32
     assert ((out.double() - ref).abs() <= _float64_bound(x, w)).all()
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @settings(max_examples=40, deadline=None)
 @given(
     dtype=st.sampled_from([torch.float16, torch.bfloat16]),
@@ -478,8 +492,11 @@ def test_one_row_half_kernel_equals_float64_products(dtype, out_f, width, thread
     threads=st.sampled_from([1, 2]),
     seed=st.integers(0, 2**16),
 )
-def test_few_row_half_kernel_equals_float64_products(dtype, rows, out_f, groups, threads, seed):
-    """half_mm's tiles (2 output rows x up to 4 activation rows, odd remainders of each),
+def test_few_row_half_kernel_equals_float64_products(
+    isa, dtype, rows, out_f, groups, threads, seed
+):
+    """half_mm's tiles (2 output rows x up to 4 activation rows, AVX-512: up to 8; odd
+    remainders of each),
     width blocks (up to 2560 columns: several blocks and a short last one for 8-16 rows)
     and chunks handed out to 1 or 2 threads: every output against float64 products of the
     same values."""
@@ -487,22 +504,23 @@ def test_few_row_half_kernel_equals_float64_products(dtype, rows, out_f, groups,
     w = (torch.randn(out_f, groups * 32, generator=gen) * 0.05).to(dtype)
     x = torch.randn(rows, groups * 32, generator=gen)
     torch.set_num_threads(threads)  # conftest's _one_thread restores it after the test
-    out = cpu_kernels.kernel().half_mm(x, w)
+    out = cpu_kernels.module(isa).half_mm(x, w)
     ref = x.double() @ w.double().T
     assert out.shape == (rows, out_f) and out.dtype == torch.float32
     assert ((out.double() - ref).abs() <= _float64_bound(x, w)).all()
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1000, 2059), (4099, 37), (3, 4096)])
-def test_one_row_half_kernel_splits_wide_matrices_into_chunks(dtype, shape, two_threads):
+def test_one_row_half_kernel_splits_wide_matrices_into_chunks(dtype, shape, isa, two_threads):
     """Matrices of many chunks (output rows handed out from a shared counter to two
     threads): every output row computed once, against float64; through `half_linear`
     with a half-precision row as the model gives it."""
     gen = torch.Generator().manual_seed(shape[1])
     w = (torch.randn(*shape, generator=gen) * 0.05).to(dtype)
     x = torch.randn(1, 1, shape[1], generator=gen).to(dtype)
-    counting = _Counting(cpu_kernels.kernel())
+    counting = _Counting(cpu_kernels.module(isa))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cpu_kernels, "_kernel", counting)
         mp.setattr(kernels, "aten_one_row_float16", lambda: False)  # as on an AVX2 host
@@ -518,7 +536,8 @@ def test_one_row_half_kernel_splits_wide_matrices_into_chunks(dtype, shape, two_
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_batch_one_decode_with_the_one_row_kernel_matches_aten(precision, seed, two_threads):
+@pytest.mark.parametrize("isa", ISAS)
+def test_batch_one_decode_with_the_one_row_kernel_matches_aten(precision, seed, isa, two_threads):
     """Decode at batch 1 in half precision goes through half_mv; its logits against ATen's
     path (the kernels switched off): the same float32 products summed in another order,
     so they differ only where a sum rounds to the other neighbouring half-precision value
@@ -529,7 +548,7 @@ def test_batch_one_decode_with_the_one_row_kernel_matches_aten(precision, seed, 
     with torch.inference_mode():
         ref = random_model(seed=seed)(toks)[:, 8:]
         model = variant_model(precision, seed=seed)
-        counting = _Counting(cpu_kernels.kernel())
+        counting = _Counting(cpu_kernels.module(isa))
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(cpu_kernels, "_kernel", counting)
             mp.setattr(kernels, "aten_one_row_float16", lambda: False)  # as on an AVX2 host
@@ -567,6 +586,7 @@ def _q8_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor):
     return (dots * scales).sum(-1), bound, xq.abs().max()
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @settings(max_examples=30, deadline=None)
 @given(
     rows=st.integers(1, 16),
@@ -576,7 +596,12 @@ def _q8_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor):
     threads=st.sampled_from([1, 2]),
     seed=st.integers(0, 2**16),
 )
-def test_int8_by_int8_kernel_equals_the_q8_reference(rows, out_f, groups, log_scale, threads, seed):
+def test_int8_by_int8_kernel_equals_the_q8_reference(
+    isa, rows, out_f, groups, log_scale, threads, seed
+):
+    """int8_q8_mm against llama.cpp's q8_0 in float64: AVX2 (int16 pair sums) and AVX-512
+    (VNNI on unsigned activations + 128, two groups a vector, an odd last group masked);
+    1-16 rows (AVX-512: blocks of 8), 1-9 groups."""
     gen = torch.Generator().manual_seed(seed)
     q, scale = int8_groups.quantize(torch.randn(out_f, groups * 32, generator=gen) * 0.05)
     x = torch.randn(rows, groups * 32, generator=gen) * 2.0**log_scale
@@ -585,7 +610,7 @@ def test_int8_by_int8_kernel_equals_the_q8_reference(rows, out_f, groups, log_sc
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        out = cpu_kernels.kernel().int8_q8_mm(x, q, scale)
+        out = cpu_kernels.module(isa).int8_q8_mm(x, q, scale)
     finally:
         torch.set_num_threads(before)
     ref, bound, qmax = _q8_reference(x, q, scale)
@@ -629,7 +654,8 @@ def test_half_precision_decode_attends_over_a_float_copy_of_the_cache(precision,
 
 
 @pytest.mark.parametrize("rows", [1, 3])
-def test_q8_0_decode_rounds_activations_and_stays_near_weight_only_int8(rows, two_threads):
+@pytest.mark.parametrize("isa", ISAS)
+def test_q8_0_decode_rounds_activations_and_stays_near_weight_only_int8(rows, isa, two_threads):
     """q8_0 shares int8's weights; passes of up to 16 rows (decode) go through the int8 x
     int8 kernel, longer ones (prefill) through the weight-only path. Its logits stay within int8's
     bound of float32 and of weight-only int8, and its greedy tokens are int8's wherever
@@ -639,7 +665,7 @@ def test_q8_0_decode_rounds_activations_and_stays_near_weight_only_int8(rows, tw
         ref = random_model()(toks)[:, 8:]
         int8 = cached_logits(variant_model("int8"), toks, 8)
         model = variant_model("q8_0")
-        counting = _Counting(cpu_kernels.kernel())
+        counting = _Counting(cpu_kernels.module(isa))
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(cpu_kernels, "_kernel", counting)
             q8 = cached_logits(model, toks, 8)
@@ -658,14 +684,15 @@ def test_q8_0_decode_rounds_activations_and_stays_near_weight_only_int8(rows, tw
     assert (q8.argmax(-1) == int8.argmax(-1))[clear].all()
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("shape", [(1, 1, 768), (8, 1, 2048), (3, 5, 77), (2, 13)])
-def test_rms_norm_kernel_equals_aten(shape):
+def test_rms_norm_kernel_equals_aten(shape, isa):
     """The decode step's C++ RMSNorm against ATen's: float32 sums in another order, so
     within a few float32 roundings of each output (widths with a scalar tail too)."""
     gen = torch.Generator().manual_seed(shape[-1])
     x = torch.randn(*shape, generator=gen) * 3
     w = torch.randn(shape[-1], generator=gen)
-    out = cpu_kernels.kernel().rms_norm(x, w, 1e-5)
+    out = cpu_kernels.module(isa).rms_norm(x, w, 1e-5)
     ref = torch.nn.functional.rms_norm(x.double(), w.shape, w.double(), 1e-5)
     assert out.shape == x.shape and out.dtype == torch.float32
     assert ((out.double() - ref).abs() <= 8 * 2.0**-24 * ref.abs() + 1e-30).all()
@@ -689,3 +716,52 @@ def test_one_float16_row_goes_to_aten_where_its_avx512_kernel_is_faster(avx512, 
         tol = _float64_bound(x[0], w) + ref.abs() * ulp * 1.01 + 2.0**-25
         assert ((out[0].double() - ref).abs() <= tol).all()
     assert counting.calls == {"half_mv": 1 if avx512 else 2}
+
+
+AVX2_FLAGS = {"avx", "avx2", "fma", "f16c"}
+AVX512_FLAGS = AVX2_FLAGS | {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+AVX512_FLAGS |= {"avx512_bf16", "avx512_vnni"}
+
+
+def test_the_kernel_build_follows_the_cpu_flags_and_the_environment(monkeypatch):
+    """The AVX-512 build only where the CPU lists every flag it is compiled for;
+    LLAMA_CPU_KERNELS_ISA=avx2 keeps the AVX2 one (A/B runs, tests of that path on an
+    AVX-512 host); none without AVX2 or with LLAMA_CPU_KERNELS=0."""
+    monkeypatch.delenv("LLAMA_CPU_KERNELS_ISA", raising=False)
+    monkeypatch.delenv("LLAMA_CPU_KERNELS", raising=False)
+    for flags, isa in [
+        (AVX512_FLAGS, "avx512"),
+        (AVX512_FLAGS - {"avx512_vnni"}, "avx2"),
+        (AVX2_FLAGS, "avx2"),
+        (AVX2_FLAGS - {"f16c"}, None),
+    ]:
+        monkeypatch.setattr(cpu_kernels, "_cpu_flags", lambda flags=flags: flags)
+        assert cpu_kernels.preferred_isa() == isa
+    monkeypatch.setenv("LLAMA_CPU_KERNELS_ISA", "avx2")
+    monkeypatch.setattr(cpu_kernels, "_cpu_flags", lambda: AVX512_FLAGS)
+    assert cpu_kernels.preferred_isa() == "avx2"
+    monkeypatch.setenv("LLAMA_CPU_KERNELS", "0")
+    assert cpu_kernels.preferred_isa() is None
+
+
+def test_the_loaded_kernels_are_the_chosen_build():
+    mod = cpu_kernels.kernel()
+    assert mod is not None and mod.isa() == cpu_kernels.preferred_isa()
+    for isa in ISAS:
+        assert cpu_kernels.module(isa).isa() == isa
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_the_avx512_build_takes_bfloat16_and_the_float16_row_from_onednn(isa, monkeypatch):
+    """Where the AVX-512 build runs, bfloat16 weights stay plain for half_mv/half_mm
+    instead of oneDNN's packed layout, and one float16 row goes to half_mv, not ATen's
+    kernel (both measured slower than the AVX-512 kernels here); with the AVX2 build the
+    former policy holds."""
+    monkeypatch.setattr(cpu_kernels, "_kernel", cpu_kernels.module(isa))
+    cpu = torch.device("cpu")
+    onednn_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert kernels.can_pack(torch.float32, cpu)
+    assert kernels.can_pack(torch.bfloat16, cpu) == (onednn_bf16 and isa == "avx2")
+    aten_avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    expect = aten_avx512 and isa == "avx2"
+    assert kernels.aten_one_row_float16.__wrapped__() == expect
