@@ -18,7 +18,9 @@ doing one kind of request (after a short warm-up): the bare view, download link 
 (GET /api/v1/models/demo/links), job submission (POST /api/v1/jobs, one short prompt, 4 new
 tokens), status polling (GET /api/v1/jobs/<id>), the bare view again, then all three
 mixed. A second reference, `/bench/bare-db`, is the bare view plus one `SELECT 1`: what a
-database round trip costs on the machine at the time. Last, each request by one client
+database round trip costs on the machine at the time. A third, `/bench/bare-api`, is an
+empty DRF view behind the portal's token authentication: the floor every API request
+pays before doing anything of its own. Last, each request by one client
 alone (4 s each).
 Printed per phase: requests, errors (anything but the expected status, or no answer),
 throughput, p50 and p99 latency, and throughput as a ratio to the bare view's (the mean of
@@ -45,7 +47,14 @@ sys.path.insert(0, str(ROOT))
 
 
 DB_NAME = "bench_portal_load"
-EXPECTED = {"bare": 200, "bare-db": 200, "links": 200, "submit": 201, "status": 200}
+EXPECTED = {
+    "bare": 200,
+    "bare-db": 200,
+    "bare-api": 200,
+    "links": 200,
+    "submit": 201,
+    "status": 200,
+}
 
 
 # --- The server side: the portal's URLs plus a bare view (gunicorn imports this module) -------
@@ -68,6 +77,33 @@ def _bare_db(request):
     return HttpResponse(b"ok", content_type="text/plain")
 
 
+def _bare_api(request):
+    """The floor every API request pays before its own work: DRF's request handling with the
+    portal's token authentication (one query: the token and its user), answering JSON."""
+    return _bare_api_view()(request)
+
+
+def _bare_api_view():
+    global _BARE_API
+    if _BARE_API is None:
+        from rest_framework.response import Response
+        from rest_framework.views import APIView
+
+        from accounts.authentication import TokenAuthentication
+
+        class BareApi(APIView):
+            authentication_classes = [TokenAuthentication]
+
+            def get(self, request):
+                return Response({"ok": True})
+
+        _BARE_API = BareApi.as_view()
+    return _BARE_API
+
+
+_BARE_API = None
+
+
 def __getattr__(name: str):
     # `urlpatterns`, read by Django's resolver once settings are loaded (ROOT_URLCONF below).
     if name == "urlpatterns":
@@ -76,6 +112,7 @@ def __getattr__(name: str):
         return [
             path("bench/bare", _bare),
             path("bench/bare-db", _bare_db),
+            path("bench/bare-api", _bare_api),
             path("", include("portal.urls")),
         ]
     raise AttributeError(name)
@@ -98,7 +135,7 @@ def wsgi():
 
 
 def _request(session, url: str, kind: str, job_id: str | None):
-    if kind in ("bare", "bare-db"):
+    if kind in ("bare", "bare-db", "bare-api"):
         return session.get(f"{url}/bench/{kind}", timeout=30)
     if kind == "links":
         return session.get(f"{url}/api/v1/models/demo/links", timeout=30)
@@ -243,6 +280,7 @@ def main() -> int:
             plan = [
                 ("bare", ["bare"]),
                 ("bare-db", ["bare-db"]),
+                ("bare-api", ["bare-api"]),
                 ("links", ["links"]),
                 ("submit", ["submit"]),
                 ("status", ["status"]),
@@ -253,7 +291,7 @@ def main() -> int:
                 print(f"phase: {name} ...", flush=True)
                 phases.append((name, run_phase(pool, url, tokens, kinds, ns)))
             # One client alone: each request's own cost, without queueing behind others.
-            for kind in ("bare", "bare-db", "links", "submit", "status"):
+            for kind in ("bare", "bare-db", "bare-api", "links", "submit", "status"):
                 phases.append(("1 client", run_phase(pool, url, tokens[:1], [kind], ns, 4.0)))
         load_after = os.getloadavg()
     finally:

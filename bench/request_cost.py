@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench._harness import WebTier  # noqa: E402
 
 DB_NAME = "bench_portal_request_cost"
-KINDS = ("bare", "links", "submit", "status")
+KINDS = ("bare", "bare-api", "links", "submit", "status")
 
 
 def _backend_cpu(pid: int) -> float:
@@ -80,6 +80,8 @@ def main() -> int:
         body = {"model": "demo", "prompt": "The model", "max_new_tokens": 4}
         requests = {
             "bare": (lambda: client.get("/bench/bare"), 200),
+            # DRF with the token's authentication and nothing else: every API request's floor.
+            "bare-api": (lambda: client.get("/bench/bare-api"), 200),
             "links": (lambda: client.get("/api/v1/models/demo/links"), 200),
             "submit": (
                 lambda: client.post("/api/v1/jobs", body, content_type="application/json"),

@@ -130,6 +130,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
         }
     )
+else:
+    # The hot reads written as plain SQL (core/rows.py) run as prepared statements on each
+    # kept connection: PostgreSQL plans each once instead of at every request (planning
+    # was most of its CPU for a links request or a status poll; bench/request_cost.py).
+    # psycopg prepares a statement at its Nth run on a connection; Django's ORM queries
+    # are never prepared. Set DATABASE_PREPARE_THRESHOLD to "off" behind a pooler that
+    # cannot hold prepared statements (PgBouncer in transaction mode before 1.21).
+    _prepare = env_str("DATABASE_PREPARE_THRESHOLD", "2").strip().lower()
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
+        None if _prepare in ("off", "none", "") else int(_prepare)
+    )
 # Several test runs may share one PostgreSQL server: each can name its own test database.
 DATABASES["default"]["TEST"] = {"NAME": env_str("PORTAL_TEST_DB_NAME") or None}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

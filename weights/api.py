@@ -84,17 +84,18 @@ class VariantLinksApi(APIView):
             raise NotFound(variant_availability(variant).download_note, code="not_stored")
         # Built as plain data (the shape VariantLinksOutput documents;
         # test_links_reuse.py holds the two equal): the serializer took more time than the
-        # queries behind it.
-        absolute = request.build_absolute_uri
+        # queries behind it. One absolute base for every URL: `build_absolute_uri` checks
+        # the host against ALLOWED_HOSTS at each call.
+        base = request.build_absolute_uri("/")[:-1]
         return Response(
             {
                 "model": str(variant),
                 "size": variant.size,
                 "slug": variant.slug,
                 "shard_count": variant.shard_count,
-                "files": [_link_output(link, absolute) for link in links],
-                "checklist_url": absolute(reverse("weights:checklist", args=[variant.slug])),
-                "manifest_url": absolute(reverse("weights:manifest", args=[variant.slug])),
+                "files": [_link_output(link, base) for link in links],
+                "checklist_url": base + reverse("weights:checklist", args=[variant.slug]),
+                "manifest_url": base + reverse("weights:manifest", args=[variant.slug]),
             }
         )
 
@@ -102,14 +103,14 @@ class VariantLinksApi(APIView):
 _DATETIME = serializers.DateTimeField()  # DRF's rendering of a datetime, as the serializer's
 
 
-def _link_output(link, absolute) -> dict:
+def _link_output(link, base: str) -> dict:
     file = link.file
     return {
         "path": file.path,
         "size": file.size,
         "sha256": file.sha256,
         "md5": file.md5,
-        "url": absolute(link.get_absolute_url()),
+        "url": base + link.get_absolute_url(),
         "expires_at": _DATETIME.to_representation(link.expires_at),
         "uses_left": max(link.max_uses - link.use_count, 0),
     }

@@ -51,3 +51,39 @@ def test_a_job_and_its_size_read_as_the_orm_reads_them(researcher):
             job_get_for_user(user=stranger, job_id=str(job.pk))
     with pytest.raises(NotFound):
         job_get_for_user(user=researcher, job_id=str(uuid.uuid4()))
+
+
+def test_plain_reads_are_logged_prepared_on_postgresql_and_their_errors_are_djangos(researcher):
+    """The reads bind on the server so PostgreSQL can keep their plans: they still pass
+    through Django's cursor (logged, errors translated), return what a client-bound cursor
+    returns (aware datetimes in UTC, JSON as the ORM reads it), and are prepared from the
+    connection's threshold on."""
+    from django.conf import settings
+    from django.db import DatabaseError, connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    from core import rows
+
+    sql = "SELECT id, date_joined, email FROM accounts_user WHERE id = %s"
+    with CaptureQueriesContext(connection) as captured:
+        found = rows.fetch(sql, [researcher.pk])
+    [logged] = captured.captured_queries  # with its values on SQLite, $1 on PostgreSQL
+    assert logged["sql"].startswith("SELECT id, date_joined, email FROM accounts_user WHERE id =")
+    with connection.cursor() as cursor:  # Django's own, client-bound
+        cursor.execute(sql, [researcher.pk])
+        assert found == cursor.fetchall()
+    with pytest.raises(DatabaseError), transaction.atomic():  # Django's class, not psycopg's
+        rows.fetch("SELECT no_such_column FROM accounts_user WHERE id = %s", [researcher.pk])
+
+    if connection.vendor != "postgresql":
+        return  # SQLite hands back text for the converters of `build` to turn into values
+    assert found[0][1] == researcher.date_joined and found[0][1].utcoffset().total_seconds() == 0
+    threshold = settings.DATABASES["default"]["OPTIONS"]["prepare_threshold"]
+    assert threshold is not None  # on by default
+    marker = "SELECT id FROM accounts_user WHERE id = %s AND 'prepared-test' <> ''"
+    for _ in range(threshold + 1):
+        assert rows.fetch(marker, [researcher.pk]) == [(researcher.pk,)]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any("'prepared-test'" in statement for statement in prepared), prepared
