@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 from accounts.authentication import TokenAuthentication, require_scope
 from accounts.selectors import variants_accessible
 from catalog.selectors import variant_get, variants_availability
+from core.api_values import api_datetime
 from inference import streams
 from inference.models import GenerationJob, JobSource, JobState
 from inference.schema import JOB_EVENT_STREAM
@@ -102,13 +103,6 @@ def _job_urls(job: GenerationJob, request) -> dict:
     }
 
 
-_DATETIME = serializers.DateTimeField()  # DRF's rendering of a datetime, as JobOutput's
-
-
-def _when(value):
-    return None if value is None else _DATETIME.to_representation(value)
-
-
 def job_output(job: GenerationJob, request) -> dict:
     """A job as JobOutput documents it, built as plain data: every submission and status
     poll answers with it, and the ModelSerializer spent more time building its fields than
@@ -128,10 +122,10 @@ def job_output(job: GenerationJob, request) -> dict:
         "error": job.error,
         "prompt_tokens": job.prompt_tokens,
         "completion_tokens": job.completion_tokens,
-        "created_at": _when(job.created_at),
-        "started_at": _when(job.started_at),
-        "first_token_at": _when(job.first_token_at),
-        "finished_at": _when(job.finished_at),
+        "created_at": api_datetime(job.created_at),
+        "started_at": api_datetime(job.started_at),
+        "first_token_at": api_datetime(job.first_token_at),
+        "finished_at": api_datetime(job.finished_at),
         "queue_wait": job.queue_wait,
         "time_to_first_token": job.time_to_first_token,
         "decode_tokens_per_second": job.decode_tokens_per_second,

@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import TokenAuthentication, require_scope
 from catalog.selectors import variant_availability, variant_get_published
+from core.api_values import api_datetime
 from core.errors import NotFound
 from weights.services import download_links_issue
 
@@ -100,9 +101,6 @@ class VariantLinksApi(APIView):
         )
 
 
-_DATETIME = serializers.DateTimeField()  # DRF's rendering of a datetime, as the serializer's
-
-
 def _link_output(link, base: str) -> dict:
     file = link.file
     return {
@@ -111,6 +109,6 @@ def _link_output(link, base: str) -> dict:
         "sha256": file.sha256,
         "md5": file.md5,
         "url": base + link.get_absolute_url(),
-        "expires_at": _DATETIME.to_representation(link.expires_at),
+        "expires_at": api_datetime(link.expires_at),
         "uses_left": max(link.max_uses - link.use_count, 0),
     }
