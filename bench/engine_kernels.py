@@ -1,13 +1,19 @@
 """One-row (decode at batch 1) half-precision matmuls against the memory bandwidth.
 
     .venv/bin/python bench/engine_kernels.py [--threads N] [--layers 3] [--rounds 3]
+        [--only half|int8] [--rows 1,8]
+
+Each kernel is timed in every build this CPU runs (`cpu_kernels.module`: "avx2", and
+"avx512" where the CPU has its flags), the activation rows rounded to the weights' dtype
+first, as a half-precision model gives them (a bfloat16 row takes AVX-512's vdpbf16ps).
 
 Weights of `--layers` layers of the 1B shape (dim 2048, hidden 5632: fused q/k/v
 6144x2048, wo 2048x2048, fused gate/up 11264x2048, w2 2048x5632; 3 layers = 308 MB in
-float16, ten times the L3 here, so every pass reads memory) are multiplied by one float32
-row, each matrix once per pass, by ATen (`F.linear` in the weights' dtype, what batch-1
-half precision took before), `cpu_kernels.half_mm` (the 2-16-row kernel given one row) and
-`cpu_kernels.half_mv` (the one-row kernel). Each figure is weight bytes over the best of
+float16, ten times the L3 of the AVX2 host; the AVX-512 VM reports 300 MiB of L3, so use
+--layers 6 there for figures from memory) are multiplied by `--rows` activation rows,
+each matrix once per pass, by ATen (`F.linear` in the weights' dtype), oneDNN's packed
+bfloat16 linear (where oneDNN runs bfloat16), `cpu_kernels.half_mv` (one row) or
+`half_mm` (several) of each build. Each figure is weight bytes over the best of
 7 passes; every round first measures the read bandwidth (best of 5 `sum`s over 256 MiB
 of float32) and each method's share is of the best read bandwidth of all rounds: the
 machine is shared, and the largest figure is the strictest denominator.
@@ -16,6 +22,7 @@ machine is shared, and the largest figure is the strictest denominator.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -46,16 +53,21 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", choices=["half", "int8"], help="one of the two sections")
+    ap.add_argument("--rows", default="1", help="activation rows of the half section: 1,8")
     ns = ap.parse_args()
     torch.set_num_threads(ns.threads)
-    mod = cpu_kernels.kernel()
-    if mod is None:
+    mods = {isa: m for isa in cpu_kernels.NAMES if (m := cpu_kernels.module(isa)) is not None}
+    if not mods:
         sys.exit("the CPU kernels could not be built here (see cpu_kernels)")
+    ns.mods = mods
     gen = torch.Generator().manual_seed(0)
     big = torch.rand(64 << 20, generator=gen)  # 256 MiB of float32
-    xs = {k: torch.randn(1, k, generator=gen) for k in (2048, 5632)}
     limit = 0.0
-    for dtype in (torch.float16, torch.bfloat16) if ns.only != "int8" else ():
+    for dtype, rows in itertools.product(
+        (torch.float16, torch.bfloat16) if ns.only != "int8" else (),
+        [int(r) for r in ns.rows.split(",")],
+    ):
+        xs = {k: torch.randn(rows, k, generator=gen).to(dtype).float() for k in (2048, 5632)}
         ws = [
             (torch.randn(o, k, generator=gen) * 0.02).to(dtype)
             for _ in range(ns.layers)
@@ -63,10 +75,23 @@ def main() -> None:
         ]
         nbytes = sum(w.nbytes for w in ws)
         methods = {
-            "aten F.linear": lambda ws=ws: [F.linear(xs[w.shape[1]].to(w.dtype), w) for w in ws],
-            "half_mm": lambda ws=ws: [mod.half_mm(xs[w.shape[1]], w) for w in ws],
-            "half_mv": lambda ws=ws: [mod.half_mv(xs[w.shape[1]], w) for w in ws],
+            "aten F.linear": lambda ws=ws, xs=xs: [
+                F.linear(xs[w.shape[1]].to(w.dtype), w) for w in ws
+            ],
         }
+        if dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            packed = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in ws]
+            methods["oneDNN packed"] = lambda ws=ws, xs=xs, packed=packed: [
+                torch.ops.mkldnn._linear_pointwise(
+                    xs[w.shape[1]].to(w.dtype), p, None, "none", [], ""
+                )
+                for w, p in zip(ws, packed, strict=True)
+            ]
+        for isa, mod in mods.items():
+            fn = mod.half_mv if rows == 1 else mod.half_mm
+            methods[f"{fn.__name__} {isa}"] = lambda ws=ws, xs=xs, fn=fn: [
+                fn(xs[w.shape[1]], w) for w in ws
+            ]
         figures: dict[str, list[float]] = {m: [] for m in methods}
         read: list[float] = []
         for _ in range(ns.rounds):
@@ -75,23 +100,23 @@ def main() -> None:
                 figures[name].append(nbytes / best(f, 7))
         limit = max(limit, *read)
         print(
-            f"{str(dtype).removeprefix('torch.')}: {nbytes / 1e6:.0f} MB of weights, "
-            f"{ns.threads} threads; read bandwidth {limit / 1e9:.1f} GB/s "
+            f"{str(dtype).removeprefix('torch.')}, {rows} row(s): {nbytes / 1e6:.0f} MB of "
+            f"weights, {ns.threads} threads; read bandwidth {limit / 1e9:.1f} GB/s "
             f"(rounds {', '.join(f'{r / 1e9:.1f}' for r in read)})"
         )
         for name, vals in figures.items():
             print(
-                f"  {name:14s} {max(vals) / 1e9:5.1f} GB/s = {max(vals) / limit:4.0%} "
+                f"  {name:22s} {max(vals) / 1e9:5.1f} GB/s = {max(vals) / limit:4.0%} "
                 f"(rounds {', '.join(f'{v / 1e9:.1f}' for v in vals)})"
             )
     if ns.only != "half":
         if not limit:
             limit = max(big.nbytes / best(big.sum, 5) for _ in range(ns.rounds))
             print(f"read bandwidth {limit / 1e9:.1f} GB/s")
-        int8_figures(mod, ns, gen, limit)
+        int8_figures(ns, gen, limit)
 
 
-def int8_figures(mod, ns, gen, limit: float) -> None:
+def int8_figures(ns, gen, limit: float) -> None:
     """int8 weights (float16 scale per 32 columns) at 1 and 8 rows: the weight-only kernel
     (float32 activations) against int8 x int8 (activations rounded to int8 per group)."""
     from inference.llama import int8_groups
@@ -104,12 +129,14 @@ def int8_figures(mod, ns, gen, limit: float) -> None:
     nbytes = sum(q.nbytes + s.nbytes for q, s in mats)
     for rows in (1, 8):
         xs = {k: torch.randn(rows, k, generator=gen) for k in (2048, 5632)}
-        methods = {
-            "int8_group_mm": lambda xs=xs: [
+        methods = {}
+        for isa, mod in ns.mods.items():
+            methods[f"int8_group_mm {isa}"] = lambda xs=xs, mod=mod: [
                 mod.int8_group_mm(xs[q.shape[1]], q, s, 32) for q, s in mats
-            ],
-            "int8_q8_mm": lambda xs=xs: [mod.int8_q8_mm(xs[q.shape[1]], q, s) for q, s in mats],
-        }
+            ]
+            methods[f"int8_q8_mm {isa}"] = lambda xs=xs, mod=mod: [
+                mod.int8_q8_mm(xs[q.shape[1]], q, s) for q, s in mats
+            ]
         figures: dict[str, list[float]] = {m: [] for m in methods}
         for _ in range(ns.rounds):
             for name, f in methods.items():
@@ -117,7 +144,7 @@ def int8_figures(mod, ns, gen, limit: float) -> None:
         print(f"int8, {rows} row(s): {nbytes / 1e6:.0f} MB of weights and scales")
         for name, vals in figures.items():
             print(
-                f"  {name:14s} {max(vals) / 1e9:5.1f} GB/s = {max(vals) / limit:4.0%} "
+                f"  {name:22s} {max(vals) / 1e9:5.1f} GB/s = {max(vals) / limit:4.0%} "
                 f"(rounds {', '.join(f'{v / 1e9:.1f}' for v in vals)})"
             )
 

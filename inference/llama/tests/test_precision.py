@@ -467,14 +467,21 @@ def _float64_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     width=st.integers(1, 300),
     threads=st.sampled_from([1, 2]),
     seed=st.integers(0, 2**16),
+    bf16_row=st.booleans(),
 )
-def test_one_row_half_kernel_equals_float64_products(isa, dtype, out_f, width, threads, seed):
+def test_one_row_half_kernel_equals_float64_products(
+    isa, dtype, out_f, width, threads, seed, bf16_row
+):
     """half_mv (one row, any width: AVX2 vector steps of 16 and 8 and a scalar tail,
     AVX-512 steps of 16 and a masked tail; output rows in blocks of 4 and single ones)
-    against float64 products of the same values."""
+    against float64 products of the same values. A row of bfloat16 values (a bfloat16
+    model's) against bfloat16 weights takes AVX-512's vdpbf16ps (32 columns a step, a
+    masked last one)."""
     gen = torch.Generator().manual_seed(seed)
     w = (torch.randn(out_f, width, generator=gen) * 0.05).to(dtype)
     x = torch.randn(1, width, generator=gen)
+    if bf16_row:
+        x = x.bfloat16().float()
     torch.set_num_threads(threads)  # conftest's _one_thread restores it after the test
     out = cpu_kernels.module(isa).half_mv(x, w)
     ref = x.double() @ w.double().T
@@ -496,10 +503,9 @@ def test_few_row_half_kernel_equals_float64_products(
     isa, dtype, rows, out_f, groups, threads, seed
 ):
     """half_mm's tiles (2 output rows x up to 4 activation rows, AVX-512: up to 8; odd
-    remainders of each),
-    width blocks (up to 2560 columns: several blocks and a short last one for 8-16 rows)
-    and chunks handed out to 1 or 2 threads: every output against float64 products of the
-    same values."""
+    remainders of each), width blocks (up to 2560 columns: several blocks and a short
+    last one for 8-16 rows) and chunks handed out to 1 or 2 threads: every output against
+    float64 products of the same values."""
     gen = torch.Generator().manual_seed(seed)
     w = (torch.randn(out_f, groups * 32, generator=gen) * 0.05).to(dtype)
     x = torch.randn(rows, groups * 32, generator=gen)
