@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench._harness import WebTier  # noqa: E402
 
 DB_NAME = "bench_portal_request_cost"
-KINDS = ("bare", "bare-api", "links", "submit", "status")
+KINDS = ("bare", "bare-api", "bare-submit", "links", "submit", "status")
 
 
 def _backend_cpu(pid: int) -> float:
@@ -71,7 +71,12 @@ def main() -> int:
         logging.disable(logging.INFO)  # the audit log's lines
         [key] = tier.researchers(1)
 
-        settings.ROOT_URLCONF = "bench.load"  # the portal's URLs plus /bench/bare
+        settings.ROOT_URLCONF = "bench.load"  # the portal's URLs plus /bench/bare ...
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "CREATE TABLE IF NOT EXISTS bench_bare_submission "
+                "(id uuid PRIMARY KEY, owner_id bigint NOT NULL, body text NOT NULL)"
+            )
         client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
         job = client.post(
             "/api/v1/jobs", {"model": "demo", "prompt": "Hi", "max_new_tokens": 1},
@@ -82,6 +87,11 @@ def main() -> int:
             "bare": (lambda: client.get("/bench/bare"), 200),
             # DRF with the token's authentication and nothing else: every API request's floor.
             "bare-api": (lambda: client.get("/bench/bare-api"), 200),
+            # bare-api plus a row lock, one INSERT, COMMIT and a Redis push: submission's floor.
+            "bare-submit": (
+                lambda: client.post("/bench/bare-submit", body, content_type="application/json"),
+                201,
+            ),
             "links": (lambda: client.get("/api/v1/models/demo/links"), 200),
             "submit": (
                 lambda: client.post("/api/v1/jobs", body, content_type="application/json"),
