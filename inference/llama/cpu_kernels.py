@@ -1,32 +1,56 @@
 """Small C++ CPU kernels for the decode step's few-row products, where ATen has no fast
-path on this machine kind (AVX2, no AVX-512 BF16/FP16):
+path (AVX2 hosts) or a slower one (the AVX-512 VM), in two builds of one source chosen at
+run time by the CPU's flags:
+
+- the AVX2 build (`-mavx2 -mfma -mf16c`), every host with AVX2 (CI's may be AVX2-only);
+- the AVX-512 build (also `-mavx512f/bw/vl/dq/bf16/vnni`), built and loaded only where
+  /proc/cpuinfo lists avx512f, avx512bw, avx512vl, avx512dq, avx512_bf16 and
+  avx512_vnni; `LLAMA_CPU_KERNELS_ISA=avx2` keeps the AVX2 build there (A/B runs). Its
+  entry points hand the work to 16-lane versions (`#ifdef __AVX512F__` in the source).
+  `kernel()` gives the chosen build; `module(isa)` either (the tests take each the
+  host runs, so an AVX2 host tests one build and this VM both).
+
+The kernels:
 
 - `int8_group_mm(x, q, scale, 32)`: weight-only int8 with a float16 scale per 32 input
-  columns (see `int8_groups`);
+  columns (see `int8_groups`). AVX-512: each weight converted and multiplied by its
+  group's scale once (int8 x float16 is exact in float32), then one FMA per activation
+  row, in the tiles described under `half_mm`;
 - `half_mv(x, w)`: float16 or bfloat16 weights against one float32 row (decode at
   batch 1), any width: four weight rows at a time against x held in L1, output rows
   handed to the threads in chunks from a shared counter (a descheduled thread on a
   shared machine takes fewer chunks instead of stalling the step). It streams the
   weights at 93-97% of the read bandwidth measured in the same run on the 1B layer
   shapes, ATen's one-row path at 66-75% (AVX2 host, 2 threads;
-  `bench/engine_kernels.py`);
+  `bench/engine_kernels.py`). AVX-512: 16 columns a step and a masked last step; a row
+  whose values are all bfloat16 values (a bfloat16 model's) against bfloat16 weights
+  goes through `vdpbf16ps` (pairs of bfloat16s into float32 sums: the same exact
+  products, no conversion of the weights);
 - `int8_q8_mm(x, q, scale)`: the same int8 weights against activations rounded to int8
-  per group of 32 (llama.cpp's q8_0 x q8_0: exact int32 sums per group via
-  `_mm256_maddubs_epi16`, then both scales in float32). Not routed by the model: it
-  moves the logits away from the weight-only path's (tiny models: up to 2.0% of the
-  largest logit; 2.1-2.4% from float32 against weight-only's 1.5-2.4%; within int8's 5%
-  bound, but not the 1e-4 the weight-only kernel holds to its reference). Measured on the 1B
-  layer shapes (AVX2 host, 2 threads, `bench/engine_kernels.py --only int8`): 1 row 26.4
-  against 18.6 GB/s, 8 rows 7.9 against 5.6 GB/s (still compute-bound at 8 rows);
+  per group of 32 (llama.cpp's q8_0 x q8_0: exact int32 sums per group, then both
+  scales in float32; the model's "q8_0" mode). AVX2: `_mm256_maddubs_epi16` on |w| and
+  sign-moved activations. AVX-512: VNNI `vpdpbusd` on the activations + 128 as unsigned
+  bytes, each group's 128 * sum(q) taken back out (exact), two groups a vector;
 - `rms_norm(x, w, eps)`: RMSNorm of a few float32 rows in one call (ATen's runs six
   operators, about 18 us for a 768-wide row; a 100M decode step has 17);
 - `half_mm(x, w)`: float16 or bfloat16 weights against 2-16 float32 rows. ATen's
-  few-row path for half-precision weights runs about one row at a time on this CPU
+  few-row path for half-precision weights runs about one row at a time on an AVX2 CPU
   (8 rows: about 8x the one-row time); here tiles of 2 weight rows x 4 activation rows
-  keep 8 sums in registers over width blocks whose activation rows stay in L1 (an
-  11264x2048 float16 matrix, 8 rows, 2 threads: 4.6-5.3 ms against 5.9-6.8 for the
-  former one-weight-row loop, quiet; 4.7-5.7 against 6.1-10.1 with one core kept busy).
-  Products and sums in float32, as ATen's own.
+  (AVX-512: x up to 8, 16 sums in registers) keep their sums in registers over width
+  blocks whose activation rows stay in L1 (an 11264x2048 float16 matrix, 8 rows, 2
+  threads: 4.6-5.3 ms against 5.9-6.8 for the former one-weight-row loop, quiet;
+  4.7-5.7 against 6.1-10.1 with one core kept busy). The AVX-512 tiles prefetch the
+  next tile's weight rows: within a width block a row is a few cache lines, too short
+  a stream for the hardware prefetcher (8 rows of the 1B shapes, float16: 16.1 -> 12.8
+  ms). Products and sums in float32, as ATen's own.
+
+AVX-512 against AVX2 on the AVX-512 VM (1B layer shapes, 2 layers, 2 threads,
+2026-12-07 14:36, load 2.1; ms per pass, lower is better): float16 1 row 8.8 against
+10.6 (ATen 18.5), 8 rows 14.2 against 23.8; bfloat16 1 row 8.5 against 10.9 (oneDNN
+packed 15.8), 8 rows 14.8 against 29.0 (oneDNN packed 21.6); int8 weight-only 1 row
+6.8 against 9.9, 8 rows 18.2 against 25.8; q8_0 1 row 3.6 against 8.3, 8 rows 12.0
+against 20.0. (oneDNN's packed bfloat16 swung from 7.8 to 35 ms at 8 rows between
+runs on this shared VM; the model A/B is in the README.)
 
 `int8_group_mm`, `half_mm` and `int8_q8_mm` hand their output rows out in chunks of at
 least 64 KiB of weights from a shared counter (`for_chunks`), as `half_mv` does, instead
@@ -34,10 +58,11 @@ of a fixed half per thread: with one core busy elsewhere the int8 kernel at 8 ro
 4.6-7.9 ms against 7.1-8.8 (quiet, 1 row: about 0.08 ms slower than fixed halves, the
 price of the counter and of shorter streams).
 
-Built at first use by `torch.utils.cpp_extension` (AVX2 + FMA + F16C, OpenMP threads
-as torch's intra-op count; cached under torch's extensions folder, a minute on the
-first load of a machine). Where they cannot be built (no compiler, a CPU without AVX2,
-`LLAMA_CPU_KERNELS=0`), `kernel()` is None and callers use ATen.
+Built at first use by `torch.utils.cpp_extension` (OpenMP threads as torch's intra-op
+count; cached under torch's extensions folder, about 40 s per build on the first load of
+a machine). Where they cannot be built (no compiler, a CPU without AVX2,
+`LLAMA_CPU_KERNELS=0`), `kernel()` is None and callers use ATen; where the AVX-512 build
+fails to build, the AVX2 one is used.
 """
 
 from __future__ import annotations

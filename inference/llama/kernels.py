@@ -6,9 +6,10 @@ A `Proj` is derived data built from a model's parameters at load time (see
 `Transformer.prepare`); it never enters a state dict. Its kinds:
 
 - "plain": a float32, bfloat16 or float16 matrix `[out, in]`;
-- "packed": the same matrix reordered once into oneDNN's blocked layout (CPU, float32
-  and bfloat16), multiplied by oneDNN's linear: it reads the weight at up to twice the
-  rate of `F.linear` with one row and 2-3x with 8 rows here, in either precision;
+- "packed": the same matrix reordered once into oneDNN's blocked layout (CPU, float32;
+  bfloat16 too where `cpu_kernels`' AVX-512 build does not run), multiplied by oneDNN's
+  linear: it reads the weight at up to twice the rate of `F.linear` with one row and
+  2-3x with 8 rows here;
 - "int8": weight-only int8 with one float16 scale per group of 32 input columns of each
   output row (symmetric, llama.cpp's Q8_0 layout; see `int8_groups`), multiplied by a
   small C++ kernel that reads the int8 matrix once and accumulates in float32, without
@@ -25,9 +26,11 @@ EPYC, AVX-512 with BF16, 2 cores; 5632x2048 weights, see README):
 - float32: `F.linear` with one row is MKL's gemv on one core; splitting the weight into
   row blocks multiplied as a batch (`small_linear`) lets every thread read its own block
   (about 1.8x), with the same dot products in the same order (bitwise equal);
-- bfloat16: `F.linear` goes to oneDNN, which already splits the work;
-- float16, and bfloat16 where oneDNN cannot pack it (no AVX-512 BF16, as on the AVX2
-  host): one row goes to `cpu_kernels.half_mv`, which streams the weight once at 93-97%
+- bfloat16 where the AVX-512 kernels do not run: packed for oneDNN, which already
+  splits the work (where oneDNN cannot pack it, no AVX-512 BF16, as below);
+- float16, and bfloat16 where the AVX-512 kernels run (faster than oneDNN's packed
+  linear there, see `can_pack`) or where oneDNN cannot pack it: one row goes to
+  `cpu_kernels.half_mv`, which streams the weight once at 93-97%
   of the read bandwidth measured beside it (ATen's one-row path: 66-75%, 1B layer shapes,
   AVX2 host; where torch runs its AVX-512 code ATen's float16 row is the faster one and
   takes float16, `aten_one_row_float16`); with several rows ATen has only a slow path
