@@ -771,3 +771,14 @@ def test_the_avx512_build_takes_bfloat16_and_the_float16_row_from_onednn(isa, mo
     aten_avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     expect = aten_avx512 and isa == "avx2"
     assert kernels.aten_one_row_float16.__wrapped__() == expect
+
+
+def test_an_avx512_build_that_fails_leaves_the_avx2_one(monkeypatch):
+    """Where the AVX-512 build cannot be built (an older compiler), `kernel()` loads the
+    AVX2 build rather than none."""
+    real = cpu_kernels.module
+    monkeypatch.setattr(cpu_kernels, "_kernel", None)
+    monkeypatch.setattr(cpu_kernels, "preferred_isa", lambda: "avx512")
+    monkeypatch.setattr(cpu_kernels, "module", lambda isa: None if isa == "avx512" else real(isa))
+    mod = cpu_kernels.kernel()
+    assert mod is not None and mod.isa() == "avx2"
