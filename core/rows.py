@@ -17,35 +17,30 @@ Django's client-side binding (its SQL is not written to be prepared).
 
 from __future__ import annotations
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Model
 
-# (model, field names) -> for each field, its column expression and its converters. The
-# converters depend on the field and the backend only, so they are looked up once.
-_CONVERTERS: dict[tuple, list] = {}
+# (model, vendor) -> what building its instances needs: the concrete fields' attribute names,
+# the primary key's position, and the converters of the fields that have any (looked up
+# once: they depend on the field and the backend only).
+_LOADERS: dict[tuple, tuple] = {}
 
 
-def _converters(model: type[Model], fields) -> list:
-    key = (model, connection.vendor, tuple(f.attname for f in fields))
-    found = _CONVERTERS.get(key)
+def _loader(model: type[Model], conn) -> tuple:
+    key = (model, conn.vendor)
+    found = _LOADERS.get(key)
     if found is None:
-        found = []
-        for field in fields:
+        fields = model._meta.concrete_fields
+        converters = []
+        for index, field in enumerate(fields):
             col = field.get_col(model._meta.db_table)
-            found.append(
-                (col, connection.ops.get_db_converters(col) + col.get_db_converters(connection))
-            )
-        _CONVERTERS[key] = found
+            found_converters = conn.ops.get_db_converters(col) + col.get_db_converters(conn)
+            if found_converters:
+                converters.append((index, col, found_converters))
+        attnames = [f.attname for f in fields]
+        found = (attnames, fields.index(model._meta.pk), converters)
+        _LOADERS[key] = found
     return found
-
-
-def _instance(model: type[Model], fields, values):
-    converted = []
-    for (col, converters), value in zip(_converters(model, fields), values, strict=True):
-        for convert in converters:
-            value = convert(value, col, connection)
-        converted.append(value)
-    return model.from_db(connection.alias, [f.attname for f in fields], converted)
 
 
 def columns(model: type[Model], alias: str) -> str:
@@ -56,12 +51,17 @@ def columns(model: type[Model], alias: str) -> str:
 def build(model: type[Model], row, start: int = 0):
     """The `model` instance from `row[start:]`, laid out as `columns(model, ...)` selects it;
     None when the row's primary key is NULL (a LEFT JOIN that found nothing)."""
-    fields = model._meta.concrete_fields
-    values = row[start : start + len(fields)]
-    pk_index = fields.index(model._meta.pk)
+    conn = connections[DEFAULT_DB_ALIAS]  # `connection` looks itself up at each attribute
+    attnames, pk_index, converters = _loader(model, conn)
+    values = list(row[start : start + len(attnames)])
     if values[pk_index] is None:
         return None
-    return _instance(model, fields, values)
+    for index, col, convert_all in converters:
+        value = values[index]
+        for convert in convert_all:
+            value = convert(value, col, conn)
+        values[index] = value
+    return model.from_db(conn.alias, attnames, values)
 
 
 def fetch(sql: str, params: list) -> list[tuple]:
