@@ -72,6 +72,10 @@ def main() -> int:
         [key] = tier.researchers(1)
 
         settings.ROOT_URLCONF = "bench.load"  # the portal's URLs plus /bench/bare ...
+        # One connection for the whole run: its backend's CPU is what is read from /proc (a
+        # reconnect after DATABASE_CONN_MAX_AGE would start a process under another pid).
+        connection.close()
+        connection.settings_dict["CONN_MAX_AGE"] = None
         with connection.cursor() as cursor:
             cursor.execute(
                 "CREATE TABLE IF NOT EXISTS bench_bare_submission "
