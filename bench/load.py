@@ -83,10 +83,6 @@ def _bare_db(request):
 def _bare_api(request):
     """The floor every API request pays before its own work: DRF's request handling with the
     portal's token authentication (one query: the token and its user), answering JSON."""
-    return _bare_api_view()(request)
-
-
-def _bare_api_view():
     global _BARE_API
     if _BARE_API is None:
         from rest_framework.response import Response
@@ -101,12 +97,23 @@ def _bare_api_view():
                 return Response({"ok": True})
 
         _BARE_API = BareApi.as_view()
-    return _BARE_API
+    return _BARE_API(request)
 
 
 _BARE_API = None
 _BARE_SUBMIT = None
-_REDIS = None
+
+
+def create_bare_submit_table() -> None:
+    """The table `/bench/bare-submit` writes to (load.py and request_cost.py call this once,
+    before any request)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE IF NOT EXISTS bench_bare_submission "
+            "(id uuid PRIMARY KEY, owner_id bigint NOT NULL, body text NOT NULL)"
+        )
 
 
 def _bare_submit(request):
@@ -309,13 +316,7 @@ def main() -> int:
     try:
         tier.start()
         tokens = tier.researchers(ns.clients)
-        from django.db import connection
-
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "CREATE TABLE IF NOT EXISTS bench_bare_submission "
-                "(id uuid PRIMARY KEY, owner_id bigint NOT NULL, body text NOT NULL)"
-            )
+        create_bare_submit_table()
 
         port = free_port()
         argv = gunicorn_argv(str(port))

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._harness import WebTier  # noqa: E402
+from bench.load import create_bare_submit_table  # noqa: E402
 
 DB_NAME = "bench_portal_request_cost"
 KINDS = ("bare", "bare-api", "bare-submit", "links", "submit", "status")
@@ -76,11 +77,7 @@ def main() -> int:
         # reconnect after DATABASE_CONN_MAX_AGE would start a process under another pid).
         connection.close()
         connection.settings_dict["CONN_MAX_AGE"] = None
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "CREATE TABLE IF NOT EXISTS bench_bare_submission "
-                "(id uuid PRIMARY KEY, owner_id bigint NOT NULL, body text NOT NULL)"
-            )
+        create_bare_submit_table()
         client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
         job = client.post(
             "/api/v1/jobs", {"model": "demo", "prompt": "Hi", "max_new_tokens": 1},

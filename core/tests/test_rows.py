@@ -56,8 +56,8 @@ def test_a_job_and_its_size_read_as_the_orm_reads_them(researcher):
 def test_plain_reads_are_logged_prepared_on_postgresql_and_their_errors_are_djangos(researcher):
     """The reads bind on the server so PostgreSQL can keep their plans: they still pass
     through Django's cursor (logged, errors translated), return what a client-bound cursor
-    returns (aware datetimes in UTC, JSON as the ORM reads it), and are prepared from the
-    connection's threshold on."""
+    returns (aware datetimes in UTC on PostgreSQL), and are prepared from the connection's
+    threshold on."""
     from django.conf import settings
     from django.db import DatabaseError, connection, transaction
     from django.test.utils import CaptureQueriesContext

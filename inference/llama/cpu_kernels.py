@@ -833,7 +833,6 @@ _modules: dict[str, object] = {}  # per ISA: the built module, or False
 # The two builds of _SOURCE. The AVX-512 one is loaded only where the CPU lists every flag
 # it is compiled for; an AVX2-only host (CI may be one) never builds it.
 NAMES = {"avx2": "llama_cpu_kernels_v14", "avx512": "llama_cpu_kernels_avx512_v14"}
-NAME = NAMES["avx2"]
 _BASE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 _ISA_FLAGS = {
     "avx2": _BASE_FLAGS,
