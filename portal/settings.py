@@ -131,6 +131,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 else:
+    # Django's backend with a health check that sends nothing while the connection is quiet
+    # (core/postgresql/base.py): CONN_HEALTH_CHECKS' `SELECT 1` was a round trip per request.
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["default"]["ENGINE"] = "core.postgresql"
     # The hot reads written as plain SQL (core/rows.py) run as prepared statements on each
     # kept connection: PostgreSQL plans each once instead of at every request (planning
     # was most of its CPU for a links request or a status poll; bench/request_cost.py).
