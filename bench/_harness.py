@@ -5,6 +5,7 @@ benchmark's environment are set."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -130,6 +131,9 @@ class WebTier:
     def start(self) -> None:
         from devtools.services import start_seaweed
 
+        # `timeout` and `kill` send SIGTERM: leave through the caller's `finally`, which stops
+        # the servers this bench started (they run in sessions of their own and outlived it).
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         os.environ.update(self.env)
         os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
         database(self.env["DATABASE_URL"], create=True)

@@ -333,8 +333,9 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}"
         _wait_http(url)
         web_workers = os.environ.get("PORTAL_WEB_WORKERS", "2")
+        web_threads = os.environ.get("PORTAL_WEB_THREADS", "8")
         print(
-            f"gunicorn: {web_workers} workers x 8 threads; {ns.clients} clients in "
+            f"gunicorn: {web_workers} workers x {web_threads} threads; {ns.clients} clients in "
             f"{ns.processes} processes; {ns.phase_seconds:.0f} s per phase",
             flush=True,
         )

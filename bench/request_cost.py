@@ -2,6 +2,7 @@
 the bare view (prints; no HTTP, no load generator):
 
     .venv/bin/python bench/request_cost.py [--requests 400] [--rounds 3] [--profile links]
+        [--sort tottime] [--callees PATTERN] [--sql links] [--plans] [--django-health-check]
 
 `bench/load.py` measures throughput under 32 clients, where the load generator, gunicorn's
 HTTP handling and the other requests share the 2 cores, and where a run moves by a third
@@ -14,7 +15,11 @@ SeaweedFS of its own, the demo checkpoint published, one approved researcher wit
 
 Printed per request kind (median of `--rounds` rounds, interleaved): queries, wall ms,
 Python CPU ms, PostgreSQL CPU ms, and the total as a multiple of the bare view's. With
-`--profile KIND`, cProfile's top functions for that request.
+`--profile KIND`, cProfile's top functions for that request (`--callees` adds what the
+functions matching PATTERN call); `--sql KIND` prints the request's queries; `--plans` how
+often PostgreSQL planned each prepared statement afresh (custom) or reused its plan
+(generic); `--django-health-check` measures with Django's own health check (a `SELECT 1` per
+request) instead of `core.postgresql`'s, for an A/B of the two.
 
 How the figures relate to load.py's ratios (fitted on 2026-12-07 runs): a request's load
 ratio is about (bare + O) / (cost + O), with O about 1 ms of HTTP and load-generator work
@@ -55,6 +60,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", choices=KINDS)
+    parser.add_argument("--sort", choices=("cumulative", "tottime"), default="cumulative")
+    parser.add_argument("--callees", metavar="PATTERN")
+    parser.add_argument("--sql", choices=KINDS)
+    parser.add_argument("--plans", action="store_true")
+    parser.add_argument("--django-health-check", action="store_true")
     ns = parser.parse_args()
 
     tier = WebTier(
@@ -65,7 +75,7 @@ def main() -> int:
         import logging
 
         from django.conf import settings
-        from django.db import close_old_connections, connection
+        from django.db import close_old_connections, connection, connections
         from django.test import Client
         from django.test.utils import CaptureQueriesContext
 
@@ -77,6 +87,11 @@ def main() -> int:
         # reconnect after DATABASE_CONN_MAX_AGE would start a process under another pid).
         connection.close()
         connection.settings_dict["CONN_MAX_AGE"] = None
+        if ns.django_health_check:
+            from django.db.backends.postgresql.base import DatabaseWrapper
+
+            check = DatabaseWrapper.close_if_health_check_failed
+            connection.close_if_health_check_failed = check.__get__(connections["default"])
         create_bare_submit_table()
         client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
         job = client.post(
@@ -108,6 +123,9 @@ def main() -> int:
             with CaptureQueriesContext(connection) as captured:
                 call()
             queries[kind] = len(captured.captured_queries)
+            if ns.sql == kind:
+                for query in captured.captured_queries:
+                    print(query["sql"], end="\n\n")
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_backend_pid()")
             backend = cursor.fetchone()[0]
@@ -142,6 +160,16 @@ def main() -> int:
                 f"{kind:8} {queries[kind]:7d} {wall:8.2f} {cpu:8.2f} {pg:8.2f} {cpu + pg:8.2f} "
                 f"{(cpu + pg) / bare:7.1f}"
             )
+        if ns.plans:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT generic_plans, custom_plans,"
+                    " regexp_replace(statement, '\\s+', ' ', 'g')"
+                    " FROM pg_prepared_statements ORDER BY custom_plans DESC"
+                )
+                print("generic custom statement")
+                for generic, custom, statement in cursor.fetchall():
+                    print(f"{generic:7d} {custom:6d} {statement[:100]}")
         if ns.profile:
             profile = cProfile.Profile()
             profile.enable()
@@ -149,7 +177,10 @@ def main() -> int:
                 requests[ns.profile][0]()
             profile.disable()
             out = io.StringIO()
-            pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(40)
+            stats = pstats.Stats(profile, stream=out).sort_stats(ns.sort)
+            stats.print_stats(40)
+            if ns.callees:
+                stats.print_callees(ns.callees)
             print(out.getvalue())
     finally:
         tier.stop()

@@ -72,10 +72,11 @@ def gunicorn_argv(port: str) -> list[str]:
     `make run`'s Ctrl-C within its budget; the access log is redacted.
     """
     workers = os.environ.get("PORTAL_WEB_WORKERS", "2")
+    threads = os.environ.get("PORTAL_WEB_THREADS", "8")
     return [
         *(sys.executable, "-m", "gunicorn", "portal.wsgi:application"),
         *("--bind", f"127.0.0.1:{port}", "--backlog", "2048"),
-        *("--worker-class", "gthread", "--workers", workers, "--threads", "8"),
+        *("--worker-class", "gthread", "--workers", workers, "--threads", threads),
         *("--timeout", "120", "--graceful-timeout", "2"),
         *("--access-logfile", "-", "--error-logfile", "-"),
         # Its default control socket is one path per user: two servers would share it.
