@@ -52,6 +52,18 @@ packed 15.8), 8 rows 14.8 against 29.0 (oneDNN packed 21.6); int8 weight-only 1 
 against 20.0. (oneDNN's packed bfloat16 swung from 7.8 to 35 ms at 8 rows between
 runs on this shared VM; the model A/B is in the README.)
 
+`DecodePlan(kind, dtype, dims, eps, tensors)`: a whole CPU decode step of 1-16 rows in
+one call, `plan.step(tokens, positions, cache.kv)` -> float32 logits (`Transformer.decode`
+builds one from the prepared weights). A step of the 100M shape through ATen's operators
+is about 280 calls (1,300 counting nested ones), each cut in a fixed share per thread
+that waits for both; here it is one parallel region, a list of phases (embedding; per
+layer RMSNorm, q/k/v, RoPE + cache write + attention per (row, kv head), o + residual,
+RMSNorm, gate/up + SiLU * up, down + residual; RMSNorm, output), each phase's chunks
+taken from a shared counter, a thread moving on once the phase's chunks are all done.
+The products use the tiles below per weight kind (float32 as well: plain float32
+weights, no oneDNN packing, where the plan runs). Values are rounded to the model's
+dtype where the operator path rounds them.
+
 `int8_group_mm`, `half_mm` and `int8_q8_mm` hand their output rows out in chunks of at
 least 64 KiB of weights from a shared counter (`for_chunks`), as `half_mv` does, instead
 of a fixed half per thread: with one core busy elsewhere the int8 kernel at 8 rows took
@@ -84,6 +96,9 @@ _SOURCE = r"""
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
 
 static inline float hsum(__m256 v) {
   __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -197,7 +212,8 @@ torch::Tensor int8_group_mm(torch::Tensor x, torch::Tensor q, torch::Tensor scal
 }
 
 
-// Eight float16 or bfloat16 values as floats.
+// Eight float32, float16 or bfloat16 values as floats.
+static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 static inline __m256 load8(const at::Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
@@ -301,6 +317,7 @@ torch::Tensor half_mm(torch::Tensor x, torch::Tensor w) {
 // ---- one row (decode at batch 1): a matrix-vector product that streams w once ----------
 
 // Scalar conversions for the tail of a width that is not a multiple of 8.
+static inline float to_float(float v) { return v; }
 static inline float to_float(at::Half v) { return _cvtsh_ss(v.x); }
 static inline float to_float(at::BFloat16 v) {
   uint32_t u = uint32_t(v.x) << 16;
@@ -816,6 +833,635 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
   return out;
 }
 
+// ---- The fused decode step: a whole decode pass of 1-16 rows in one call ----------------
+//
+// A `DecodePlan` holds pointers to a prepared model's weights; `step(tokens, positions,
+// kv)` runs the embedding, every layer (RMSNorm, the q/k/v product, RoPE, the cache
+// write, attention over each row's own positions, o + residual, RMSNorm, gate/up,
+// SiLU * up, down + residual), the last RMSNorm and the output product in one parallel
+// region. The pass is a list of phases; each phase is cut into chunks (output rows of a
+// product, or one activation row, or one (row, kv head) of attention) that the threads
+// take from a shared counter, and a thread moves to the next phase once every chunk of
+// this one is done (a count of finished chunks, not a barrier of all threads): a
+// thread that the machine deschedules takes fewer chunks, and one that wakes after a
+// phase ended skips it. ATen instead gives each thread a fixed half of each of the
+// ~280 operators of a step and waits for both, every time.
+//
+// The values are rounded to the model's dtype where the operator-by-operator path
+// rounds them (RMSNorm's output, each product's output, the residual sums, SiLU and
+// its product with up), so both paths agree within float32 summation order.
+
+enum { W_F32 = 0, W_F16 = 1, W_BF16 = 2, W_I8 = 3, W_Q8 = 4 };  // weight kinds
+enum { D_F32 = 0, D_F16 = 1, D_BF16 = 2 };  // activation and cache dtypes
+
+static inline float bf16_bits_to_float(uint16_t b) {
+  uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+static inline uint16_t float_to_bf16_bits(float f) {  // round to nearest even (finite f)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+static inline float round_to(int dt, float v) {
+  if (dt == D_BF16) return bf16_bits_to_float(float_to_bf16_bits(v));
+  if (dt == D_F16) return _cvtsh_ss(_cvtss_sh(v, 0));
+  return v;
+}
+static inline float load_as_float(int dt, const void* p, int64_t i) {
+  if (dt == D_BF16) return bf16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
+  if (dt == D_F16) return _cvtsh_ss(static_cast<const uint16_t*>(p)[i]);
+  return static_cast<const float*>(p)[i];
+}
+static inline void store_from_float(int dt, void* p, int64_t i, float v) {
+  if (dt == D_BF16) static_cast<uint16_t*>(p)[i] = float_to_bf16_bits(v);
+  else if (dt == D_F16) static_cast<uint16_t*>(p)[i] = _cvtss_sh(v, 0);
+  else static_cast<float*>(p)[i] = v;
+}
+static inline torch::ScalarType dtype_of(int dt) {  // D_* codes; W_F32..W_BF16 alike
+  return dt == D_F32 ? torch::kFloat32 : dt == D_F16 ? torch::kFloat16 : torch::kBFloat16;
+}
+static inline float dot8(const float* a, const float* b, int64_t n) {  // n % 8 == 0 or tail
+  __m256 acc = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc);
+  float t = hsum(acc);
+  for (; k < n; ++k) t += a[k] * b[k];
+  return t;
+}
+
+// One weight matrix of the plan.
+struct Mat {
+  int kind = W_F32;
+  const void* w = nullptr;
+  const uint16_t* s = nullptr;  // int8: float16 scales per 32 columns
+  int64_t O = 0, K = 0;
+  int64_t row_bytes() const { return kind == W_F32 ? 4 * K : kind <= W_BF16 ? 2 * K : K + K / 16; }
+};
+
+// A product's input rows: float32 (rows ld apart), and where the kind needs them the
+// rows rounded to int8 (q8: AVX2 q [R, K] and d [R, G]; AVX-512 q + 128 and d spread
+// over 8 lanes per group, [R, GP * 16]) or, for one row against bfloat16 weights, as
+// bfloat16 bits (`b`, set only then).
+struct Rows {
+  float* x = nullptr; int64_t ld = 0;
+  int8_t* q = nullptr; float* d = nullptr;
+  uint16_t* b = nullptr;
+};
+
+static inline void fill_extras(int kind, int act, const float* x, int64_t K, int64_t r,
+                               int64_t B, const Rows& a) {
+  if (kind == W_Q8) {
+    const int64_t G = K / 32;
+    int8_t* q = a.q + r * K;
+#ifdef __AVX512F__
+    float d[256];
+    float* dd = G <= 256 ? d : nullptr;
+    std::vector<float> big;
+    if (!dd) { big.resize(G); dd = big.data(); }
+    quantize_rows_q8(x, 1, K, q, dd);
+    for (int64_t i = 0; i < K; ++i) q[i] = int8_t(uint8_t(q[i]) ^ 0x80);
+    const int64_t GP = (G + 1) / 2;  // rows GP * 16 apart, an odd last group's pair zero
+    float* de = a.d + r * GP * 16;
+    for (int64_t g = 0; g < 2 * GP; ++g)
+      for (int j = 0; j < 8; ++j) de[g * 8 + j] = g < G ? dd[g] : 0.0f;
+#else
+    quantize_rows_q8(x, 1, K, q, a.d + r * G);
+#endif
+  }
+#ifdef __AVX512F__
+  if (kind == W_BF16 && act == D_BF16 && B == 1) {
+    // The one row holds bfloat16 values (rounded so): its bits, for vdpbf16ps.
+    uint16_t* b = a.b;
+    const uint32_t* u = reinterpret_cast<const uint32_t*>(x);
+    for (int64_t i = 0; i < K; ++i) b[i] = uint16_t(u[i] >> 16);
+  }
+#endif
+}
+
+#ifdef __AVX512F__
+struct F32w16 {  // float32 weights
+  using type = float;
+  const float* p; int64_t K;
+  inline const char* addr(int64_t o, int64_t k) const { return (const char*)(p + o * K + k); }
+  inline __m512 load(int64_t o, int64_t k) const { return _mm512_loadu_ps(p + o * K + k); }
+  inline __m512 load_tail(int64_t o, int64_t k, __mmask16 m) const {
+    return _mm512_maskz_loadu_ps(m, p + o * K + k);
+  }
+};
+template <typename W>
+static void chunk512(const W& w, const float* xp, int64_t ldx, float* op, int64_t ldo,
+                     int64_t R, int64_t K, int64_t o0, int64_t o1) {
+  const int64_t kb = R == 1 ? K : std::min<int64_t>(K, std::max<int64_t>(64, 4096 / R / 32 * 32));
+  for (int64_t k0 = 0; k0 < K; k0 += kb) {
+    const int64_t k1 = std::min(K, k0 + kb);
+    int64_t o = o0;
+    if (R == 1) {
+      for (; o + 4 <= o1; o += 4) tile512<4, 1>(w, o, xp, ldx, k0, k1, op, ldo);
+    } else {
+      for (; o + 2 <= o1; o += 2) rows512<2>(w, o, xp, ldx, R, k0, k1, op, ldo);
+    }
+    for (; o < o1; ++o) rows512<1>(w, o, xp, ldx, R, k0, k1, op, ldo);
+  }
+}
+#else
+struct F32w8 {  // float32 weights
+  using type = float;
+  const float* p; int64_t K;
+  inline __m256 load(int64_t o, int64_t k) const { return _mm256_loadu_ps(p + o * K + k); }
+};
+template <typename W>
+static void chunk256(const W& w, const typename W::type* wp, const float* xp, int64_t ldx,
+                     float* op, int64_t ldo, int64_t R, int64_t K, int64_t o0, int64_t o1) {
+  if (R == 1) {  // half_mv's loop: 4 weight rows against the row held in L1
+    int64_t o = o0;
+    for (; o + 4 <= o1; o += 4) mv_rows<4>(xp, wp + o * K, K, op + o);
+    for (; o < o1; ++o) mv_rows<1>(xp, wp + o * K, K, op + o);
+    return;
+  }
+  const int64_t kb = std::min<int64_t>(K, std::max<int64_t>(64, 4096 / R / 32 * 32));
+  for (int64_t k0 = 0; k0 < K; k0 += kb) {
+    const int64_t k1 = std::min(K, k0 + kb);
+    int64_t o = o0;
+    for (; o + 2 <= o1; o += 2) mm_rows<2>(w, o, xp, ldx, R, k0, k1, op, ldo);
+    if (o < o1) mm_rows<1>(w, o, xp, ldx, R, k0, k1, op, ldo);
+  }
+}
+#endif
+
+// out[r, o] = sum_k w[o, k] * x[r, k] for the output rows [o0, o1) and R input rows.
+static void mat_rows(const Mat& m, const Rows& a, int64_t R, int64_t o0, int64_t o1, float* out,
+                     int64_t ldo) {
+  const int64_t K = m.K, G = K / 32;
+  if (m.kind == W_Q8) {
+    const int8_t* qp = static_cast<const int8_t*>(m.w);
+    for (int64_t o = o0; o < o1; ++o) {
+      const int8_t* qrow = qp + o * K;
+      const uint16_t* srow = m.s + o * G;
+#ifdef __AVX512F__
+      const uint8_t* xu = reinterpret_cast<const uint8_t*>(a.q);
+      for (int64_t r0 = 0; r0 < R; r0 += 8) {
+        const uint8_t* xr = xu + r0 * K;
+        const float* dr = a.d + r0 * ((G + 1) / 2) * 16;
+        float* orow = out + r0 * ldo;
+        switch (std::min<int64_t>(8, R - r0)) {
+          case 8: q8_rows512<8>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
+          case 7: q8_rows512<7>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
+          case 6: q8_rows512<6>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
+          case 5: q8_rows512<5>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
+          case 4: q8_rows512<4>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
+          case 3: q8_rows512<3>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
+          case 2: q8_rows512<2>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
+          default: q8_rows512<1>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
+        }
+      }
+#else
+      for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const int8_t* xr = a.q + r0 * K;
+        const float* dr = a.d + r0 * G;
+        float* orow = out + r0 * ldo;
+        switch (std::min<int64_t>(4, R - r0)) {
+          case 4: q8_rows_block<4>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
+          case 3: q8_rows_block<3>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
+          case 2: q8_rows_block<2>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
+          default: q8_rows_block<1>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
+        }
+      }
+#endif
+    }
+    return;
+  }
+  for (int64_t r = 0; r < R; ++r)
+    std::memset(out + r * ldo + o0, 0, sizeof(float) * (o1 - o0));
+#ifdef __AVX512F__
+  const float* x = a.x;
+  const int64_t ld = a.ld;
+  switch (m.kind) {
+    case W_F32:
+      chunk512(F32w16{static_cast<const float*>(m.w), K}, x, ld, out, ldo, R, K, o0, o1);
+      break;
+    case W_F16:
+      chunk512(Half16{static_cast<const at::Half*>(m.w), K}, x, ld, out, ldo, R, K, o0, o1);
+      break;
+    case W_BF16:
+      if (R == 1 && a.b != nullptr) {
+        const uint16_t* w = static_cast<const uint16_t*>(m.w);
+        int64_t o = o0;
+        for (; o + 4 <= o1; o += 4) tile_dpbf16<4, 1>(w, K, o, a.b, 0, 0, K, out, ldo);
+        for (; o < o1; ++o) tile_dpbf16<1, 1>(w, K, o, a.b, 0, 0, K, out, ldo);
+      } else {
+        chunk512(BHalf16{static_cast<const at::BFloat16*>(m.w), K}, x, ld, out, ldo, R, K, o0,
+                 o1);
+      }
+      break;
+    default:
+      chunk512(Int8Groups16{static_cast<const int8_t*>(m.w), m.s, K, G}, x, ld, out, ldo, R, K,
+               o0, o1);
+  }
+#else
+  switch (m.kind) {
+    case W_F32: {
+      const float* p = static_cast<const float*>(m.w);
+      chunk256(F32w8{p, K}, p, a.x, a.ld, out, ldo, R, K, o0, o1);
+      break;
+    }
+    case W_F16: {
+      const at::Half* p = static_cast<const at::Half*>(m.w);
+      chunk256(HalfWeights{p, K}, p, a.x, a.ld, out, ldo, R, K, o0, o1);
+      break;
+    }
+    case W_BF16: {
+      const at::BFloat16* p = static_cast<const at::BFloat16*>(m.w);
+      chunk256(BHalfWeights{p, K}, p, a.x, a.ld, out, ldo, R, K, o0, o1);
+      break;
+    }
+    default: {
+      const int8_t* qp = static_cast<const int8_t*>(m.w);
+      for (int64_t o = o0; o < o1; ++o)
+        for (int64_t r0 = 0; r0 < R; r0 += 4) {
+          const float* xr = a.x + r0 * a.ld;
+          float* orow = out + r0 * ldo;
+          const int8_t* qrow = qp + o * K;
+          const uint16_t* srow = m.s + o * G;
+          switch (std::min<int64_t>(4, R - r0)) {
+            case 4: rows_block<4>(xr, qrow, srow, a.ld, 0, G, ldo, o, orow); break;
+            case 3: rows_block<3>(xr, qrow, srow, a.ld, 0, G, ldo, o, orow); break;
+            case 2: rows_block<2>(xr, qrow, srow, a.ld, 0, G, ldo, o, orow); break;
+            default: rows_block<1>(xr, qrow, srow, a.ld, 0, G, ldo, o, orow); break;
+          }
+        }
+    }
+  }
+#endif
+}
+
+struct PlanLayer {
+  Mat qkv, o, w13, down;
+  const float* n1; const float* n2;  // RMSNorm weights as float32
+};
+
+struct alignas(64) PhaseCounter {
+  std::atomic<int64_t> next{0};
+  char pad[56];
+  std::atomic<int64_t> done{0};
+  char pad2[56];
+};
+
+enum { P_EMBED, P_NORM1, P_QKV, P_ATTN, P_PREP_O, P_O, P_NORM2, P_W13, P_PREP_DOWN, P_DOWN,
+       P_NORM_OUT, P_OUT };
+
+struct Phase { int type; int layer; int64_t chunks; int64_t rows; };
+
+class DecodePlan {
+ public:
+  DecodePlan(int64_t kind, int64_t act, std::vector<int64_t> dims, double eps,
+             std::vector<torch::Tensor> tensors)
+      : kind_(int(kind)), act_(int(act)), eps_(float(eps)), keep_(std::move(tensors)) {
+    TORCH_CHECK(dims.size() == 7, "dims: D, n_heads, n_kv_heads, head_dim, hidden, vocab, layers");
+    D_ = dims[0]; hq_ = dims[1]; hkv_ = dims[2]; hd_ = dims[3]; H_ = dims[4]; V_ = dims[5];
+    L_ = dims[6];
+    TORCH_CHECK(D_ % 32 == 0 && H_ % 32 == 0 && hq_ * hd_ % 32 == 0,
+                "widths must be multiples of 32");
+    TORCH_CHECK(int64_t(keep_.size()) == 10 * L_ + 6, "tensors: 10 per layer, then 6");
+    auto mat = [&](int64_t i) {
+      Mat m;
+      const auto& w = keep_[i];
+      const auto& s = keep_[i + 1];
+      TORCH_CHECK(w.is_contiguous() && w.dim() == 2, "weights must be contiguous matrices");
+      m.kind = kind_; m.w = w.data_ptr(); m.O = w.size(0); m.K = w.size(1);
+      if (kind_ == W_I8 || kind_ == W_Q8) {
+        TORCH_CHECK(w.scalar_type() == torch::kInt8 && s.scalar_type() == torch::kFloat16 &&
+                    s.is_contiguous() && s.size(0) == m.O && s.size(1) == m.K / 32, "int8 weights");
+        m.s = reinterpret_cast<const uint16_t*>(s.data_ptr<at::Half>());
+      } else {
+        TORCH_CHECK(w.scalar_type() == dtype_of(kind_), "weight dtype does not match the kind");
+      }
+      return m;
+    };
+    auto f32 = [&](int64_t i, int64_t n) {
+      TORCH_CHECK(keep_[i].scalar_type() == torch::kFloat32 && keep_[i].is_contiguous() &&
+                  keep_[i].numel() == n, "float32 vector expected");
+      return keep_[i].data_ptr<float>();
+    };
+    const int64_t QKV = (hq_ + 2 * hkv_) * hd_;
+    for (int64_t l = 0; l < L_; ++l) {
+      const int64_t b = 10 * l;
+      PlanLayer pl;
+      pl.n1 = f32(b, D_); pl.n2 = f32(b + 1, D_);
+      pl.qkv = mat(b + 2); pl.o = mat(b + 4); pl.w13 = mat(b + 6); pl.down = mat(b + 8);
+      TORCH_CHECK(pl.qkv.O == QKV && pl.qkv.K == D_ && pl.o.O == D_ && pl.o.K == hq_ * hd_ &&
+                  pl.w13.O == 2 * H_ && pl.w13.K == D_ && pl.down.O == D_ && pl.down.K == H_,
+                  "layer shapes do not match");
+      layers_.push_back(pl);
+    }
+    const int64_t t = 10 * L_;
+    norm_ = f32(t, D_);
+    out_ = mat(t + 1);
+    TORCH_CHECK(out_.O == V_ && out_.K == D_, "output shape");
+    const auto& emb = keep_[t + 3];
+    TORCH_CHECK(emb.is_contiguous() && emb.size(0) == V_ && emb.size(1) == D_, "embedding shape");
+    TORCH_CHECK(emb.scalar_type() == dtype_of(act_),
+                "the embedding's dtype is the activations'");
+    emb_ = emb.data_ptr();
+    TORCH_CHECK(keep_[t + 4].size(1) == hd_ && keep_[t + 5].size(1) == hd_, "rope tables");
+    cos_ = f32(t + 4, keep_[t + 4].numel()); sin_ = f32(t + 5, keep_[t + 5].numel());
+    S_ = keep_[t + 4].size(0);
+    // Scratch for up to 16 rows, rows padded by 16 floats (see padded_rows).
+    const int64_t R = 16;
+    const auto f = torch::TensorOptions().dtype(torch::kFloat32);
+    ldD_ = D_ + 16; ldA_ = hq_ * hd_ + 16; ldH_ = H_ + 16; ldQKV_ = QKV; ld13_ = 2 * H_;
+    x_ = torch::zeros({R, ldD_}, f); h_ = torch::zeros({R, ldD_}, f);
+    xn_ = torch::zeros({R, ldD_}, f); attn_ = torch::zeros({R, ldA_}, f);
+    act_buf_ = torch::zeros({R, ldH_}, f); qkv_ = torch::zeros({R, QKV}, f);
+    w13o_ = torch::zeros({R, 2 * H_}, f); tmp_ = torch::zeros({R, ldD_}, f);
+    const int64_t Kmax = std::max(D_, std::max(H_, hq_ * hd_));
+    q_ = torch::zeros({R, Kmax}, torch::TensorOptions().dtype(torch::kInt8));
+    d_ = torch::zeros({R, (Kmax / 32 + 1) * 8}, f);
+    b_ = torch::zeros({R, Kmax + 32}, torch::TensorOptions().dtype(torch::kInt16));
+    counters_.reset(new PhaseCounter[9 * L_ + 3]);
+  }
+
+  torch::Tensor step(torch::Tensor tokens, torch::Tensor positions, std::vector<torch::Tensor> kv) {
+    TORCH_CHECK(tokens.scalar_type() == torch::kInt64 && positions.scalar_type() == torch::kInt64,
+                "int64 tokens and positions");
+    tokens = tokens.contiguous(); positions = positions.contiguous();
+    const int64_t B = tokens.numel();
+    TORCH_CHECK(B >= 1 && B <= 16 && positions.numel() == B, "1-16 rows");
+    TORCH_CHECK(int64_t(kv.size()) == L_, "one cache tensor per layer");
+    const int64_t* tok = tokens.data_ptr<int64_t>();
+    const int64_t* pos = positions.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(tok[b] >= 0 && tok[b] < V_, "token out of range");
+      TORCH_CHECK(pos[b] >= 0 && pos[b] < S_, "position out of range");
+    }
+    for (auto& t : kv) {
+      TORCH_CHECK(t.is_contiguous() && t.dim() == 5 && t.size(0) == 2 && t.size(1) >= B &&
+                  t.size(2) == hkv_ && t.size(4) == hd_, "cache layout [2, rows, kv, seq, hd]");
+      for (int64_t b = 0; b < B; ++b) TORCH_CHECK(pos[b] < t.size(3), "position beyond the cache");
+    }
+    const auto ct = kv[0].scalar_type();
+    const int cdt = ct == torch::kFloat32 ? D_F32 : ct == torch::kFloat16 ? D_F16 : D_BF16;
+    TORCH_CHECK(ct == torch::kFloat32 || ct == torch::kFloat16 || ct == torch::kBFloat16,
+                "cache dtype");
+    auto logits = torch::empty({B, V_}, torch::TensorOptions().dtype(torch::kFloat32));
+
+    // Phases and their chunks.
+    std::vector<Phase> phases;
+    auto rows_for = [&](const Mat& m, int64_t factor) {
+      const int64_t rb = std::max<int64_t>(m.row_bytes() * factor, 1);
+      return std::max<int64_t>(16, (65536 / rb + 15) / 16 * 16);
+    };
+    auto prod = [&](int type, int l, const Mat& m, int64_t O, int64_t factor) {
+      const int64_t rows = rows_for(m, factor);
+      phases.push_back({type, l, (O + rows - 1) / rows, rows});
+    };
+    const bool prep = kind_ == W_Q8 || (kind_ == W_BF16 && act_ == D_BF16 && B == 1);
+    phases.push_back({P_EMBED, 0, B, 1});
+    for (int l = 0; l < int(L_); ++l) {
+      const PlanLayer& pl = layers_[l];
+      phases.push_back({P_NORM1, l, B, 1});
+      prod(P_QKV, l, pl.qkv, pl.qkv.O, 1);
+      phases.push_back({P_ATTN, l, B * hkv_, 1});
+      phases.push_back({P_PREP_O, l, prep ? B : 0, 1});
+      prod(P_O, l, pl.o, D_, 1);
+      phases.push_back({P_NORM2, l, B, 1});
+      prod(P_W13, l, pl.w13, H_, 2);
+      phases.push_back({P_PREP_DOWN, l, prep ? B : 0, 1});
+      prod(P_DOWN, l, pl.down, D_, 1);
+    }
+    phases.push_back({P_NORM_OUT, 0, B, 1});
+    prod(P_OUT, 0, out_, V_, 1);
+    const int64_t P = int64_t(phases.size());
+    for (int64_t p = 0; p < P; ++p) {
+      counters_[p].next.store(0, std::memory_order_relaxed);
+      counters_[p].done.store(0, std::memory_order_relaxed);
+    }
+    std::vector<void*> kvp(L_);
+    for (int64_t l = 0; l < L_; ++l) kvp[l] = kv[l].data_ptr();
+    const int64_t S = kv[0].size(3), rows_c = kv[0].size(1);
+    Ctx c{B, tok, pos, kvp.data(), cdt, S, rows_c, logits.data_ptr<float>()};
+
+    auto work = [&](int64_t, int64_t) {
+      for (int64_t p = 0; p < P; ++p) {
+        PhaseCounter& pc = counters_[p];
+        const Phase& ph = phases[p];
+        for (int64_t i; (i = pc.next.fetch_add(1, std::memory_order_relaxed)) < ph.chunks;) {
+          run(ph, i, c);
+          pc.done.fetch_add(1, std::memory_order_acq_rel);
+        }
+        // Wait for chunks that other threads hold; on a shared machine a holder may be
+        // descheduled, so after a short spin give the core away.
+        for (int spins = 0; pc.done.load(std::memory_order_acquire) < ph.chunks; ++spins) {
+          if (spins < 4000) _mm_pause();
+          else std::this_thread::yield();
+        }
+      }
+    };
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    if (threads == 1) work(0, 1);
+    else at::parallel_for(0, threads, 1, work);
+    return logits;
+  }
+
+ private:
+  struct Ctx {
+    int64_t B; const int64_t* tok; const int64_t* pos; void** kv; int cdt; int64_t S, crows;
+    float* logits;
+  };
+
+  // A product's input rows; the bfloat16 bits only for one row of bfloat16 values.
+  Rows rows_of(float* x, int64_t ld, int64_t B) const {
+    Rows r;
+    r.x = x; r.ld = ld;
+    r.q = q_.data_ptr<int8_t>(); r.d = d_.data_ptr<float>();
+    if (kind_ == W_BF16 && act_ == D_BF16 && B == 1)
+      r.b = reinterpret_cast<uint16_t*>(b_.data_ptr<int16_t>());
+    return r;
+  }
+
+  // Row r of `src` normalised into xn (RMSNorm, float32 sums), rounded as the model's
+  // RMSNorm rounds, and prepared for the next product (int8 rows, bfloat16 bits).
+  void norm_row(const float* src, const float* w, int64_t r, int64_t B) {
+    const float* x = src + r * ldD_;
+    float* out = xn_.data_ptr<float>() + r * ldD_;
+    const float inv = 1.0f / std::sqrt(dot8(x, x, D_) / float(D_) + eps_);
+    for (int64_t k = 0; k < D_; ++k) out[k] = round_to(act_, round_to(act_, x[k] * inv) * w[k]);
+    fill_extras(kind_, act_, out, D_, r, B, rows_of(out, ldD_, B));
+  }
+
+  void run(const Phase& ph, int64_t i, const Ctx& c) {
+    float* x = x_.data_ptr<float>();
+    float* h = h_.data_ptr<float>();
+    float* xn = xn_.data_ptr<float>();
+    const int64_t B = c.B;
+    switch (ph.type) {
+      case P_EMBED: {
+        for (int64_t k = 0; k < D_; ++k)
+          x[i * ldD_ + k] = load_as_float(act_, emb_, c.tok[i] * D_ + k);
+        return;
+      }
+      case P_NORM1: norm_row(x, layers_[ph.layer].n1, i, B); return;
+      case P_NORM2: norm_row(h, layers_[ph.layer].n2, i, B); return;
+      case P_NORM_OUT: norm_row(x, norm_, i, B); return;
+      case P_QKV: {
+        const Mat& m = layers_[ph.layer].qkv;
+        const int64_t o0 = i * ph.rows, o1 = std::min(m.O, o0 + ph.rows);
+        const Rows a = rows_of(xn, ldD_, B);
+        float* out = qkv_.data_ptr<float>();
+        mat_rows(m, a, B, o0, o1, out, ldQKV_);
+        for (int64_t r = 0; r < B; ++r)
+          for (int64_t o = o0; o < o1; ++o)
+            out[r * ldQKV_ + o] = round_to(act_, out[r * ldQKV_ + o]);
+        return;
+      }
+      case P_ATTN: attend(ph.layer, i / hkv_, i % hkv_, c); return;
+      case P_PREP_O: {
+        float* a = attn_.data_ptr<float>();
+        fill_extras(kind_, act_, a + i * ldA_, hq_ * hd_, i, B, rows_of(a, ldA_, B));
+        return;
+      }
+      case P_PREP_DOWN: {
+        float* a = act_buf_.data_ptr<float>();
+        fill_extras(kind_, act_, a + i * ldH_, H_, i, B, rows_of(a, ldH_, B));
+        return;
+      }
+      case P_O:
+      case P_DOWN: {
+        const bool o = ph.type == P_O;
+        const Mat& m = o ? layers_[ph.layer].o : layers_[ph.layer].down;
+        float* in = o ? attn_.data_ptr<float>() : act_buf_.data_ptr<float>();
+        const int64_t ld = o ? ldA_ : ldH_;
+        const float* res = o ? x : h;
+        float* dst = o ? h : x;
+        const int64_t o0 = i * ph.rows, o1 = std::min(D_, o0 + ph.rows);
+        const Rows a = rows_of(in, ld, B);
+        float* t = tmp_.data_ptr<float>();
+        mat_rows(m, a, B, o0, o1, t, ldD_);
+        for (int64_t r = 0; r < B; ++r)
+          for (int64_t k = o0; k < o1; ++k)
+            dst[r * ldD_ + k] = round_to(act_, res[r * ldD_ + k] + round_to(act_, t[r * ldD_ + k]));
+        return;
+      }
+      case P_W13: {
+        const Mat& m = layers_[ph.layer].w13;
+        const int64_t o0 = i * ph.rows, o1 = std::min(H_, o0 + ph.rows);
+        const Rows a = rows_of(xn, ldD_, B);
+        float* t = w13o_.data_ptr<float>();
+        mat_rows(m, a, B, o0, o1, t, ld13_);
+        mat_rows(m, a, B, H_ + o0, H_ + o1, t, ld13_);
+        float* dst = act_buf_.data_ptr<float>();
+        for (int64_t r = 0; r < B; ++r)
+          for (int64_t k = o0; k < o1; ++k) {
+            const float g = round_to(act_, t[r * ld13_ + k]);
+            const float u = round_to(act_, t[r * ld13_ + H_ + k]);
+            const float s = round_to(act_, g / (1.0f + std::exp(-g)));
+            dst[r * ldH_ + k] = round_to(act_, s * u);
+          }
+        return;
+      }
+      case P_OUT: {
+        const int64_t o0 = i * ph.rows, o1 = std::min(V_, o0 + ph.rows);
+        const Rows a = rows_of(xn, ldD_, B);
+        mat_rows(out_, a, B, o0, o1, c.logits, V_);
+        for (int64_t r = 0; r < B; ++r)
+          for (int64_t k = o0; k < o1; ++k)
+            c.logits[r * V_ + k] = round_to(act_, c.logits[r * V_ + k]);
+        return;
+      }
+    }
+  }
+
+  // Row b, kv head g: rotate that head's keys and its query heads (the attention scale
+  // folded into the queries' table), write keys and values at the row's position, and
+  // attend over positions 0..pos[b] of the row's cache in float32.
+  void attend(int layer, int64_t b, int64_t g, const Ctx& c) {
+    const int64_t rep = hq_ / hkv_, hd = hd_, p = c.pos[b], T = p + 1;
+    const float* row = qkv_.data_ptr<float>() + b * ldQKV_;
+    const float* cs = cos_ + p * hd;
+    const float* sn = sin_ + p * hd;
+    const float scale = 1.0f / std::sqrt(float(hd));
+    thread_local std::vector<float> buf;
+    if (int64_t(buf.size()) < rep * hd + rep * T + hd) buf.resize(rep * hd + rep * T + hd);
+    float* q = buf.data();
+    float* sc = q + rep * hd;
+    float* kf = sc + rep * T;
+    for (int64_t j = 0; j < rep; ++j) {
+      const float* x = row + (g * rep + j) * hd;
+      for (int64_t k = 0; k < hd; k += 2) {
+        q[j * hd + k] = x[k] * (cs[k] * scale) + x[k + 1] * (sn[k] * scale);
+        q[j * hd + k + 1] = x[k + 1] * (cs[k + 1] * scale) + x[k] * (sn[k + 1] * scale);
+      }
+    }
+    void* kv = c.kv[layer];
+    const int64_t plane = c.crows * hkv_ * c.S * hd;  // keys, then values
+    const int64_t base = (b * hkv_ + g) * c.S * hd;
+    {
+      const float* xk = row + (hq_ + g) * hd;
+      const float* xv = row + (hq_ + hkv_ + g) * hd;
+      const int64_t at = base + p * hd;
+      for (int64_t k = 0; k < hd; k += 2) {
+        store_from_float(c.cdt, kv, at + k, xk[k] * cs[k] + xk[k + 1] * sn[k]);
+        store_from_float(c.cdt, kv, at + k + 1, xk[k + 1] * cs[k + 1] + xk[k] * sn[k + 1]);
+      }
+      for (int64_t k = 0; k < hd; ++k) store_from_float(c.cdt, kv, plane + at + k, xv[k]);
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      const float* kt;
+      if (c.cdt == D_F32) kt = static_cast<const float*>(kv) + base + t * hd;
+      else {
+        for (int64_t k = 0; k < hd; ++k) kf[k] = load_as_float(c.cdt, kv, base + t * hd + k);
+        kt = kf;
+      }
+      for (int64_t j = 0; j < rep; ++j) sc[j * T + t] = dot8(q + j * hd, kt, hd);
+    }
+    float* out = attn_.data_ptr<float>() + b * ldA_ + g * rep * hd;
+    for (int64_t j = 0; j < rep; ++j) {
+      float* s = sc + j * T;
+      float mx = s[0];
+      for (int64_t t = 1; t < T; ++t) mx = std::max(mx, s[t]);
+      float sum = 0.0f;
+      for (int64_t t = 0; t < T; ++t) { s[t] = std::exp(s[t] - mx); sum += s[t]; }
+      const float inv = 1.0f / sum;
+      for (int64_t t = 0; t < T; ++t) s[t] *= inv;
+      float* oj = out + j * hd;
+      for (int64_t k = 0; k < hd; ++k) oj[k] = 0.0f;
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      const float* vt;
+      if (c.cdt == D_F32) vt = static_cast<const float*>(kv) + plane + base + t * hd;
+      else {
+        for (int64_t k = 0; k < hd; ++k)
+          kf[k] = load_as_float(c.cdt, kv, plane + base + t * hd + k);
+        vt = kf;
+      }
+      for (int64_t j = 0; j < rep; ++j) {
+        const float pj = sc[j * T + t];
+        float* oj = out + j * hd;
+        for (int64_t k = 0; k < hd; ++k) oj[k] += pj * vt[k];
+      }
+    }
+    for (int64_t j = 0; j < rep; ++j)
+      for (int64_t k = 0; k < hd; ++k) out[j * hd + k] = round_to(act_, out[j * hd + k]);
+  }
+
+  int kind_, act_;
+  float eps_;
+  std::vector<torch::Tensor> keep_;
+  std::vector<PlanLayer> layers_;
+  const float* norm_ = nullptr;
+  Mat out_;
+  const void* emb_ = nullptr;
+  const float* cos_ = nullptr;
+  const float* sin_ = nullptr;
+  int64_t D_, hq_, hkv_, hd_, H_, V_, L_, S_;
+  int64_t ldD_, ldA_, ldH_, ldQKV_, ld13_;
+  torch::Tensor x_, h_, xn_, attn_, act_buf_, qkv_, w13o_, tmp_, q_, d_, b_;
+  std::unique_ptr<PhaseCounter[]> counters_;
+};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm);
   m.def("int8_group_mm", &int8_group_mm);
@@ -823,6 +1469,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("half_mv", &half_mv);
   m.def("int8_q8_mm", &int8_q8_mm);
   m.def("isa", []() { return std::string(LLAMA_KERNELS_ISA); });
+  // module_local: both builds may be loaded in one process (the tests take each), and a
+  // type registered globally by the first would fail the second's import.
+  pybind11::class_<DecodePlan>(m, "DecodePlan", pybind11::module_local())
+      .def(pybind11::init<int64_t, int64_t, std::vector<int64_t>, double,
+                          std::vector<torch::Tensor>>())
+      .def("step", &DecodePlan::step);
 }
 """
 
@@ -832,7 +1484,7 @@ _modules: dict[str, object] = {}  # per ISA: the built module, or False
 
 # The two builds of _SOURCE. The AVX-512 one is loaded only where the CPU lists every flag
 # it is compiled for; an AVX2-only host (CI may be one) never builds it.
-NAMES = {"avx2": "llama_cpu_kernels_v14", "avx512": "llama_cpu_kernels_avx512_v14"}
+NAMES = {"avx2": "llama_cpu_kernels_v15", "avx512": "llama_cpu_kernels_avx512_v15"}
 _BASE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 _ISA_FLAGS = {
     "avx2": _BASE_FLAGS,

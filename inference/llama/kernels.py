@@ -6,8 +6,9 @@ A `Proj` is derived data built from a model's parameters at load time (see
 `Transformer.prepare`); it never enters a state dict. Its kinds:
 
 - "plain": a float32, bfloat16 or float16 matrix `[out, in]`;
-- "packed": the same matrix reordered once into oneDNN's blocked layout (CPU, float32;
-  bfloat16 too where `cpu_kernels`' AVX-512 build does not run), multiplied by oneDNN's
+- "packed": the same matrix reordered once into oneDNN's blocked layout (CPU, float32
+  where the fused decode step (`cpu_kernels.DecodePlan`) does not run; bfloat16 too
+  where `cpu_kernels`' AVX-512 build does not run), multiplied by oneDNN's
   linear: it reads the weight at up to twice the rate of `F.linear` with one row and
   2-3x with 8 rows here;
 - "int8": weight-only int8 with one float16 scale per group of 32 input columns of each
@@ -41,6 +42,7 @@ EPYC, AVX-512 with BF16, 2 cores; 5632x2048 weights, see README):
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +62,10 @@ def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     if dtype == torch.float32:
-        return True
+        # Where the fused decode step runs (`cpu_kernels.DecodePlan`), it multiplies the
+        # plain float32 matrices itself, in the same parallel region as the rest of the
+        # step; oneDNN's packed layout would keep every step on ATen's path.
+        return not fused_decode_available()
     # bfloat16: where the AVX-512 kernels run, half_mv/half_mm are the faster ones (1B
     # layer shapes, 2 threads: 1 row 11.2 against oneDNN's 21.9 ms, 8 rows 18.0 against
     # 35.6; see README), so the weights stay plain for them.
@@ -69,6 +74,15 @@ def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
         and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         and not avx512_kernels()
     )
+
+
+def fused_decode_available() -> bool:
+    """Whether CPU decode steps of up to SMALL_ROWS rows can run as one C++ call
+    (`cpu_kernels`' DecodePlan; LLAMA_FUSED_DECODE=0 turns it off for A/B runs)."""
+    if os.environ.get("LLAMA_FUSED_DECODE", "1") == "0":
+        return False
+    mod = cpu_kernels.kernel()
+    return mod is not None and hasattr(mod, "DecodePlan")
 
 
 def avx512_kernels() -> bool:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernels
-from .kernels import SMALL_ROWS, Proj, can_pack, small_linear
+from .kernels import SMALL_ROWS, Proj, can_pack, fused_decode_available, small_linear
 from .parallel import Parallel
 
 _SINGLE = Parallel()
@@ -541,6 +541,7 @@ class Transformer(nn.Module):
         self._register_state_dict_hook(Transformer._dense_state_dict)
         # CPU decode steps pick 1 or all threads by measured speed (None: always all).
         self.threads: ThreadChooser | None = ThreadChooser()
+        self._plan: tuple[tuple, Any] | None = None  # (what it was built from, DecodePlan)
 
     # -- helpers -----------------------------------------------------------------------
     @property
@@ -770,15 +771,21 @@ class Transformer(nn.Module):
         if span > cache.max_seq_len:
             raise ValueError(f"position {span - 1} is beyond the cache ({cache.max_seq_len})")
         dev = tokens.device
+        fused = self._use_fused()
+        # On the CPU the whole step can be one C++ call (`_decode_plan`); it needs none of
+        # what the operator-by-operator step is given below.
+        plan = self._decode_plan(bsz, cache) if fused and not static else None
         # Row b sees keys 0..positions[b]; shared by every layer. A single row sees the
         # whole span (the caller's span is its position + 1): no mask at all.
         mask = None
-        if bsz > 1 or static:
+        if (bsz > 1 or static) and plan is None:
             ar = torch.arange(span, device=dev)
             mask = (ar.view(1, 1, 1, span) <= positions.view(bsz, 1, 1, 1)).contiguous()
         rows = torch.arange(bsz, device=dev)
-        fused = self._use_fused()
-        if fused:
+        step: _Step | None = None
+        if plan is not None:
+            pass
+        elif fused:
             step = _Step(
                 "decode", cache=cache, rows=rows, positions=positions, mask=mask, span=span
             )
@@ -804,13 +811,79 @@ class Transformer(nn.Module):
             torch.set_num_threads(n)
         try:
             t0 = time.perf_counter()
-            h = self._run(self._embed(tokens.view(bsz, 1)), step, fused)
-            logits = self._logits(h[:, 0], fused)
+            if plan is not None:
+                logits = plan.step(tokens.long(), positions.long(), cache.kv)
+            else:
+                h = self._run(self._embed(tokens.view(bsz, 1)), step, fused)
+                logits = self._logits(h[:, 0], fused)
             chooser.record(bsz, n, time.perf_counter() - t0)
         finally:
             if n != most:
                 torch.set_num_threads(most)
         return logits
+
+    # weight kinds and dtypes as cpu_kernels' DecodePlan numbers them
+    _PLAN_KINDS = {"int8": 3, "q8_0": 4}
+    _PLAN_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+    def _decode_plan(self, bsz: int, cache: KVCache) -> Any:
+        """The whole decode step as one C++ call (`cpu_kernels`' DecodePlan) where it
+        applies: CPU, one rank, up to SMALL_ROWS rows, plain float or int8 weights (not
+        oneDNN's packed ones), widths that are multiples of 32; None elsewhere, and the
+        step runs operator by operator."""
+        if (
+            self.device.type != "cpu"
+            or self.par.world_size != 1
+            or bsz > SMALL_ROWS
+            or cache.kv[0].dtype not in self._PLAN_DTYPES
+            or not fused_decode_available()
+        ):
+            return None
+        key = (self._prepared_for, self.quantize)
+        if self._plan is not None and self._plan[0] == key:
+            return self._plan[1]
+        self._plan = (key, self._build_plan())
+        return self._plan[1]
+
+    def _build_plan(self) -> Any:
+        args, act = self.args, self.dtype
+        attn = self.layers[0].attention
+        hq, hkv, hd = attn.n_heads, attn.n_kv, attn.head_dim
+        hidden = self.layers[0].feed_forward.w1.out_features
+        if act not in self._PLAN_DTYPES or args.dim % 32 or hidden % 32 or (hq * hd) % 32:
+            return None
+        projs = []
+        for block in self.layers:
+            a, f = block.attention, block.feed_forward
+            projs.append((block, [a.qkv, a.o, f.w13, f.down]))
+        kinds = {p.kind for _, ps in projs for p in ps} | {self._out.kind}
+        if len(kinds) != 1:
+            return None
+        [kind] = kinds
+        if kind == "plain":
+            weight_kind = self._PLAN_DTYPES.get(self._out.weight.dtype)
+        else:
+            weight_kind = self._PLAN_KINDS.get(kind)
+        if weight_kind is None:  # oneDNN's packed matrices
+            return None
+        empty = torch.empty(0)
+
+        def mats(p: Proj) -> list[torch.Tensor]:
+            scale = p.scale if p.scale is not None else empty
+            return [p.weight.contiguous(), scale]
+
+        tensors: list[torch.Tensor] = []
+        for block, ps in projs:
+            tensors += [block.attention_norm.weight.float().contiguous()]
+            tensors += [block.ffn_norm.weight.float().contiguous()]
+            for p in ps:
+                tensors += mats(p)
+        cos, sin = self.cos_sin()
+        tensors += [self.norm.weight.float().contiguous(), *mats(self._out)]
+        tensors += [self.tok_embeddings.weight.contiguous(), cos.contiguous(), sin.contiguous()]
+        dims = [args.dim, hq, hkv, hd, hidden, self._out.shape[0], args.n_layers]
+        mod = cpu_kernels.kernel()
+        return mod.DecodePlan(weight_kind, self._PLAN_DTYPES[act], dims, args.norm_eps, tensors)
 
     def _decode_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin `[B, 1, H, D]` for one rotation over a decode step's q, k and v heads:

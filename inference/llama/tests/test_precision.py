@@ -323,7 +323,10 @@ def test_static_decode_equals_the_dynamic_one():
 
 
 # -- packed (oneDNN layout) ------------------------------------------------------------------
-def test_packed_float32_weights_equal_the_reference_and_give_back_the_state_dict():
+def test_packed_float32_weights_equal_the_reference_and_give_back_the_state_dict(monkeypatch):
+    # float32 is packed only where the fused decode step does not run (it takes the
+    # plain matrices): switched off here.
+    monkeypatch.setenv("LLAMA_FUSED_DECODE", "0")
     model = random_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     toks = tokens(11)
@@ -766,8 +769,10 @@ def test_the_avx512_build_takes_bfloat16_and_the_float16_row_from_onednn(isa, mo
     monkeypatch.setattr(cpu_kernels, "_kernel", cpu_kernels.module(isa))
     cpu = torch.device("cpu")
     onednn_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert kernels.can_pack(torch.float32, cpu)
+    assert not kernels.can_pack(torch.float32, cpu)  # the fused decode step's plain matrices
     assert kernels.can_pack(torch.bfloat16, cpu) == (onednn_bf16 and isa == "avx2")
+    monkeypatch.setenv("LLAMA_FUSED_DECODE", "0")
+    assert kernels.can_pack(torch.float32, cpu)
     aten_avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     expect = aten_avx512 and isa == "avx2"
     assert kernels.aten_one_row_float16.__wrapped__() == expect
