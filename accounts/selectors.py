@@ -34,6 +34,7 @@ from catalog.models import (
     LicenseVersion,
     ModelVariant,
 )
+from catalog.selectors import variant_get_published
 from core import rows
 from core.errors import NotFound, PermissionDenied
 
@@ -240,55 +241,74 @@ def _grant_decision(user, variant: ModelVariant, now: datetime) -> AccessDecisio
 
 
 def _allowed_grant(user, variant: ModelVariant, now: datetime) -> Grant | None:
-    """The rules below that the database holds, as ONE query: the live grant that
-    `_grant_decision` would pick (latest end first), found only when the account's address
-    is verified and the current version of the size's governing license (its own, else the
-    default license) is accepted, or none is in effect. None says "not allowed this way", never
-    why: `access_check` then takes the rules one by one for the reason. Allowed requests,
-    nearly all of them, cost one query instead of four or five.
+    """The live grant that `_grant_decision` would pick, found only when every other rule
+    the database holds allows too (see `_size_and_allowed_grant`); None says "not allowed
+    this way", never why."""
+    found = _size_and_allowed_grant(user, "m.id = %s", [variant.pk], now)
+    return found[1] if found else None
+
+
+def _size_and_allowed_grant(
+    user, where: str, params: list, now: datetime
+) -> tuple[ModelVariant, Grant | None] | None:
+    """The size matching `where` (SQL over alias `m`) and, in the same query, the rules below
+    that the database holds: the live grant that `_grant_decision` would pick (latest end
+    first), found only when the account's address is verified and the current version of the
+    size's governing license (its own, else the default license) is accepted, or none is in
+    effect. None when no size matches; a None grant says "not allowed this way", never why:
+    `access_check` then takes the rules one by one for the reason. Allowed requests, nearly
+    all of them, cost one query instead of four or five.
 
     Written as SQL: the same query through the ORM (Exists, OuterRef, a sliced subquery)
-    took longer to compile in Python than the four simple queries took to run.
+    took longer to compile in Python than the four simple queries took to run. Its inner
+    aliases (g2, e, v, cur, a) differ from the size's `m`, which the subqueries read.
     `test_access_check.py` holds it to the step-by-step rules over generated states."""
     from allauth.account.models import EmailAddress
 
-    ops = connection.ops
-    at = ops.adapt_datetimefield_value(now)
-    if variant.license_id is not None:
-        governing, governing_params = "%s", [variant.license_id]
-    else:
-        governing = f"(SELECT id FROM {License._meta.db_table} WHERE slug = %s)"  # noqa: S608
-        governing_params = [DEFAULT_LICENSE_SLUG]
+    at = connection.ops.adapt_datetimefield_value(now)
+    grants, sizes = Grant._meta.db_table, ModelVariant._meta.db_table
     sql = f"""
-        SELECT {rows.columns(Grant, "g")} FROM {Grant._meta.db_table} g
-        WHERE g.user_id = %s AND g.variant_id = %s AND g.status = %s
-          AND g.starts_at <= %s AND g.ends_at > %s
-          AND EXISTS (
-            SELECT 1 FROM {EmailAddress._meta.db_table} e
-            WHERE e.user_id = %s AND UPPER(e.email) = UPPER(%s) AND e.verified = %s
-          )
-          AND NOT EXISTS (
-            SELECT 1 FROM (
-              SELECT v.id FROM {LicenseVersion._meta.db_table} v
-              WHERE v.license_id = {governing} AND v.effective_at <= %s
-              ORDER BY v.version DESC LIMIT 1
-            ) cur
-            WHERE NOT EXISTS (
-              SELECT 1 FROM {LicenseAcceptance._meta.db_table} a
-              WHERE a.user_id = %s AND a.version_id = cur.id
+        SELECT {rows.columns(ModelVariant, "m")}, {rows.columns(Grant, "g")}
+        FROM {sizes} m
+        LEFT JOIN {grants} g ON g.id = (
+          SELECT g2.id FROM {grants} g2
+          WHERE g2.user_id = %s AND g2.variant_id = m.id AND g2.status = %s
+            AND g2.starts_at <= %s AND g2.ends_at > %s
+            AND EXISTS (
+              SELECT 1 FROM {EmailAddress._meta.db_table} e
+              WHERE e.user_id = %s AND UPPER(e.email) = UPPER(%s) AND e.verified = %s
             )
-          )
-        ORDER BY g.ends_at DESC, g.id DESC
-        LIMIT 1
+            AND NOT EXISTS (
+              SELECT 1 FROM (
+                SELECT v.id FROM {LicenseVersion._meta.db_table} v
+                WHERE v.license_id = COALESCE(
+                    m.license_id, (SELECT id FROM {License._meta.db_table} WHERE slug = %s)
+                  )
+                  AND v.effective_at <= %s
+                ORDER BY v.version DESC LIMIT 1
+              ) cur
+              WHERE NOT EXISTS (
+                SELECT 1 FROM {LicenseAcceptance._meta.db_table} a
+                WHERE a.user_id = %s AND a.version_id = cur.id
+              )
+            )
+          ORDER BY g2.ends_at DESC, g2.id DESC
+          LIMIT 1
+        )
+        WHERE {where}
     """  # noqa: S608 - table names from the models; every value is a parameter
     params = [
-        user.pk, variant.pk, GrantStatus.ACTIVE.value, at, at,
+        user.pk, GrantStatus.ACTIVE.value, at, at,
         user.pk, user.email, True,
-        *governing_params, at,
+        DEFAULT_LICENSE_SLUG, at,
         user.pk,
+        *params,
     ]  # fmt: skip
     found = rows.fetch(sql, params)
-    return rows.build(Grant, found[0]) if found else None
+    if not found:
+        return None
+    width = len(ModelVariant._meta.concrete_fields)
+    return rows.build(ModelVariant, found[0]), rows.build(Grant, found[0], width)
 
 
 def access_check(*, user, variant: ModelVariant, purpose: str) -> AccessDecision:
@@ -334,6 +354,32 @@ def access_require(*, user, variant: ModelVariant, purpose: str) -> Grant:
         raise PermissionDenied(decision.message, code=decision.code)
     assert decision.grant is not None
     return decision.grant
+
+
+def access_require_published(*, user, slug: str, purpose: str) -> tuple[ModelVariant, Grant]:
+    """The published size `slug` and the user's grant for it, as `variant_get_published` and
+    `access_require` give them (404, then the refusal's reason), in one query when allowed:
+    every download-links request starts here."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown purpose {purpose!r}; expected one of {PURPOSES}")
+    if user is None or not user.is_authenticated or not user.is_active:
+        variant = variant_get_published(slug=slug)
+        return variant, access_require(user=user, variant=variant, purpose=purpose)
+    now = timezone.now()
+    found = _size_and_allowed_grant(
+        user, "m.slug = %s AND m.is_published = %s", [slug.lower(), True], now
+    )
+    if found is None:
+        variant = variant_get_published(slug=slug)  # its 404 (or a size published just now)
+        return variant, access_require(user=user, variant=variant, purpose=purpose)
+    variant, grant = found
+    if grant is not None:
+        return variant, grant
+    decision = _access_by_steps(user, variant, now)
+    if not decision.allowed:
+        raise PermissionDenied(decision.message, code=decision.code)
+    assert decision.grant is not None
+    return variant, decision.grant
 
 
 def variants_accessible(*, user, purpose: str) -> list[ModelVariant]:

@@ -17,7 +17,7 @@ Django's client-side binding (its SQL is not written to be prepared).
 
 from __future__ import annotations
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import Model
 
 # (model, vendor) -> what building its instances needs: the concrete fields' attribute names,
@@ -73,22 +73,23 @@ def fetch(sql: str, params: list) -> list[tuple]:
 def _cursor():
     """Django's cursor (query logging, execute wrappers, error translation, the health
     check), over a server-binding psycopg cursor on PostgreSQL."""
-    if connection.vendor != "postgresql":
-        return connection.cursor()
+    conn = connections[DEFAULT_DB_ALIAS]  # `connection` looks itself up at each attribute
+    if conn.vendor != "postgresql":
+        return conn.cursor()
     from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, ServerBindingCursor
     from django.db.backends.postgresql.psycopg_any import register_tzloader
     from psycopg.pq import Format
 
     # What BaseDatabaseWrapper._cursor and the backend's create_cursor do, with a cursor of
     # the other binding (test_rows.py checks it is logged, prepared and time-zone aware).
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        cursor = ServerBindingCursor(connection.connection)
-        tzloader = connection.connection.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT)
-        if connection.timezone != tzloader.timezone:
-            register_tzloader(connection.timezone, cursor)
-        return connection._prepare_cursor(cursor)
+    conn.close_if_health_check_failed()
+    conn.ensure_connection()
+    with conn.wrap_database_errors:
+        cursor = ServerBindingCursor(conn.connection)
+        tzloader = conn.connection.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT)
+        if conn.timezone != tzloader.timezone:
+            register_tzloader(conn.timezone, cursor)
+        return conn._prepare_cursor(cursor)
 
 
 def first(model: type[Model], where: str, params: list):

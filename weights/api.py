@@ -16,10 +16,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import TokenAuthentication, require_scope
-from catalog.selectors import variant_availability, variant_get_published
+from catalog.selectors import variant_availability
 from core.api_values import api_datetime
 from core.errors import NotFound
-from weights.services import download_links_issue
+from weights.services import download_links_for_slug
 
 
 class LinksTextRenderer(BaseRenderer):
@@ -78,8 +78,7 @@ class VariantLinksApi(APIView):
     )
     def get(self, request: Request, slug: str) -> Response:
         require_scope(request, "download")
-        variant = variant_get_published(slug=slug)
-        links = download_links_issue(user=request.user, variant=variant)
+        variant, links = download_links_for_slug(user=request.user, slug=slug)
         if not links:
             # A client must not report "0 files downloaded, all verified" for an empty size.
             raise NotFound(variant_availability(variant).download_note, code="not_stored")
@@ -88,27 +87,32 @@ class VariantLinksApi(APIView):
         # queries behind it. One absolute base for every URL: `build_absolute_uri` checks
         # the host against ALLOWED_HOSTS at each call.
         base = request.build_absolute_uri("/")[:-1]
+        # One reverse for every link's URL: the id (URL-safe base64) goes in its place.
+        link_url = base + reverse("download", kwargs={"link_id": _LINK_ID})
         return Response(
             {
                 "model": str(variant),
                 "size": variant.size,
                 "slug": variant.slug,
                 "shard_count": variant.shard_count,
-                "files": [_link_output(link, base) for link in links],
+                "files": [_link_output(link, link_url) for link in links],
                 "checklist_url": base + reverse("weights:checklist", args=[variant.slug]),
                 "manifest_url": base + reverse("weights:manifest", args=[variant.slug]),
             }
         )
 
 
-def _link_output(link, base: str) -> dict:
+_LINK_ID = "LINK-ID"
+
+
+def _link_output(link, link_url: str) -> dict:
     file = link.file
     return {
         "path": file.path,
         "size": file.size,
         "sha256": file.sha256,
         "md5": file.md5,
-        "url": base + link.get_absolute_url(),
+        "url": link_url.replace(_LINK_ID, link.id),
         "expires_at": api_datetime(link.expires_at),
         "uses_left": max(link.max_uses - link.use_count, 0),
     }

@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from accounts.selectors import access_check, access_require
+from accounts.selectors import access_check, access_require, access_require_published
 from catalog.models import ModelVariant, WeightFile
 from core import rows, storage
 from core.errors import InvalidInput, NotFound, PermissionDenied, ServiceUnavailable
@@ -159,6 +159,17 @@ def download_links_issue(*, user, variant: ModelVariant) -> list[DownloadLink]:
     """A usable link for each file of `variant`: the user's live ones, new ones where the
     last one expired, was revoked or is used up. Access is checked first."""
     access_require(user=user, variant=variant, purpose="download")
+    return _links_issue(user=user, variant=variant)
+
+
+def download_links_for_slug(*, user, slug: str) -> tuple[ModelVariant, list[DownloadLink]]:
+    """`download_links_issue` for the published size `slug` (404 otherwise), its size and
+    access read in one query (`access_require_published`): the links API's path."""
+    variant, _grant = access_require_published(user=user, slug=slug, purpose="download")
+    return variant, _links_issue(user=user, variant=variant)
+
+
+def _links_issue(*, user, variant: ModelVariant) -> list[DownloadLink]:
     now = timezone.now()
     files_and_live = _files_with_live_link(user=user, variant=variant, now=now)
     missing = [

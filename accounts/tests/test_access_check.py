@@ -8,6 +8,7 @@ import pytest
 from allauth.account.models import EmailAddress
 from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
+from django.http import Http404
 from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -15,7 +16,12 @@ from hypothesis import strategies as st
 
 from accounts import services
 from accounts.models import Grant
-from accounts.selectors import access_check, access_require, variants_accessible
+from accounts.selectors import (
+    access_check,
+    access_require,
+    access_require_published,
+    variants_accessible,
+)
 from accounts.tests.factories import UserFactory, application_fill, grant_access
 from catalog.models import DEFAULT_LICENSE_SLUG, License, ModelVariant
 from core.errors import PermissionDenied
@@ -114,6 +120,30 @@ def test_access_require_raises_with_the_code(outsider):
         access_require(user=outsider, variant=v("7b"), purpose="download")
     assert excinfo.value.code == "no_grant"
     assert excinfo.value.status_code == 403
+
+
+def test_a_size_by_name_answers_as_its_two_reads_do(researcher, outsider):
+    """`access_require_published`: what `variant_get_published` then `access_require` say."""
+    variant, grant = access_require_published(user=researcher, slug="7B", purpose="download")
+    assert (variant, grant) == (
+        v("7b"),
+        access_require(user=researcher, variant=v("7b"), purpose="download"),
+    )
+    with pytest.raises(Http404):
+        access_require_published(user=researcher, slug="70b", purpose="download")
+    v7 = v("7b")
+    v7.is_published = False
+    v7.save(update_fields=["is_published"])
+    with pytest.raises(Http404):  # not published: as unknown, whoever asks
+        access_require_published(user=researcher, slug="7b", purpose="download")
+    v7.is_published = True
+    v7.save(update_fields=["is_published"])
+    for user, code in ((outsider, "no_grant"), (AnonymousUser(), "anonymous")):
+        with pytest.raises(PermissionDenied) as refused:
+            access_require_published(user=user, slug="7b", purpose="download")
+        assert refused.value.code == code
+    with pytest.raises(ValueError):
+        access_require_published(user=researcher, slug="7b", purpose="delete")
 
 
 def test_an_unknown_purpose_is_a_programming_error(researcher):
@@ -251,3 +281,11 @@ def _one_query_agrees(email, grants, own_license, accept_existing, versions) -> 
     else:
         decision = access_check(user=user, variant=variant, purpose="generate")
         assert (decision.allowed, decision.code) == (False, steps.code)
+    # The links API's path reads the size by its name with the same query: the same answer.
+    try:
+        size, grant = access_require_published(user=user, slug="7B", purpose="download")
+        by_slug = (size.pk, size.license_id, grant.pk)
+    except PermissionDenied as exc:
+        by_slug = exc.code
+    expected = (variant.pk, variant.license_id, steps.grant.pk) if steps.allowed else steps.code
+    assert by_slug == expected
