@@ -2,7 +2,8 @@
 the bare view (prints; no HTTP, no load generator):
 
     .venv/bin/python bench/request_cost.py [--requests 400] [--rounds 3] [--profile links]
-        [--sort tottime] [--callees PATTERN] [--sql links] [--plans] [--django-health-check]
+        [--sort tottime|ncalls] [--callees PATTERN] [--callers PATTERN] [--sql links] [--plans]
+        [--django-health-check]
 
 `bench/load.py` measures throughput under 32 clients, where the load generator, gunicorn's
 HTTP handling and the other requests share the 2 cores, and where a run moves by a third
@@ -14,11 +15,12 @@ here at once. Same setup as load.py: the scratch database `bench_portal_request_
 SeaweedFS of its own, the demo checkpoint published, one approved researcher with a token.
 
 Printed per request kind (median of `--rounds` rounds, interleaved): queries, wall ms,
-Python CPU ms, PostgreSQL CPU ms, and the total as a multiple of the bare view's. With
-`--profile KIND`, cProfile's top functions for that request (`--callees` adds what the
-functions matching PATTERN call); `--sql KIND` prints the request's queries; `--plans` how
-often PostgreSQL planned each prepared statement afresh (custom) or reused its plan
-(generic); `--django-health-check` measures with Django's own health check (a `SELECT 1` per
+Python CPU ms, PostgreSQL CPU ms, and the total as a multiple of the bare view's.
+`--profile KIND`: cProfile's top functions for that request (`--sort ncalls` orders them by
+calls, a count that other work on the machine does not move; `--callees`/`--callers` add
+what the functions matching PATTERN call / are called by). `--sql KIND`: the request's
+queries. `--plans`: how often PostgreSQL planned each prepared statement afresh (custom) or
+reused its plan (generic). `--django-health-check`: Django's own health check (a `SELECT 1` per
 request) instead of `core.postgresql`'s, for an A/B of the two.
 
 How the figures relate to load.py's ratios (fitted on 2026-12-07 runs): a request's load
@@ -60,8 +62,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", choices=KINDS)
-    parser.add_argument("--sort", choices=("cumulative", "tottime"), default="cumulative")
+    parser.add_argument("--sort", choices=("cumulative", "tottime", "ncalls"), default="cumulative")
     parser.add_argument("--callees", metavar="PATTERN")
+    parser.add_argument("--callers", metavar="PATTERN")
     parser.add_argument("--sql", choices=KINDS)
     parser.add_argument("--plans", action="store_true")
     parser.add_argument("--django-health-check", action="store_true")
@@ -178,9 +181,12 @@ def main() -> int:
             profile.disable()
             out = io.StringIO()
             stats = pstats.Stats(profile, stream=out).sort_stats(ns.sort)
+            print(f"{ns.profile}: {stats.total_calls / ns.requests:.0f} Python calls per request")
             stats.print_stats(40)
             if ns.callees:
                 stats.print_callees(ns.callees)
+            if ns.callers:
+                stats.print_callers(ns.callers)
             print(out.getvalue())
     finally:
         tier.stop()
