@@ -13,7 +13,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from accounts.authentication import require_scope, token_authenticate
-from accounts.selectors import access_check, access_require
+from accounts.selectors import access_check, access_require_published
 from catalog.selectors import (
     card_current_versions,
     variant_availability,
@@ -24,7 +24,7 @@ from catalog.selectors import (
 from core.errors import PortalError, render_error
 from weights.client_wheel import client_wheel
 from weights.selectors import variant_checklist
-from weights.services import download_link_use, download_links_issue
+from weights.services import download_link_use, download_links_for_slug, download_links_issue
 
 
 def _client_ip(request: HttpRequest) -> str | None:
@@ -121,9 +121,7 @@ def download(request: HttpRequest, link_id: str) -> HttpResponse:
 
 
 def _variant_for_download(request: HttpRequest, slug: str):
-    variant = variant_get_published(slug=slug)
-    access_require(user=request.user, variant=variant, purpose="download")
-    return variant
+    return access_require_published(user=request.user, slug=slug, purpose="download")[0]
 
 
 def _attachment(body: str, *, filename: str, content_type: str) -> HttpResponse:
@@ -153,8 +151,7 @@ def manifest(request: HttpRequest, slug: str) -> HttpResponse:
 @_for_downloaders
 def download_script(request: HttpRequest, slug: str) -> HttpResponse:
     """download.sh for this researcher and size, with their current links in it."""
-    variant = _variant_for_download(request, slug)
-    links = download_links_issue(user=request.user, variant=variant)
+    variant, links = download_links_for_slug(user=request.user, slug=slug)
     base = request.build_absolute_uri("/").rstrip("/")
     body = render_to_string(
         "weights/download.sh",
