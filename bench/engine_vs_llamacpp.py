@@ -44,6 +44,11 @@ activations rounded to 8 bits too; transformers has no CPU int8 path of its own 
 left out), q8_0 (engine `quantize="q8_0"`: the same int8 weights, decode activations
 rounded to int8 per group of 32 as llama.cpp does, integer products; against q8_0).
 
+The engine decodes through its fused CPU step (`cpu_kernels.DecodePlan`, one C++ call a
+step) where it applies; `LLAMA_FUSED_DECODE=0` in the environment runs the
+operator-by-operator step instead (float32 then oneDNN-packed, as before it), for an A/B
+of two runs.
+
 The memory-bandwidth line: bytes of weights read per token (all but the embedding
 table) times batch-1 tokens per second, over the larger of a read-only pass (a sum over
 a 1 GiB tensor) and a copy (read + write bytes) measured here with the same threads.
