@@ -97,6 +97,7 @@ _SOURCE = r"""
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -1248,6 +1249,8 @@ class DecodePlan {
   }
 
   torch::Tensor step(torch::Tensor tokens, torch::Tensor positions, std::vector<torch::Tensor> kv) {
+    // One step at a time per plan: the scratch rows and phase counters are the plan's.
+    std::lock_guard<std::mutex> hold(busy_);
     TORCH_CHECK(tokens.scalar_type() == torch::kInt64 && positions.scalar_type() == torch::kInt64,
                 "int64 tokens and positions");
     tokens = tokens.contiguous(); positions = positions.contiguous();
@@ -1523,6 +1526,7 @@ class DecodePlan {
   int64_t ldD_, ldA_, ldH_, ldQKV_, ld13_;
   torch::Tensor x_, h_, xn_, attn_, act_buf_, qkv_, w13o_, tmp_, q_, d_, b_;
   std::unique_ptr<PhaseCounter[]> counters_;
+  std::mutex busy_;
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -1537,7 +1541,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<DecodePlan>(m, "DecodePlan", pybind11::module_local())
       .def(pybind11::init<int64_t, int64_t, std::vector<int64_t>, double,
                           std::vector<torch::Tensor>>())
-      .def("step", &DecodePlan::step);
+      // The step touches no Python object: other Python threads (a worker's heartbeat,
+      // requests being added) run meanwhile, as they did between ATen's operators.
+      .def("step", &DecodePlan::step, pybind11::call_guard<pybind11::gil_scoped_release>());
 }
 """
 

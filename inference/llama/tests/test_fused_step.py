@@ -11,6 +11,8 @@ own test does).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -135,3 +137,27 @@ def test_shapes_the_fused_step_does_not_take_keep_the_operator_path(monkeypatch)
         model.prefill(tokens(52, (1, 4)), cache, torch.arange(1), None)
         model.decode(torch.tensor([3]), torch.tensor([4]), cache)
     assert model._plan is not None and model._plan[1] is None
+
+
+def test_two_threads_stepping_one_model_get_their_own_results(monkeypatch):
+    """The plan releases the GIL during a step and holds its own scratch rows: two Python
+    threads decoding on one model (each with its own cache) must not see each other's
+    rows."""
+    monkeypatch.setenv("LLAMA_FUSED_DECODE", "1")
+    model = model_in("float32", seed=2)
+    toks = [tokens(60 + i, (2, 20)) for i in range(2)]
+
+    def steps(t: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            cache = model.new_cache(2, 20)
+            model.prefill(t[:, :4], cache, torch.arange(2), None)
+            return torch.cat(
+                [model.decode(t[:, p], torch.tensor([p, p - 1]), cache) for p in range(4, 20)]
+            )
+
+    alone = [steps(t) for t in toks]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            together = list(pool.map(steps, toks))
+            for a, b in zip(alone, together, strict=True):
+                assert torch.equal(a, b)
