@@ -160,10 +160,15 @@ def browser(monkeypatch: pytest.MonkeyPatch):
     executable = (
         os.environ.get("PORTAL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     )
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=executable or "/usr/bin/chromium", args=CHROMIUM_ARGS
+    if not os.access(executable, os.X_OK):  # plain `pytest` does not install it; make test does
+        pytest.fail(
+            f"No Chromium at {executable}: the browser tests need it. `make test` installs "
+            "Debian's package (devtools/ensure_chromium.sh); or install 'chromium', or set "
+            "PORTAL_CHROMIUM to its path.",
+            pytrace=False,
         )
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
     # ORM calls made while Playwright's loop ran got their own connection (asgiref
