@@ -251,27 +251,42 @@ def _allowed_grant(user, variant: ModelVariant, now: datetime) -> Grant | None:
 def _size_and_allowed_grant(
     user, where: str, params: list, now: datetime
 ) -> tuple[ModelVariant, Grant | None] | None:
-    """The size matching `where` (SQL over alias `m`) and, in the same query, the rules below
-    that the database holds: the live grant that `_grant_decision` would pick (latest end
-    first), found only when the account's address is verified and the current version of the
-    size's governing license (its own, else the default license) is accepted, or none is in
-    effect. None when no size matches; a None grant says "not allowed this way", never why:
-    `access_check` then takes the rules one by one for the reason. Allowed requests, nearly
-    all of them, cost one query instead of four or five.
+    """The size matching `where` (SQL over alias `m`) and, in the same query, the grant that
+    `allowed_grant_sql` finds for it. None when no size matches; a None grant says "not
+    allowed this way", never why: `access_check` then takes the rules one by one for the
+    reason. Allowed requests, nearly all of them, cost one query instead of four or five."""
+    grant_sql, grant_params = allowed_grant_sql(user=user, now=now)
+    sql = f"""
+        SELECT {rows.columns(ModelVariant, "m")}, {rows.columns(Grant, "g")}
+        FROM {ModelVariant._meta.db_table} m
+        LEFT JOIN {Grant._meta.db_table} g ON g.id = {grant_sql}
+        WHERE {where}
+    """  # noqa: S608 - table names from the models; every value is a parameter
+    found = rows.fetch(sql, [*grant_params, *params])
+    if not found:
+        return None
+    width = len(ModelVariant._meta.concrete_fields)
+    return rows.build(ModelVariant, found[0]), rows.build(Grant, found[0], width)
+
+
+def allowed_grant_sql(*, user, now: datetime) -> tuple[str, list]:
+    """The access rules the database holds, as ONE correlated subquery over a size row
+    aliased `m`, and its parameters: the id of the live grant that `_grant_decision` would
+    pick (latest end first), found only when the account's address is verified and the
+    current version of the size's governing license (its own, else the default license) is
+    accepted, or none is in effect; NULL otherwise. The single place these rules are
+    written as SQL: `access_check` and `access_require_published` read it joined to the
+    size, the links path joined to the size and its files.
 
     Written as SQL: the same query through the ORM (Exists, OuterRef, a sliced subquery)
     took longer to compile in Python than the four simple queries took to run. Its inner
-    aliases (g2, e, v, cur, a) differ from the size's `m`, which the subqueries read.
+    aliases (g2, e, v, cur, a) differ from the size's `m`, which it reads.
     `test_access_check.py` holds it to the step-by-step rules over generated states."""
     from allauth.account.models import EmailAddress
 
     at = connection.ops.adapt_datetimefield_value(now)
-    grants, sizes = Grant._meta.db_table, ModelVariant._meta.db_table
-    sql = f"""
-        SELECT {rows.columns(ModelVariant, "m")}, {rows.columns(Grant, "g")}
-        FROM {sizes} m
-        LEFT JOIN {grants} g ON g.id = (
-          SELECT g2.id FROM {grants} g2
+    sql = f"""(
+          SELECT g2.id FROM {Grant._meta.db_table} g2
           WHERE g2.user_id = %s AND g2.variant_id = m.id AND g2.status = %s
             AND g2.starts_at <= %s AND g2.ends_at > %s
             AND EXISTS (
@@ -294,21 +309,14 @@ def _size_and_allowed_grant(
             )
           ORDER BY g2.ends_at DESC, g2.id DESC
           LIMIT 1
-        )
-        WHERE {where}
-    """  # noqa: S608 - table names from the models; every value is a parameter
+        )"""  # noqa: S608 - table names from the models; every value is a parameter
     params = [
         user.pk, GrantStatus.ACTIVE.value, at, at,
         user.pk, user.email, True,
         DEFAULT_LICENSE_SLUG, at,
         user.pk,
-        *params,
     ]  # fmt: skip
-    found = rows.fetch(sql, params)
-    if not found:
-        return None
-    width = len(ModelVariant._meta.concrete_fields)
-    return rows.build(ModelVariant, found[0]), rows.build(Grant, found[0], width)
+    return sql, params
 
 
 def access_check(*, user, variant: ModelVariant, purpose: str) -> AccessDecision:

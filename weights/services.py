@@ -14,7 +14,13 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from accounts.selectors import access_check, access_require, access_require_published
+from accounts.models import Grant
+from accounts.selectors import (
+    access_check,
+    access_require,
+    access_require_published,
+    allowed_grant_sql,
+)
 from catalog.models import ModelVariant, WeightFile
 from core import rows, storage
 from core.errors import InvalidInput, NotFound, PermissionDenied, ServiceUnavailable
@@ -163,15 +169,56 @@ def download_links_issue(*, user, variant: ModelVariant) -> list[DownloadLink]:
 
 
 def download_links_for_slug(*, user, slug: str) -> tuple[ModelVariant, list[DownloadLink]]:
-    """`download_links_issue` for the published size `slug` (404 otherwise), its size and
-    access read in one query (`access_require_published`): the links API's path."""
-    variant, _grant = access_require_published(user=user, slug=slug, purpose="download")
-    return variant, _links_issue(user=user, variant=variant)
+    """`download_links_issue` for the published size `slug` (404 otherwise), as the links API
+    asks for it: the size, the access decision (`accounts.selectors.allowed_grant_sql`), its
+    files and the user's live links in ONE query. A file row is joined only where the grant
+    is found: nothing of the size's files is read for a refused request, which then takes
+    `access_require_published` for its reason."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        variant, _grant = access_require_published(user=user, slug=slug, purpose="download")
+        return variant, download_links_issue(user=user, variant=variant)
+    now = timezone.now()
+    grant_sql, grant_params = allowed_grant_sql(user=user, now=now)
+    live_sql, live_params = _live_link_sql(user=user, now=now)
+    sizes, files = ModelVariant._meta.db_table, WeightFile._meta.db_table
+    sql = f"""
+        SELECT {rows.columns(ModelVariant, "m")}, g.id,
+          {rows.columns(WeightFile, "f")}, {rows.columns(DownloadLink, "l")}
+        FROM {sizes} m
+        LEFT JOIN {Grant._meta.db_table} g ON g.id = {grant_sql}
+        LEFT JOIN {files} f ON f.variant_id = m.id AND g.id IS NOT NULL
+        LEFT JOIN {DownloadLink._meta.db_table} l ON l.id = {live_sql}
+        WHERE m.slug = %s AND m.is_published = %s
+        ORDER BY f.path
+    """  # noqa: S608 - table names from the models; every value is a parameter
+    found = rows.fetch(sql, [*grant_params, *live_params, slug.lower(), True])
+    width = len(ModelVariant._meta.concrete_fields)
+    if not found or found[0][width] is None:
+        # Unknown, unpublished or refused: the two-step path says which, and why (or, if the
+        # state changed in between, issues the links).
+        variant, _grant = access_require_published(user=user, slug=slug, purpose="download")
+        return variant, _links_issue(user=user, variant=variant)
+    variant = rows.build(ModelVariant, found[0])
+    start, link_start = width + 1, width + 1 + len(WeightFile._meta.concrete_fields)
+    files_and_live = [
+        (rows.build(WeightFile, row, start), rows.build(DownloadLink, row, link_start))
+        for row in found
+        if row[start] is not None  # a size without files: one row, its file columns NULL
+    ]
+    return variant, _links_from(user=user, files_and_live=files_and_live, now=now)
 
 
 def _links_issue(*, user, variant: ModelVariant) -> list[DownloadLink]:
     now = timezone.now()
-    files_and_live = _files_with_live_link(user=user, variant=variant, now=now)
+    return _links_from(
+        user=user,
+        files_and_live=_files_with_live_link(user=user, variant=variant, now=now),
+        now=now,
+    )
+
+
+def _links_from(*, user, files_and_live: list[tuple], now) -> list[DownloadLink]:
+    """Each file's live link, or a new one where it has none (written in one INSERT)."""
     missing = [
         DownloadLink(
             id=_new_link_id(),
@@ -194,30 +241,35 @@ def _links_issue(*, user, variant: ModelVariant) -> list[DownloadLink]:
     return links
 
 
-def _files_with_live_link(*, user, variant: ModelVariant, now) -> list[tuple]:
-    """Each file of `variant` in path order, with the user's newest link to it that is usable
-    for at least another minute (None where there is none), in one query: every links
-    request of a download script reads this."""
-    ops = connection.ops
-    files, links = WeightFile._meta.db_table, DownloadLink._meta.db_table
-    sql = f"""
-        SELECT {rows.columns(WeightFile, "f")}, {rows.columns(DownloadLink, "l")}
-        FROM {files} f
-        LEFT JOIN {links} l ON l.id = (
-            SELECT n.id FROM {links} n
+def _live_link_sql(*, user, now) -> tuple[str, list]:
+    """The id of the user's newest link to the file aliased `f` that is usable for at least
+    another minute (NULL where there is none), as a correlated subquery, and its parameters."""
+    sql = f"""(
+            SELECT n.id FROM {DownloadLink._meta.db_table} n
             WHERE n.file_id = f.id AND n.user_id = %s AND n.revoked_at IS NULL
               AND n.expires_at > %s AND n.use_count < n.max_uses
             ORDER BY n.created_at DESC, n.id DESC
             LIMIT 1
-        )
+        )"""  # noqa: S608 - the table name from the model; every value is a parameter
+    at = connection.ops.adapt_datetimefield_value(now + timedelta(minutes=1))
+    return sql, [user.pk, at]
+
+
+def _files_with_live_link(*, user, variant: ModelVariant, now) -> list[tuple]:
+    """Each file of `variant` in path order, with the user's newest link to it that is usable
+    for at least another minute (None where there is none), in one query."""
+    live_sql, live_params = _live_link_sql(user=user, now=now)
+    sql = f"""
+        SELECT {rows.columns(WeightFile, "f")}, {rows.columns(DownloadLink, "l")}
+        FROM {WeightFile._meta.db_table} f
+        LEFT JOIN {DownloadLink._meta.db_table} l ON l.id = {live_sql}
         WHERE f.variant_id = %s
         ORDER BY f.path
     """  # noqa: S608 - table names from the models; every value is a parameter
-    params = [user.pk, ops.adapt_datetimefield_value(now + timedelta(minutes=1)), variant.pk]
     width = len(WeightFile._meta.concrete_fields)
     return [
         (rows.build(WeightFile, row), rows.build(DownloadLink, row, width))
-        for row in rows.fetch(sql, params)
+        for row in rows.fetch(sql, [*live_params, variant.pk])
     ]
 
 

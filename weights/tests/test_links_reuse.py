@@ -1,6 +1,7 @@
 """Which link a links request hands out, per file: the user's newest link that stays usable for
-another minute, else a new one. Read in one plain SQL query (`_files_with_live_link`); these
-tests hold it to the rule written with the ORM, over an enumerated matrix of link states."""
+another minute, else a new one. Read in plain SQL (`_files_with_live_link` by size, and by
+name joined to the size and its access decision in `download_links_for_slug`); these tests
+hold both to the rule written with the ORM, over an enumerated matrix of link states."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from django.utils import timezone
 from accounts.tests.factories import UserFactory
 from catalog.models import WeightFile
 from weights.models import DownloadLink
-from weights.services import _new_link_id, download_links_issue
+from weights.services import _new_link_id, download_links_for_slug, download_links_issue
 
 pytestmark = pytest.mark.django_db
 
@@ -59,10 +60,23 @@ def _expected(user, file, now) -> DownloadLink | None:
     )
 
 
+def _by_size(user, variant):
+    return download_links_issue(user=user, variant=variant)
+
+
+def _by_name(user, variant):
+    found, links = download_links_for_slug(user=user, slug=variant.size)  # "7B"
+    assert found.pk == variant.pk
+    return links
+
+
+@pytest.mark.parametrize("issue", [_by_size, _by_name])
 @pytest.mark.parametrize(
     ("older", "newer"), list(itertools.product([None, *STATES], [None, *STATES]))
 )
-def test_the_newest_usable_link_is_reused_and_only_it(researcher, published_7b, older, newer):
+def test_the_newest_usable_link_is_reused_and_only_it(
+    researcher, published_7b, older, newer, issue
+):
     files = list(WeightFile.objects.filter(variant=published_7b).order_by("path"))
     shard = next(f for f in files if f.path.endswith(".pth"))
     stranger = UserFactory()
@@ -73,7 +87,7 @@ def test_the_newest_usable_link_is_reused_and_only_it(researcher, published_7b, 
         _make(researcher, shard, newer, age=60)
     expected = _expected(researcher, shard, timezone.now())
 
-    links = download_links_issue(user=researcher, variant=published_7b)
+    links = issue(researcher, published_7b)
 
     assert [link.file.path for link in links] == [f.path for f in files]
     got = next(link for link in links if link.file_id == shard.pk)
@@ -84,7 +98,7 @@ def test_the_newest_usable_link_is_reused_and_only_it(researcher, published_7b, 
         assert got.created_at > timezone.now() - timedelta(seconds=5)  # a new one
         assert got.use_count == 0 and got.revoked_at is None
     # Asked again, every file gets the same link back, and the rows are what was handed out.
-    again = download_links_issue(user=researcher, variant=published_7b)
+    again = issue(researcher, published_7b)
     assert [link.pk for link in again] == [link.pk for link in links]
     for link in again:
         stored = DownloadLink.objects.get(pk=link.pk)
