@@ -357,7 +357,11 @@ def _access_by_steps(user, variant: ModelVariant, now: datetime) -> AccessDecisi
 
 
 def access_require(*, user, variant: ModelVariant, purpose: str) -> Grant:
-    decision = access_check(user=user, variant=variant, purpose=purpose)
+    return _granted(access_check(user=user, variant=variant, purpose=purpose))
+
+
+def _granted(decision: AccessDecision) -> Grant:
+    """The decision's grant, or PermissionDenied with its reason."""
     if not decision.allowed:
         raise PermissionDenied(decision.message, code=decision.code)
     assert decision.grant is not None
@@ -370,24 +374,16 @@ def access_require_published(*, user, slug: str, purpose: str) -> tuple[ModelVar
     every download-links request starts here."""
     if purpose not in PURPOSES:
         raise ValueError(f"unknown purpose {purpose!r}; expected one of {PURPOSES}")
-    if user is None or not user.is_authenticated or not user.is_active:
-        variant = variant_get_published(slug=slug)
-        return variant, access_require(user=user, variant=variant, purpose=purpose)
-    now = timezone.now()
-    found = _size_and_allowed_grant(
-        user, "m.slug = %s AND m.is_published = %s", [slug.lower(), True], now
-    )
-    if found is None:
-        variant = variant_get_published(slug=slug)  # its 404 (or a size published just now)
+    now, found = timezone.now(), None
+    if user is not None and user.is_authenticated and user.is_active:
+        found = _size_and_allowed_grant(
+            user, "m.slug = %s AND m.is_published = %s", [slug.lower(), True], now
+        )
+    if found is None:  # anonymous, inactive, unknown, unpublished (or published just now)
+        variant = variant_get_published(slug=slug)  # its 404
         return variant, access_require(user=user, variant=variant, purpose=purpose)
     variant, grant = found
-    if grant is not None:
-        return variant, grant
-    decision = _access_by_steps(user, variant, now)
-    if not decision.allowed:
-        raise PermissionDenied(decision.message, code=decision.code)
-    assert decision.grant is not None
-    return variant, decision.grant
+    return variant, grant if grant is not None else _granted(_access_by_steps(user, variant, now))
 
 
 def variants_accessible(*, user, purpose: str) -> list[ModelVariant]:

@@ -174,10 +174,30 @@ def download_links_for_slug(*, user, slug: str) -> tuple[ModelVariant, list[Down
     files and the user's live links in ONE query. A file row is joined only where the grant
     is found: nothing of the size's files is read for a refused request, which then takes
     `access_require_published` for its reason."""
-    if user is None or not user.is_authenticated or not user.is_active:
+    now, found = timezone.now(), []
+    if user is not None and user.is_authenticated and user.is_active:
+        found = _size_files_and_live_links(user=user, slug=slug, now=now)
+    width = len(ModelVariant._meta.concrete_fields)
+    if not found or found[0][width] is None:
+        # Anonymous, inactive, unknown, unpublished or refused: the two-step path says which,
+        # and why (or, if the state changed in between, issues the links).
         variant, _grant = access_require_published(user=user, slug=slug, purpose="download")
-        return variant, download_links_issue(user=user, variant=variant)
-    now = timezone.now()
+        return variant, _links_issue(user=user, variant=variant)
+    variant = rows.build(ModelVariant, found[0])
+    start, link_start = width + 1, width + 1 + len(WeightFile._meta.concrete_fields)
+    files_and_live = [
+        (rows.build(WeightFile, row, start), rows.build(DownloadLink, row, link_start))
+        for row in found
+        if row[start] is not None  # a size without files: one row, its file columns NULL
+    ]
+    return variant, _links_from(user=user, files_and_live=files_and_live, now=now)
+
+
+def _size_files_and_live_links(*, user, slug: str, now) -> list[tuple]:
+    """The links statement: per file of the published size `slug`, the size's columns, the
+    id of the grant `allowed_grant_sql` finds (NULL: refused), the file's and its live
+    link's; one row with NULL file columns where the grant is missing or there are no
+    files, none where no such size is published."""
     grant_sql, grant_params = allowed_grant_sql(user=user, now=now)
     live_sql, live_params = _live_link_sql(user=user, now=now)
     sizes, files = ModelVariant._meta.db_table, WeightFile._meta.db_table
@@ -191,21 +211,7 @@ def download_links_for_slug(*, user, slug: str) -> tuple[ModelVariant, list[Down
         WHERE m.slug = %s AND m.is_published = %s
         ORDER BY f.path
     """  # noqa: S608 - table names from the models; every value is a parameter
-    found = rows.fetch(sql, [*grant_params, *live_params, slug.lower(), True])
-    width = len(ModelVariant._meta.concrete_fields)
-    if not found or found[0][width] is None:
-        # Unknown, unpublished or refused: the two-step path says which, and why (or, if the
-        # state changed in between, issues the links).
-        variant, _grant = access_require_published(user=user, slug=slug, purpose="download")
-        return variant, _links_issue(user=user, variant=variant)
-    variant = rows.build(ModelVariant, found[0])
-    start, link_start = width + 1, width + 1 + len(WeightFile._meta.concrete_fields)
-    files_and_live = [
-        (rows.build(WeightFile, row, start), rows.build(DownloadLink, row, link_start))
-        for row in found
-        if row[start] is not None  # a size without files: one row, its file columns NULL
-    ]
-    return variant, _links_from(user=user, files_and_live=files_and_live, now=now)
+    return rows.fetch(sql, [*grant_params, *live_params, slug.lower(), True])
 
 
 def _links_issue(*, user, variant: ModelVariant) -> list[DownloadLink]:

@@ -775,47 +775,48 @@ class Transformer(nn.Module):
         # On the CPU the whole step can be one C++ call (`_decode_plan`); it needs none of
         # what the operator-by-operator step is given below.
         plan = self._decode_plan(bsz, cache) if fused and not static else None
-        # Row b sees keys 0..positions[b]; shared by every layer. A single row sees the
-        # whole span (the caller's span is its position + 1): no mask at all.
-        mask = None
-        if (bsz > 1 or static) and plan is None:
-            ar = torch.arange(span, device=dev)
-            mask = (ar.view(1, 1, 1, span) <= positions.view(bsz, 1, 1, 1)).contiguous()
-        rows = torch.arange(bsz, device=dev)
         step: _Step | None = None
-        if plan is not None:
-            pass
-        elif fused:
-            step = _Step(
-                "decode", cache=cache, rows=rows, positions=positions, mask=mask, span=span
-            )
-            step.cos, step.sin = self._decode_tables(positions)
-        else:
-            freqs = self.freqs()[positions].unsqueeze(1)  # [B, 1, D/2]
-            step = _Step(
-                "decode",
-                freqs=freqs,
-                cache=cache,
-                rows=rows,
-                positions=positions,
-                mask=mask,
-                span=span,
-            )
-        chooser = self.threads if dev.type == "cpu" else None
-        if chooser is None:
+        if plan is None:
+            # Row b sees keys 0..positions[b]; shared by every layer. A single row sees the
+            # whole span (the caller's span is its position + 1): no mask at all.
+            mask = None
+            if bsz > 1 or static:
+                ar = torch.arange(span, device=dev)
+                mask = (ar.view(1, 1, 1, span) <= positions.view(bsz, 1, 1, 1)).contiguous()
+            rows = torch.arange(bsz, device=dev)
+            if fused:
+                step = _Step(
+                    "decode", cache=cache, rows=rows, positions=positions, mask=mask, span=span
+                )
+                step.cos, step.sin = self._decode_tables(positions)
+            else:
+                freqs = self.freqs()[positions].unsqueeze(1)  # [B, 1, D/2]
+                step = _Step(
+                    "decode",
+                    freqs=freqs,
+                    cache=cache,
+                    rows=rows,
+                    positions=positions,
+                    mask=mask,
+                    span=span,
+                )
+
+        def run() -> torch.Tensor:
+            if plan is not None:
+                return plan.step(tokens.long(), positions.long(), cache.kv)
             h = self._run(self._embed(tokens.view(bsz, 1)), step, fused)
             return self._logits(h[:, 0], fused)
+
+        chooser = self.threads if dev.type == "cpu" else None
+        if chooser is None:
+            return run()
         most = torch.get_num_threads()
         n = chooser.choose(bsz, most)
         if n != most:
             torch.set_num_threads(n)
         try:
             t0 = time.perf_counter()
-            if plan is not None:
-                logits = plan.step(tokens.long(), positions.long(), cache.kv)
-            else:
-                h = self._run(self._embed(tokens.view(bsz, 1)), step, fused)
-                logits = self._logits(h[:, 0], fused)
+            logits = run()
             chooser.record(bsz, n, time.perf_counter() - t0)
         finally:
             if n != most:
