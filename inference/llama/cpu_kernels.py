@@ -1085,19 +1085,28 @@ static inline void row_int8(const int8_t* q, const uint16_t* s, int64_t o, const
   const int64_t G = K / 32;
   const int8_t* r = q + o * K;
   const uint16_t* sr = s + o * G;
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-  for (int64_t g = 0; g < G; ++g) {
-    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + g * 32));
-    const __m512i b = _mm512_cvtepi8_epi16(raw);
-    const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(b)));
-    const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(b, 1)));
-    __m512 p = _mm512_mul_ps(w0, _mm512_loadu_ps(x + g * 32));
-    p = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + g * 32 + 16), p);
-    const __m512 sc = _mm512_set1_ps(_cvtsh_ss(sr[g]));
-    if (g & 1) a1 = _mm512_fmadd_ps(sc, p, a1);
-    else a0 = _mm512_fmadd_ps(sc, p, a0);
+  // The row's scales as float32 first (16 a conversion), then one broadcast per group.
+  float sf[256];
+  for (int64_t g0 = 0; g0 < G; g0 += 256) {
+    const int64_t n = std::min<int64_t>(256, G - g0);
+    for (int64_t g = 0; g < n; g += 16) {
+      const __mmask16 m = g + 16 <= n ? __mmask16(0xFFFF) : __mmask16((1u << (n - g)) - 1);
+      _mm512_mask_storeu_ps(sf + g, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sr + g0 + g)));
+    }
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (int64_t g = 0; g < n; ++g) {
+      const int64_t k = (g0 + g) * 32;
+      const __m512 w0 = _mm512_cvtepi32_ps(
+          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + k))));
+      const __m512 w1 = _mm512_cvtepi32_ps(
+          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + k + 16))));
+      const __m512 p = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + k + 16),
+                                       _mm512_mul_ps(w0, _mm512_loadu_ps(x + k)));
+      if (g & 1) a1 = _mm512_fmadd_ps(_mm512_set1_ps(sf[g]), p, a1);
+      else a0 = _mm512_fmadd_ps(_mm512_set1_ps(sf[g]), p, a0);
+    }
+    op[o] += _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
   }
-  op[o] += _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
 template <typename W>
