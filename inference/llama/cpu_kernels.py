@@ -1280,7 +1280,17 @@ struct alignas(64) PhaseCounter {
 enum { P_EMBED, P_NORM1, P_QKV, P_ATTN, P_PREP_O, P_O, P_NORM2, P_W13, P_PREP_DOWN, P_DOWN,
        P_NORM_OUT, P_OUT };
 
-struct Phase { int type; int layer; int64_t chunks; int64_t rows; };
+// A phase's chunks: the first `big` chunks of `rows` rows each, then chunks of `small` rows
+// up to the phase's last row (a product's output rows; other phases: chunk i is item i).
+struct Phase {
+  int type; int layer; int64_t chunks; int64_t rows; int64_t big = 0; int64_t small = 0;
+  // Rows [o0, o1) of chunk i of a product with O output rows.
+  inline void range(int64_t i, int64_t O, int64_t& o0, int64_t& o1) const {
+    if (i < big) { o0 = i * rows; o1 = std::min(O, o0 + rows); return; }
+    o0 = big * rows + (i - big) * small;
+    o1 = std::min(O, o0 + small);
+  }
+};
 
 class DecodePlan {
  public:
@@ -1379,16 +1389,25 @@ class DecodePlan {
 
     // Phases and their chunks.
     std::vector<Phase> phases;
-    // At least 64 KiB of weights a chunk; several rows: a multiple of 48 rows (the
-    // AVX-512 tiles take 3 weight rows, the AVX2 ones 2), no one-row tile at a chunk's end.
+    // A product's output rows in chunks of about 1 MiB of weights, and its last rows in
+    // chunks of about 64 KiB, 4 per thread, so the threads finish the phase together.
+    // A thread streams a chunk's weights in memory order; 64 KiB chunks, alternating
+    // between 2 threads, read 31-34 GB/s where 1 MiB chunks read 41-44 (a 512 MiB
+    // float16 matrix against one row, 2 threads, the same run: stream restarts cost).
+    // Several activation rows: chunks of a multiple of 48 rows (the AVX-512 tiles take 3
+    // weight rows, the AVX2 ones 2), no one-row tile at a chunk's end.
     const int64_t unit = B > 1 ? 48 : 16;
-    auto rows_for = [&](const Mat& m, int64_t factor) {
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    auto rows_for = [&](const Mat& m, int64_t factor, int64_t bytes) {
       const int64_t rb = std::max<int64_t>(m.row_bytes() * factor, 1);
-      return std::max<int64_t>(unit, (65536 / rb + unit - 1) / unit * unit);
+      return std::max<int64_t>(unit, (bytes / rb + unit - 1) / unit * unit);
     };
     auto prod = [&](int type, int l, const Mat& m, int64_t O, int64_t factor) {
-      const int64_t rows = rows_for(m, factor);
-      phases.push_back({type, l, (O + rows - 1) / rows, rows});
+      const int64_t small = rows_for(m, factor, 65536), rows = rows_for(m, factor, 1 << 20);
+      const int64_t head = std::max<int64_t>(0, O - 4 * threads * small);
+      const int64_t big = head / rows;  // whole big chunks only; the rest in small ones
+      const int64_t rest = O - big * rows;
+      phases.push_back({type, l, big + (rest + small - 1) / small, rows, big, small});
     };
     const bool prep = kind_ == W_Q8 || (kind_ == W_BF16 && act_ == D_BF16 && B == 1);
     phases.push_back({P_EMBED, 0, B, 1});
@@ -1432,7 +1451,6 @@ class DecodePlan {
         }
       }
     };
-    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
     if (threads == 1) work(0, 1);
     else at::parallel_for(0, threads, 1, work);
     return logits;
@@ -1480,7 +1498,8 @@ class DecodePlan {
       case P_NORM_OUT: norm_row(x, norm_, i, B); return;
       case P_QKV: {
         const Mat& m = layers_[ph.layer].qkv;
-        const int64_t o0 = i * ph.rows, o1 = std::min(m.O, o0 + ph.rows);
+        int64_t o0, o1;
+        ph.range(i, m.O, o0, o1);
         const Rows a = rows_of(xn, ldD_, B);
         float* out = qkv_.data_ptr<float>();
         mat_rows(m, a, B, o0, o1, out, ldQKV_);
@@ -1506,7 +1525,8 @@ class DecodePlan {
         const int64_t ld = o ? ldA_ : ldH_;
         const float* res = o ? x : h;
         float* dst = o ? h : x;
-        const int64_t o0 = i * ph.rows, o1 = std::min(D_, o0 + ph.rows);
+        int64_t o0, o1;
+        ph.range(i, D_, o0, o1);
         const Rows a = rows_of(in, ld, B);
         float* t = tmp_.data_ptr<float>();
         mat_rows(m, a, B, o0, o1, t, ldD_);
@@ -1516,7 +1536,8 @@ class DecodePlan {
       }
       case P_W13: {
         const Mat& m = layers_[ph.layer].w13;
-        const int64_t o0 = i * ph.rows, o1 = std::min(H_, o0 + ph.rows);
+        int64_t o0, o1;
+        ph.range(i, H_, o0, o1);
         const Rows a = rows_of(xn, ldD_, B);
         float* t = w13o_.data_ptr<float>();
         mat_rows(m, a, B, o0, o1, t, ld13_);
@@ -1527,7 +1548,8 @@ class DecodePlan {
         return;
       }
       case P_OUT: {
-        const int64_t o0 = i * ph.rows, o1 = std::min(V_, o0 + ph.rows);
+        int64_t o0, o1;
+        ph.range(i, V_, o0, o1);
         const Rows a = rows_of(xn, ldD_, B);
         mat_rows(out_, a, B, o0, o1, c.logits, V_);
         for (int64_t r = 0; r < B; ++r) round_span(act_, c.logits + r * V_ + o0, o1 - o0);

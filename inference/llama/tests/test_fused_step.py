@@ -105,6 +105,23 @@ def test_fused_step_with_heads_not_grouped_and_one_thread(isa, monkeypatch):
     assert (fused - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("precision", ["float32", "float16", "int8"])
+def test_fused_step_with_a_large_vocabulary_takes_chunks_of_both_sizes(
+    precision, isa, two_threads, monkeypatch
+):
+    """A product of over 6,000 output rows (a 10,000-token vocabulary: its rows at width 64
+    are 256 bytes in float32) is cut into 1 MiB chunks and then 64 KiB ones, the last one
+    short; every output row is computed once, as the operator path computes it."""
+    toks = tokens(52, (3, 20)) * 3 % 10000
+    model = model_in(precision, seed=4, vocab_size=10000)
+    fused, ref = both_paths(model, toks, isa, monkeypatch)
+    bound = BOUND.get(precision, TOLERANCE.get(precision, 0) / 2) * ref.abs().max()
+    assert fused.shape[-1] == 10000
+    assert (fused - ref).abs().max() <= bound
+    assert (fused[:, 9000:] != 0).any(dim=-1).all()  # the last chunks' rows are written
+
+
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "q8_0"])
 def test_batch_decoder_gives_the_same_greedy_tokens_either_way(precision, two_threads, monkeypatch):
     """Continuous batching (rows admitted and ended at different steps) through the fused
