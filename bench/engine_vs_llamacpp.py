@@ -51,7 +51,12 @@ of two runs.
 
 The memory-bandwidth line: bytes of weights read per token (all but the embedding
 table) times batch-1 tokens per second, over the larger of a read-only pass (a sum over
-a 1 GiB tensor) and a copy (read + write bytes) measured here with the same threads.
+a 1 GiB tensor) and a copy (read + write bytes) measured here with the same threads:
+once at the end, and at the start of every round, whose batch-1 runs are divided by
+that round's figure (this VM's bandwidth moves between about 28 and 45 GB/s with its
+host's other tenants, within minutes). llama.cpp's share is printed beside the
+engine's: its f32, f16, bf16 and q8_0 files hold as many bytes per weight as the
+engine's float32, float16, bfloat16 and int8 (one float16 scale per 32 int8s).
 """
 
 from __future__ import annotations
@@ -249,11 +254,15 @@ def agreed_prefix(tokenizer, tokens: list[int], text: str) -> int:
 
 
 # -- measurements ---------------------------------------------------------------------------
+_probe: list[torch.Tensor] = []  # the bandwidth probe's two 1 GiB buffers, made once
+
+
 def bandwidth(threads: int) -> tuple[float, float]:
     """(read-only, copy) bytes per second over 1 GiB, best of 5."""
     torch.set_num_threads(threads)
-    src = torch.ones(1 << 28)  # 1 GiB of float32
-    dst = torch.empty_like(src)
+    if not _probe:
+        _probe.extend([torch.ones(1 << 28), torch.empty(1 << 28)])  # 1 GiB of float32 each
+    src, dst = _probe
     best_read = best_copy = float("inf")
     for _ in range(5):
         t = time.perf_counter()
@@ -324,8 +333,10 @@ def run_shape(shape: str, ns: argparse.Namespace, results: list[dict]) -> None:
             hf = LlamaForCausalLM.from_pretrained(base / "hf", dtype=getattr(torch, v.hf)).eval()
         rates: dict[tuple[str, int], list[float]] = {}
         loads = []
+        bws = []  # per round: the host's memory bandwidth moves with its other tenants
         for r in range(ns.rounds):
             loads.append(os.getloadavg()[0])
+            bws.append(bandwidth(ns.threads))
             torch.set_num_threads(ns.threads)
             for b in batches:
                 rows = prompts[:b]
@@ -351,6 +362,7 @@ def run_shape(shape: str, ns: argparse.Namespace, results: list[dict]) -> None:
                 "weight_bytes": llama.model.weight_bytes(),
                 "rates": {f"{k[0]}@{k[1]}": xs for k, xs in rates.items()},
                 "load": loads,
+                "bandwidth": bws,
                 "logit_err": err,
                 "top_equal": top_all,
                 "top_equal_clear": list(top_clear),
@@ -418,10 +430,24 @@ def report(results: list[dict], ns: argparse.Namespace, bw: tuple[float, float])
         rates = res["rates"]
         e1, e8 = median(rates["engine@1"]), median(rates["engine@8"])
         traffic = res["weight_bytes"] * e1
+        # Each round's batch-1 traffic over the bandwidth measured just before it (runs
+        # saved before that was measured: over the run's one figure), engine and
+        # llama.cpp (whose f32/f16/bf16/q8_0 files hold the same bytes per weight).
+        per_round = res.get("bandwidth") or [bw] * len(rates["engine@1"])
+        limits = [max(b) for b in per_round]
+
+        def share(prog: str, res=res, limits=limits) -> str:
+            tps = res["rates"][prog]
+            xs = [res["weight_bytes"] * t / lim for t, lim in zip(tps, limits, strict=True)]
+            return f"{median(xs):.0%} [{min(xs):.0%}-{max(xs):.0%}]"
+
         log(
             f"{res['shape']} {res['precision']}: engine batch 8 / batch 1 = {e8 / e1:.2f}x; "
             f"batch-1 weight traffic {traffic / 1e9:.1f} GB/s = {traffic / limit:.0%} of the "
-            f"measured memory bandwidth; logits {res['logit_err']:.2%} of max from float32, "
+            f"bandwidth measured at the end; per round, of that round's "
+            f"({min(limits) / 1e9:.1f}-{max(limits) / 1e9:.1f} GB/s): engine "
+            f"{share('engine@1')}, llama.cpp {share('llama.cpp@1')}; "
+            f"logits {res['logit_err']:.2%} of max from float32, "
             f"top token equal at {res.get('top_equal', float('nan')):.0%} of positions; "
             f"greedy = float32 {res['greedy_fp32']}/16, = llama.cpp {res['greedy_llamacpp']}/16"
         )

@@ -22,7 +22,8 @@ The kernels:
   shared machine takes fewer chunks instead of stalling the step). It streams the
   weights at 93-97% of the read bandwidth measured in the same run on the 1B layer
   shapes, ATen's one-row path at 66-75% (AVX2 host, 2 threads;
-  `bench/engine_kernels.py`). AVX-512: 16 columns a step and a masked last step; a row
+  `bench/engine_kernels.py`). AVX-512: the fused step's one-row loop (one weight row
+  after another in memory order, 16 columns a step and a masked last step); a row
   whose values are all bfloat16 values (a bfloat16 model's) against bfloat16 weights
   goes through `vdpbf16ps` (pairs of bfloat16s into float32 sums: the same exact
   products, no conversion of the weights);
@@ -36,13 +37,13 @@ The kernels:
 - `half_mm(x, w)`: float16 or bfloat16 weights against 2-16 float32 rows. ATen's
   few-row path for half-precision weights runs about one row at a time on an AVX2 CPU
   (8 rows: about 8x the one-row time); here tiles of 2 weight rows x 4 activation rows
-  (AVX-512: x up to 8, 16 sums in registers) keep their sums in registers over width
-  blocks whose activation rows stay in L1 (an 11264x2048 float16 matrix, 8 rows, 2
-  threads: 4.6-5.3 ms against 5.9-6.8 for the former one-weight-row loop, quiet;
-  4.7-5.7 against 6.1-10.1 with one core kept busy). The AVX-512 tiles prefetch the
-  next tile's weight rows: within a width block a row is a few cache lines, too short
-  a stream for the hardware prefetcher (8 rows of the 1B shapes, float16: 16.1 -> 12.8
-  ms). Products and sums in float32, as ATen's own.
+  keep their sums in registers over width blocks whose activation rows stay in L1 (an
+  11264x2048 float16 matrix, 8 rows, 2 threads: 4.6-5.3 ms against 5.9-6.8 for the
+  former one-weight-row loop, quiet; 4.7-5.7 against 6.1-10.1 with one core kept
+  busy). AVX-512: the fused step's tiles, 3 weight rows x up to 8 activation rows over
+  the whole width (24 sums in registers, each reduced once; the activation rows read
+  from L2), prefetching the next tile's weight rows. Products and sums in float32, as
+  ATen's own.
 
 AVX-512 against AVX2 on the AVX-512 VM (1B layer shapes, 2 layers, 2 threads,
 2026-12-07 14:36, load 2.1; ms per pass, lower is better): float16 1 row 8.8 against
@@ -68,7 +69,14 @@ dtype where the operator path rounds them.
 least 64 KiB of weights from a shared counter (`for_chunks`), as `half_mv` does, instead
 of a fixed half per thread: with one core busy elsewhere the int8 kernel at 8 rows took
 4.6-7.9 ms against 7.1-8.8 (quiet, 1 row: about 0.08 ms slower than fixed halves, the
-price of the counter and of shorter streams).
+price of the counter and of shorter streams). The fused step's products take chunks of
+about 1 MiB and end each phase with 64 KiB ones (see `prod` in `DecodePlan::step`).
+
+The step's elementwise work (RMSNorm's scaling, rounding to the model's dtype, residual
+sums, SiLU * up) runs 8 lanes at a time with AVX2 instructions in both builds (`round8`
+and the helpers after it); at 8 rows on the 1B shape it was a fifth of a float16 step
+when it ran one value at a time. Its exp is a polynomial (`exp8`, about 1 ulp), held to
+ATen's SiLU over the float range by the tests.
 
 Built at first use by `torch.utils.cpp_extension` (OpenMP threads as torch's intra-op
 count; cached under torch's extensions folder, about 40 s per build on the first load of

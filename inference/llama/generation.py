@@ -214,6 +214,16 @@ class _Seq:
         return (self.request_id, self.prompt, self.prompt_tokens, self.params)
 
 
+def _argmax_rows(rows: torch.Tensor) -> list[int]:
+    """Each row's `argmax` (the first of tied maxima; a NaN counts as the largest, as in
+    torch). CPU float32 rows go through numpy: torch's reduction costs 57 us for one row
+    of 32,000 logits and 0.8 ms for eight on this 2-core VM (numpy: 3 and 39 us), a
+    tenth of a 100M model's batch-8 decode step."""
+    if rows.device.type == "cpu" and rows.dtype == torch.float32 and not rows.requires_grad:
+        return rows.numpy().argmax(-1).tolist()
+    return rows.argmax(-1).tolist()
+
+
 def _sample_one(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:
     x = logits / p.temperature
     idx = None
@@ -705,7 +715,7 @@ class BatchDecoder:
         greedy = [i for i, s in enumerate(seqs) if s.params.greedy]
         if greedy:
             rows = logits if len(greedy) == n else logits[greedy]
-            for i, t in zip(greedy, rows.argmax(-1).tolist(), strict=True):
+            for i, t in zip(greedy, _argmax_rows(rows), strict=True):
                 tokens[i] = t
         for i, s in enumerate(seqs):
             if not s.params.greedy:

@@ -17,7 +17,7 @@ from inference.llama import (
     TokenEvent,
 )
 from inference.llama.demo import CORPUS
-from inference.llama.generation import _safe_len, _sample_one
+from inference.llama.generation import _argmax_rows, _safe_len, _sample_one
 
 PROMPTS = ["The old keeper", "In spring the days grow", "Dear sister, I am", "One"]
 GREEDY = SamplingParams(max_new_tokens=24)
@@ -336,3 +336,25 @@ def test_a_failing_forward_fails_its_requests_and_the_decoder_goes_on(llama, alo
     monkeypatch.setattr(llama.model, "prefill", real_prefill)
     decoder.add(PROMPTS[0], GREEDY, request_id="next")
     assert decoder.run()[0].tokens == alone[0].tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_greedy_picks_are_torch_argmax_with_ties_and_nans(dtype):
+    """Greedy sampling's argmax (numpy for CPU float32 rows) picks what torch's argmax
+    picks: the first of tied maxima, the first NaN, a row's only finite value among -inf,
+    and -inf rows too; rows given as a strided view of a larger tensor as well."""
+    gen = torch.Generator().manual_seed(11)
+    rows = torch.randn(9, 301, generator=gen)
+    rows[1, 7] = rows[1, 200] = rows[1].max() + 1  # a tie: the first wins
+    rows[2, 50] = float("nan")
+    rows[2, 60] = float("nan")
+    rows[3] = float("-inf")
+    rows[3, 123] = 0.0
+    rows[4] = float("-inf")
+    rows[5, 300] = float("inf")
+    rows[6] = 0.0
+    rows = rows.to(dtype)
+    with torch.inference_mode():
+        for view in (rows, rows[::2], rows[:, :250], rows.t().contiguous().t()):
+            assert _argmax_rows(view) == view.argmax(-1).tolist()
+    assert _argmax_rows(rows)[1] == 7 and _argmax_rows(rows)[2] == 50
