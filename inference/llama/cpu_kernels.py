@@ -953,7 +953,8 @@ static inline __m256 exp8(__m256 x) {
   const __m256i ni = _mm256_cvtps_epi32(n);
   const __m256i big = _mm256_cmpgt_epi32(ni, _mm256_set1_epi32(127));
   const __m256i e = _mm256_sub_epi32(ni, _mm256_and_si256(big, _mm256_set1_epi32(1)));
-  const __m256 two_n = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23);
+  const __m256 two_n = _mm256_castsi256_ps(bits);
   p = _mm256_mul_ps(p, two_n);
   p = _mm256_blendv_ps(p, _mm256_add_ps(p, p), _mm256_castsi256_ps(big));
   p = _mm256_blendv_ps(p, _mm256_set1_ps(INFINITY), over);
@@ -983,9 +984,10 @@ static inline void norm_scale(int dt, const float* x, float inv, const float* w,
                               int64_t n) {
   int64_t k = 0;
   const __m256 vi = _mm256_set1_ps(inv);
-  for (; k + 8 <= n; k += 8)
-    _mm256_storeu_ps(out + k, round8(dt, _mm256_mul_ps(round8(dt, _mm256_mul_ps(_mm256_loadu_ps(x + k), vi)),
-                                                       _mm256_loadu_ps(w + k))));
+  for (; k + 8 <= n; k += 8) {
+    const __m256 xn = round8(dt, _mm256_mul_ps(_mm256_loadu_ps(x + k), vi));
+    _mm256_storeu_ps(out + k, round8(dt, _mm256_mul_ps(xn, _mm256_loadu_ps(w + k))));
+  }
   for (; k < n; ++k) out[k] = round_to(dt, round_to(dt, x[k] * inv) * w[k]);
 }
 
