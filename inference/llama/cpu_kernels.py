@@ -991,6 +991,35 @@ static inline void norm_scale(int dt, const float* x, float inv, const float* w,
   for (; k < n; ++k) out[k] = round_to(dt, round_to(dt, x[k] * inv) * w[k]);
 }
 
+// dst[k] = load_as_float(dt, p, at + k) for k < n: a cache row as floats.
+static inline void load_span(int dt, const void* p, int64_t at, float* dst, int64_t n) {
+  const uint16_t* h = static_cast<const uint16_t*>(p) + at;
+  int64_t k = 0;
+  if (dt != D_F32)
+    for (; k + 8 <= n; k += 8) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h + k));
+      _mm256_storeu_ps(dst + k, dt == D_F16 ? _mm256_cvtph_ps(v)
+                                            : _mm256_castsi256_ps(_mm256_slli_epi32(
+                                                  _mm256_cvtepu16_epi32(v), 16)));
+    }
+  for (; k < n; ++k) dst[k] = load_as_float(dt, p, at + k);
+}
+
+// s[t] = exp(s[t] - mx) for t < n (exp8's polynomial); returns their sum.
+static inline float exp_span(float* s, float mx, int64_t n) {
+  const __m256 m = _mm256_set1_ps(mx);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), m));
+    _mm256_storeu_ps(s + t, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float sum = hsum(acc);
+  for (; t < n; ++t) { s[t] = std::exp(s[t] - mx); sum += s[t]; }
+  return sum;
+}
+
 // One weight matrix of the plan.
 struct Mat {
   int kind = W_F32;
@@ -1606,7 +1635,7 @@ class DecodePlan {
       const float* kt;
       if (c.cdt == D_F32) kt = static_cast<const float*>(kv) + base + t * hd;
       else {
-        for (int64_t k = 0; k < hd; ++k) kf[k] = load_as_float(c.cdt, kv, base + t * hd + k);
+        load_span(c.cdt, kv, base + t * hd, kf, hd);
         kt = kf;
       }
       for (int64_t j = 0; j < rep; ++j) sc[j * T + t] = dot8(q + j * hd, kt, hd);
@@ -1616,9 +1645,7 @@ class DecodePlan {
       float* s = sc + j * T;
       float mx = s[0];
       for (int64_t t = 1; t < T; ++t) mx = std::max(mx, s[t]);
-      float sum = 0.0f;
-      for (int64_t t = 0; t < T; ++t) { s[t] = std::exp(s[t] - mx); sum += s[t]; }
-      const float inv = 1.0f / sum;
+      const float inv = 1.0f / exp_span(s, mx, T);
       for (int64_t t = 0; t < T; ++t) s[t] *= inv;
       float* oj = out + j * hd;
       for (int64_t k = 0; k < hd; ++k) oj[k] = 0.0f;
@@ -1627,8 +1654,7 @@ class DecodePlan {
       const float* vt;
       if (c.cdt == D_F32) vt = static_cast<const float*>(kv) + plane + base + t * hd;
       else {
-        for (int64_t k = 0; k < hd; ++k)
-          kf[k] = load_as_float(c.cdt, kv, plane + base + t * hd + k);
+        load_span(c.cdt, kv, plane + base + t * hd, kf, hd);
         vt = kf;
       }
       for (int64_t j = 0; j < rep; ++j) {
