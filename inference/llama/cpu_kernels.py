@@ -634,13 +634,22 @@ static inline void tile_dpbf16(const uint16_t* w, int64_t K, int64_t o, const ui
   __m512 acc[OT][RT];
   for (int i = 0; i < OT; ++i)
     for (int r = 0; r < RT; ++r) acc[i][r] = _mm512_setzero_ps();
-  for (int64_t k = k0; k < k1; k += 32) {
-    const __mmask32 m = k + 32 <= k1 ? ~__mmask32(0) : __mmask32((1ull << (k1 - k)) - 1);
+  int64_t k = k0;
+  for (; k + 32 <= k1; k += 32) {
     __m512bh wv[OT];
     for (int i = 0; i < OT; ++i) {
-      wv[i] = (__m512bh)_mm512_maskz_loadu_epi16(m, w + (o + i) * K + k);
+      wv[i] = (__m512bh)_mm512_loadu_si512(w + (o + i) * K + k);
       _mm_prefetch(reinterpret_cast<const char*>(w + (o + i + OT) * K + k), _MM_HINT_T0);
     }
+    for (int r = 0; r < RT; ++r) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + r * ldx + k);
+      for (int i = 0; i < OT; ++i) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], wv[i], xv);
+    }
+  }
+  if (k < k1) {  // the last columns of a width that is not a multiple of 32
+    const __mmask32 m = __mmask32((1ull << (k1 - k)) - 1);
+    __m512bh wv[OT];
+    for (int i = 0; i < OT; ++i) wv[i] = (__m512bh)_mm512_maskz_loadu_epi16(m, w + (o + i) * K + k);
     for (int r = 0; r < RT; ++r) {
       const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(m, xb + r * ldx + k);
       for (int i = 0; i < OT; ++i) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], wv[i], xv);
@@ -648,6 +657,22 @@ static inline void tile_dpbf16(const uint16_t* w, int64_t K, int64_t o, const ui
   }
   for (int i = 0; i < OT; ++i)
     for (int r = 0; r < RT; ++r) op[r * O + o + i] += _mm512_reduce_add_ps(acc[i][r]);
+}
+
+// OT weight rows against RT (1-8) rows of bfloat16 bits over the whole width.
+template <int OT>
+static inline void dpbf16_rows(const uint16_t* w, int64_t K, int64_t o, const uint16_t* xb,
+                               int64_t ldb, int64_t RT, float* op, int64_t O) {
+  switch (RT) {
+    case 8: tile_dpbf16<OT, 8>(w, K, o, xb, ldb, 0, K, op, O); break;
+    case 7: tile_dpbf16<OT, 7>(w, K, o, xb, ldb, 0, K, op, O); break;
+    case 6: tile_dpbf16<OT, 6>(w, K, o, xb, ldb, 0, K, op, O); break;
+    case 5: tile_dpbf16<OT, 5>(w, K, o, xb, ldb, 0, K, op, O); break;
+    case 4: tile_dpbf16<OT, 4>(w, K, o, xb, ldb, 0, K, op, O); break;
+    case 3: tile_dpbf16<OT, 3>(w, K, o, xb, ldb, 0, K, op, O); break;
+    case 2: tile_dpbf16<OT, 2>(w, K, o, xb, ldb, 0, K, op, O); break;
+    default: tile_dpbf16<OT, 1>(w, K, o, xb, ldb, 0, K, op, O); break;
+  }
 }
 
 // x as bfloat16 bits (rows K + 32 apart, as padded_rows' float rows), or an undefined
@@ -1031,16 +1056,16 @@ struct Mat {
 
 // A product's input rows: float32 (rows ld apart), and where the kind needs them the
 // rows rounded to int8 (q8: AVX2 q [R, K] and d [R, G]; AVX-512 q + 128 and d spread
-// over 8 lanes per group, [R, GP * 16]) or, for one row against bfloat16 weights, as
-// bfloat16 bits (`b`, set only then).
+// over 8 lanes per group, [R, GP * 16]) or, for bfloat16 values against bfloat16
+// weights, as bfloat16 bits (`b`, rows ldb apart; set only then).
 struct Rows {
   float* x = nullptr; int64_t ld = 0;
   int8_t* q = nullptr; float* d = nullptr;
-  uint16_t* b = nullptr;
+  uint16_t* b = nullptr; int64_t ldb = 0;
 };
 
 static inline void fill_extras(int kind, int act, const float* x, int64_t K, int64_t r,
-                               int64_t B, const Rows& a) {
+                               const Rows& a) {
   if (kind == W_Q8) {
     const int64_t G = K / 32;
     int8_t* q = a.q + r * K;
@@ -1060,11 +1085,15 @@ static inline void fill_extras(int kind, int act, const float* x, int64_t K, int
 #endif
   }
 #ifdef __AVX512F__
-  if (kind == W_BF16 && act == D_BF16 && B == 1) {
-    // The one row holds bfloat16 values (rounded so): its bits, for vdpbf16ps.
-    uint16_t* b = a.b;
+  if (kind == W_BF16 && act == D_BF16) {
+    // The row holds bfloat16 values (rounded so): its bits, for vdpbf16ps.
+    uint16_t* b = a.b + r * a.ldb;
     const uint32_t* u = reinterpret_cast<const uint32_t*>(x);
-    for (int64_t i = 0; i < K; ++i) b[i] = uint16_t(u[i] >> 16);
+    int64_t i = 0;
+    for (; i + 16 <= K; i += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i),
+                          _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_loadu_si512(u + i), 16)));
+    for (; i < K; ++i) b[i] = uint16_t(u[i] >> 16);
   }
 #endif
 }
@@ -1250,9 +1279,22 @@ static void mat_rows(const Mat& m, const Rows& a, int64_t R, int64_t o0, int64_t
       chunk512(Half16{static_cast<const at::Half*>(m.w), K}, x, ld, out, ldo, R, K, o0, o1);
       break;
     case W_BF16:
-      if (R == 1 && a.b != nullptr) {
+      if (a.b != nullptr) {
         const uint16_t* w = static_cast<const uint16_t*>(m.w);
-        for (int64_t o = o0; o < o1; ++o) row_dpbf16(w, o, a.b, K, out);
+        if (R == 1) {
+          for (int64_t o = o0; o < o1; ++o) row_dpbf16(w, o, a.b, K, out);
+          break;
+        }
+        // Several rows: 3 weight rows x up to 8 rows a tile over the whole width, as
+        // chunk512's, 32 exact products a vdpbf16ps and no widening of the weights.
+        for (int64_t r0 = 0; r0 < R; r0 += 8) {
+          const uint16_t* xb = a.b + r0 * a.ldb;
+          float* orow = out + r0 * ldo;
+          const int64_t rt = std::min<int64_t>(8, R - r0);
+          int64_t o = o0;
+          for (; o + 3 <= o1; o += 3) dpbf16_rows<3>(w, K, o, xb, a.ldb, rt, orow, ldo);
+          for (; o < o1; ++o) dpbf16_rows<1>(w, K, o, xb, a.ldb, rt, orow, ldo);
+        }
       } else {
         chunk512(BHalf16{static_cast<const at::BFloat16*>(m.w), K}, x, ld, out, ldo, R, K, o0,
                  o1);
@@ -1448,7 +1490,7 @@ class DecodePlan {
       const int64_t rest = O - big * rows;
       phases.push_back({type, l, big + (rest + small - 1) / small, rows, big, small});
     };
-    const bool prep = kind_ == W_Q8 || (kind_ == W_BF16 && act_ == D_BF16 && B == 1);
+    const bool prep = kind_ == W_Q8 || (kind_ == W_BF16 && act_ == D_BF16);
     phases.push_back({P_EMBED, 0, B, 1});
     for (int l = 0; l < int(L_); ++l) {
       const PlanLayer& pl = layers_[l];
@@ -1501,24 +1543,26 @@ class DecodePlan {
     float* logits;
   };
 
-  // A product's input rows; the bfloat16 bits only for one row of bfloat16 values.
-  Rows rows_of(float* x, int64_t ld, int64_t B) const {
+  // A product's input rows; the bfloat16 bits only for rows of bfloat16 values.
+  Rows rows_of(float* x, int64_t ld) const {
     Rows r;
     r.x = x; r.ld = ld;
     r.q = q_.data_ptr<int8_t>(); r.d = d_.data_ptr<float>();
-    if (kind_ == W_BF16 && act_ == D_BF16 && B == 1)
+    if (kind_ == W_BF16 && act_ == D_BF16) {
       r.b = reinterpret_cast<uint16_t*>(b_.data_ptr<int16_t>());
+      r.ldb = b_.size(1);
+    }
     return r;
   }
 
   // Row r of `src` normalised into xn (RMSNorm, float32 sums), rounded as the model's
   // RMSNorm rounds, and prepared for the next product (int8 rows, bfloat16 bits).
-  void norm_row(const float* src, const float* w, int64_t r, int64_t B) {
+  void norm_row(const float* src, const float* w, int64_t r) {
     const float* x = src + r * ldD_;
     float* out = xn_.data_ptr<float>() + r * ldD_;
     const float inv = 1.0f / std::sqrt(dot8(x, x, D_) / float(D_) + eps_);
     norm_scale(act_, x, inv, w, out, D_);
-    fill_extras(kind_, act_, out, D_, r, B, rows_of(out, ldD_, B));
+    fill_extras(kind_, act_, out, D_, r, rows_of(out, ldD_));
   }
 
   void run(const Phase& ph, int64_t i, const Ctx& c) {
@@ -1532,14 +1576,14 @@ class DecodePlan {
           x[i * ldD_ + k] = load_as_float(act_, emb_, c.tok[i] * D_ + k);
         return;
       }
-      case P_NORM1: norm_row(x, layers_[ph.layer].n1, i, B); return;
-      case P_NORM2: norm_row(h, layers_[ph.layer].n2, i, B); return;
-      case P_NORM_OUT: norm_row(x, norm_, i, B); return;
+      case P_NORM1: norm_row(x, layers_[ph.layer].n1, i); return;
+      case P_NORM2: norm_row(h, layers_[ph.layer].n2, i); return;
+      case P_NORM_OUT: norm_row(x, norm_, i); return;
       case P_QKV: {
         const Mat& m = layers_[ph.layer].qkv;
         int64_t o0, o1;
         ph.range(i, m.O, o0, o1);
-        const Rows a = rows_of(xn, ldD_, B);
+        const Rows a = rows_of(xn, ldD_);
         float* out = qkv_.data_ptr<float>();
         mat_rows(m, a, B, o0, o1, out, ldQKV_);
         for (int64_t r = 0; r < B; ++r) round_span(act_, out + r * ldQKV_ + o0, o1 - o0);
@@ -1548,12 +1592,12 @@ class DecodePlan {
       case P_ATTN: attend(ph.layer, i / hkv_, i % hkv_, c); return;
       case P_PREP_O: {
         float* a = attn_.data_ptr<float>();
-        fill_extras(kind_, act_, a + i * ldA_, hq_ * hd_, i, B, rows_of(a, ldA_, B));
+        fill_extras(kind_, act_, a + i * ldA_, hq_ * hd_, i, rows_of(a, ldA_));
         return;
       }
       case P_PREP_DOWN: {
         float* a = act_buf_.data_ptr<float>();
-        fill_extras(kind_, act_, a + i * ldH_, H_, i, B, rows_of(a, ldH_, B));
+        fill_extras(kind_, act_, a + i * ldH_, H_, i, rows_of(a, ldH_));
         return;
       }
       case P_O:
@@ -1566,7 +1610,7 @@ class DecodePlan {
         float* dst = o ? h : x;
         int64_t o0, o1;
         ph.range(i, D_, o0, o1);
-        const Rows a = rows_of(in, ld, B);
+        const Rows a = rows_of(in, ld);
         float* t = tmp_.data_ptr<float>();
         mat_rows(m, a, B, o0, o1, t, ldD_);
         for (int64_t r = 0; r < B; ++r)
@@ -1577,7 +1621,7 @@ class DecodePlan {
         const Mat& m = layers_[ph.layer].w13;
         int64_t o0, o1;
         ph.range(i, H_, o0, o1);
-        const Rows a = rows_of(xn, ldD_, B);
+        const Rows a = rows_of(xn, ldD_);
         float* t = w13o_.data_ptr<float>();
         mat_rows(m, a, B, o0, o1, t, ld13_);
         mat_rows(m, a, B, H_ + o0, H_ + o1, t, ld13_);
@@ -1589,7 +1633,7 @@ class DecodePlan {
       case P_OUT: {
         int64_t o0, o1;
         ph.range(i, V_, o0, o1);
-        const Rows a = rows_of(xn, ldD_, B);
+        const Rows a = rows_of(xn, ldD_);
         mat_rows(out_, a, B, o0, o1, c.logits, V_);
         for (int64_t r = 0; r < B; ++r) round_span(act_, c.logits + r * V_ + o0, o1 - o0);
         return;
