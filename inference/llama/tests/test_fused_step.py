@@ -18,7 +18,7 @@ import torch
 
 from inference.llama import cpu_kernels
 from inference.llama.generation import BatchDecoder, SamplingParams
-from inference.llama.model import Transformer
+from inference.llama.model import ThreadChooser, Transformer
 
 from .conftest import random_model
 from .test_precision import ISAS, TOLERANCE, tokens
@@ -178,3 +178,22 @@ def test_two_threads_stepping_one_model_get_their_own_results(monkeypatch):
             together = list(pool.map(steps, toks))
             for a, b in zip(alone, together, strict=True):
                 assert torch.equal(a, b)
+
+
+def test_fused_steps_choose_threads_with_their_own_patient_chooser(two_threads):
+    """Fused steps time themselves into `plan_threads` (first try of one thread after 32
+    steps, then up to every 1,024), not into the operator path's `threads`; the thread
+    count is restored after a step that ran with one."""
+    model = model_in("float32")
+    assert (model.plan_threads.explore, model.plan_threads.longest) == (32, 1024)
+    model.threads = ThreadChooser()
+    model.plan_threads = ThreadChooser(explore=32, longest=1024)
+    model.plan_threads.record(1, 2, 1.0)
+    model.plan_threads.record(1, 1, 0.001)  # one thread "measured" faster
+    cache = model.new_cache(1, 8)
+    with torch.inference_mode():
+        model.prefill(tokens(9, (1, 4)), cache, torch.arange(1), None)
+        model.decode(torch.tensor([5]), torch.tensor([4]), cache)
+    assert torch.get_num_threads() == 2
+    assert model.plan_threads.avg[(1, 1)] != 0.001  # the fused step ran with one thread
+    assert model.threads.avg == {}

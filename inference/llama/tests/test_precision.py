@@ -797,8 +797,14 @@ def test_fused_silu_matches_aten_across_the_float_range(dtype, isa):
     and underflow on both sides), zeros and a scalar tail: float32 within a few ulps,
     half precision equal but for rare one-ulp rounding ties."""
     gen = torch.Generator().manual_seed(7)
-    gate = torch.cat([torch.linspace(-120, 120, 4001), torch.randn(3000, generator=gen) * 4,
-                      torch.zeros(8), torch.tensor([88.5, 88.8, 89.0, -87.0, -88.0, -104.0])])
+    gate = torch.cat(
+        [
+            torch.linspace(-120, 120, 4001),
+            torch.randn(3000, generator=gen) * 4,
+            torch.zeros(8),
+            torch.tensor([88.5, 88.8, 89.0, -87.0, -88.0, -104.0]),
+        ]
+    )
     up = torch.randn(gate.numel(), generator=gen)  # 7015 values: a tail of 7
     code = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[dtype]
     out = cpu_kernels.module(isa).silu_mul_rounded(gate, up, code)
