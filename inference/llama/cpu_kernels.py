@@ -102,6 +102,7 @@ _SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <atomic>
+#include <type_traits>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -548,11 +549,14 @@ struct Int8Groups16 {
   using type = int8_t;
   const int8_t* q; const uint16_t* s; int64_t K, G;
   inline const char* addr(int64_t o, int64_t k) const { return (const char*)(q + o * K + k); }
-  inline __m512 load(int64_t o, int64_t k) const {
-    const __m512 v = _mm512_cvtepi32_ps(
+  inline __m512 raw(int64_t o, int64_t k) const {  // unscaled
+    return _mm512_cvtepi32_ps(
         _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + o * K + k))));
-    return _mm512_mul_ps(v, _mm512_set1_ps(_cvtsh_ss(s[o * G + k / 32])));
   }
+  inline __m512 scale(int64_t o, int64_t k) const {  // column k's group's scale, 16 times
+    return _mm512_set1_ps(_cvtsh_ss(s[o * G + k / 32]));
+  }
+  inline __m512 load(int64_t o, int64_t k) const { return _mm512_mul_ps(raw(o, k), scale(o, k)); }
   inline __m512 load_tail(int64_t o, int64_t k, __mmask16 m) const {  // K % 32 == 0: unused
     return _mm512_maskz_mov_ps(m, load(o, k));
   }
@@ -567,6 +571,23 @@ static inline void tile512(const W& w, int64_t o, const float* xp, int64_t ldx, 
   for (int i = 0; i < OT; ++i)
     for (int r = 0; r < RT; ++r) acc[i][r] = _mm512_setzero_ps();
   int64_t k = k0;
+  if constexpr (std::is_same_v<W, Int8Groups16>) {
+    // int8: each row's group scale converted once for its 32 columns, not per 16 (k0 is
+    // on a group boundary: K and the width blocks are multiples of 32).
+    for (; k + 32 <= k1; k += 32) {
+      __m512 sc[OT];
+      for (int i = 0; i < OT; ++i) sc[i] = w.scale(o + i, k);
+      for (int h = 0; h < 32; h += 16) {
+        __m512 wv[OT];
+        for (int i = 0; i < OT; ++i) wv[i] = _mm512_mul_ps(w.raw(o + i, k + h), sc[i]);
+        for (int i = 0; i < OT; ++i) _mm_prefetch(w.addr(o + i + OT, k + h), _MM_HINT_T0);
+        for (int r = 0; r < RT; ++r) {
+          const __m512 xv = _mm512_loadu_ps(xp + r * ldx + k + h);
+          for (int i = 0; i < OT; ++i) acc[i][r] = _mm512_fmadd_ps(wv[i], xv, acc[i][r]);
+        }
+      }
+    }
+  }
   for (; k + 16 <= k1; k += 16) {
     __m512 wv[OT];
     for (int i = 0; i < OT; ++i) wv[i] = w.load(o + i, k);
