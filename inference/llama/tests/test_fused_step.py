@@ -180,20 +180,25 @@ def test_two_threads_stepping_one_model_get_their_own_results(monkeypatch):
                 assert torch.equal(a, b)
 
 
-def test_fused_steps_choose_threads_with_their_own_patient_chooser(two_threads):
-    """Fused steps time themselves into `plan_threads` (first try of one thread after 32
-    steps, then up to every 1,024), not into the operator path's `threads`; the thread
-    count is restored after a step that ran with one."""
-    model = model_in("float32")
+@pytest.mark.parametrize("fused", [False, True])
+def test_decode_restores_the_thread_count_and_times_into_its_paths_chooser(fused, two_threads):
+    """A step that one thread was "measured" faster for runs with one thread, is timed
+    into its own path's chooser (the fused step's `plan_threads`, which tries one thread
+    after 32 steps and then up to every 1,024; the operator path's `threads`: TINY's
+    widths are not multiples of 32) and not the other's, and the thread count is
+    restored after it."""
+    model = model_in("float32") if fused else random_model()
     assert (model.plan_threads.explore, model.plan_threads.longest) == (32, 1024)
-    model.threads = ThreadChooser()
-    model.plan_threads = ThreadChooser(explore=32, longest=1024)
-    model.plan_threads.record(1, 2, 1.0)
-    model.plan_threads.record(1, 1, 0.001)  # one thread "measured" faster
+    model.threads, model.plan_threads = ThreadChooser(), ThreadChooser(explore=32, longest=1024)
+    used, other = model.plan_threads, model.threads
+    if not fused:
+        used, other = other, used
+    used.record(1, 2, 1.0)
+    used.record(1, 1, 0.001)  # one thread "measured" faster
     cache = model.new_cache(1, 8)
     with torch.inference_mode():
         model.prefill(tokens(9, (1, 4)), cache, torch.arange(1), None)
         model.decode(torch.tensor([5]), torch.tensor([4]), cache)
     assert torch.get_num_threads() == 2
-    assert model.plan_threads.avg[(1, 1)] != 0.001  # the fused step ran with one thread
-    assert model.threads.avg == {}
+    assert used.avg[(1, 1)] != 0.001  # the step ran with one thread and was timed
+    assert other.avg == {}

@@ -294,19 +294,6 @@ def test_thread_chooser_tries_a_loser_less_often_and_switches_on_a_win():
     assert chooser.interval[1] == 4
 
 
-def test_decode_restores_the_thread_count(two_threads):
-    model = random_model()
-    model.threads = ThreadChooser()
-    model.threads.record(1, 2, 1.0)
-    model.threads.record(1, 1, 0.001)  # one thread "measured" faster
-    cache = model.new_cache(1, 8)
-    with torch.inference_mode():
-        model.prefill(tokens(9, (1, 4)), cache, torch.arange(1), None)
-        model.decode(torch.tensor([5]), torch.tensor([4]), cache)
-    assert torch.get_num_threads() == 2
-    assert model.threads.avg[(1, 1)] != 0.001  # the step ran with one thread and was timed
-
-
 def test_static_decode_equals_the_dynamic_one():
     """decode(static=True), the shape-stable step a CUDA graph captures, attends over
     the whole cache under a mask: same logits, one row or several."""
