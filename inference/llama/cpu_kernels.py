@@ -570,6 +570,17 @@ static inline void tile512(const W& w, int64_t o, const float* xp, int64_t ldx, 
   __m512 acc[OT][RT];
   for (int i = 0; i < OT; ++i)
     for (int r = 0; r < RT; ++r) acc[i][r] = _mm512_setzero_ps();
+  // The weight vectors wv (columns k..k+15 of the tile's rows) against every row's.
+  auto fma_tile = [&](const __m512 (&wv)[OT], int64_t k) {
+    // The next tile's weight rows, at the same columns: within a width block a row is
+    // only a few cache lines, too short a stream for the hardware prefetcher (8 rows of
+    // the 1B shapes, float16: 16.1 -> 12.8 ms; a prefetch past the matrix never faults).
+    for (int i = 0; i < OT; ++i) _mm_prefetch(w.addr(o + i + OT, k), _MM_HINT_T0);
+    for (int r = 0; r < RT; ++r) {
+      const __m512 xv = _mm512_loadu_ps(xp + r * ldx + k);
+      for (int i = 0; i < OT; ++i) acc[i][r] = _mm512_fmadd_ps(wv[i], xv, acc[i][r]);
+    }
+  };
   int64_t k = k0;
   if constexpr (std::is_same_v<W, Int8Groups16>) {
     // int8: each row's group scale converted once for its 32 columns, not per 16 (k0 is
@@ -580,25 +591,14 @@ static inline void tile512(const W& w, int64_t o, const float* xp, int64_t ldx, 
       for (int h = 0; h < 32; h += 16) {
         __m512 wv[OT];
         for (int i = 0; i < OT; ++i) wv[i] = _mm512_mul_ps(w.raw(o + i, k + h), sc[i]);
-        for (int i = 0; i < OT; ++i) _mm_prefetch(w.addr(o + i + OT, k + h), _MM_HINT_T0);
-        for (int r = 0; r < RT; ++r) {
-          const __m512 xv = _mm512_loadu_ps(xp + r * ldx + k + h);
-          for (int i = 0; i < OT; ++i) acc[i][r] = _mm512_fmadd_ps(wv[i], xv, acc[i][r]);
-        }
+        fma_tile(wv, k + h);
       }
     }
   }
   for (; k + 16 <= k1; k += 16) {
     __m512 wv[OT];
     for (int i = 0; i < OT; ++i) wv[i] = w.load(o + i, k);
-    // The next tile's weight rows, at the same columns: within a width block a row is
-    // only a few cache lines, too short a stream for the hardware prefetcher (8 rows of
-    // the 1B shapes, float16: 16.1 -> 12.8 ms; a prefetch past the matrix never faults).
-    for (int i = 0; i < OT; ++i) _mm_prefetch(w.addr(o + i + OT, k), _MM_HINT_T0);
-    for (int r = 0; r < RT; ++r) {
-      const __m512 xv = _mm512_loadu_ps(xp + r * ldx + k);
-      for (int i = 0; i < OT; ++i) acc[i][r] = _mm512_fmadd_ps(wv[i], xv, acc[i][r]);
-    }
+    fma_tile(wv, k);
   }
   if (k < k1) {  // a width that is not a multiple of 16 (half_mv): masked loads, zeros beyond
     const __mmask16 m = __mmask16((1u << (k1 - k)) - 1);
@@ -696,6 +696,16 @@ static inline void dpbf16_rows(const uint16_t* w, int64_t K, int64_t o, const ui
   }
 }
 
+// b[i] = the high 16 bits of x[i], i < K: floats that hold bfloat16 values as bfloat16s.
+static inline void bf16_bits(const float* x, uint16_t* b, int64_t K) {
+  const uint32_t* u = reinterpret_cast<const uint32_t*>(x);
+  int64_t i = 0;
+  for (; i + 16 <= K; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i),
+                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_loadu_si512(u + i), 16)));
+  for (; i < K; ++i) b[i] = uint16_t(u[i] >> 16);
+}
+
 // x as bfloat16 bits (rows K + 32 apart, as padded_rows' float rows), or an undefined
 // tensor when some value of x is not a bfloat16 (its low 16 bits not all zero).
 static torch::Tensor exact_bf16_rows(const torch::Tensor& x) {
@@ -706,8 +716,7 @@ static torch::Tensor exact_bf16_rows(const torch::Tensor& x) {
   if (low & 0xFFFFu) return torch::Tensor();
   auto xb = torch::zeros({R, ld}, x.options().dtype(torch::kInt16));
   uint16_t* bp = reinterpret_cast<uint16_t*>(xb.data_ptr<int16_t>());
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t k = 0; k < K; ++k) bp[r * ld + k] = uint16_t(xp[r * K + k] >> 16);
+  for (int64_t r = 0; r < R; ++r) bf16_bits(x.data_ptr<float>() + r * K, bp + r * ld, K);
   return xb;
 }
 
@@ -943,7 +952,7 @@ static inline float dot8(const float* a, const float* b, int64_t n) {  // n % 8 
 //
 // Each helper gives, lane by lane, exactly what the scalar expression in its comment gives
 // (round_to's rounding: float16 by F16C's round-to-nearest-even, bfloat16 by the same
-// integer rounding as float_to_bf16_bits), except silu8's exp (see exp8).
+// integer rounding as float_to_bf16_bits), except silu_mul's exp (see exp8).
 
 // Eight floats rounded to the dtype dt (round_to, lane by lane).
 static inline __m256 round8(int dt, __m256 v) {
@@ -1108,13 +1117,7 @@ static inline void fill_extras(int kind, int act, const float* x, int64_t K, int
 #ifdef __AVX512F__
   if (kind == W_BF16 && act == D_BF16) {
     // The row holds bfloat16 values (rounded so): its bits, for vdpbf16ps.
-    uint16_t* b = a.b + r * a.ldb;
-    const uint32_t* u = reinterpret_cast<const uint32_t*>(x);
-    int64_t i = 0;
-    for (; i + 16 <= K; i += 16)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i),
-                          _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_loadu_si512(u + i), 16)));
-    for (; i < K; ++i) b[i] = uint16_t(u[i] >> 16);
+    bf16_bits(x, a.b + r * a.ldb, K);
   }
 #endif
 }
@@ -1169,11 +1172,9 @@ static inline void row_dpbf16(const uint16_t* w, int64_t o, const uint16_t* xb, 
 // (Int8Groups16 scales every weight: a multiply per 16 weights more, and at one row the
 // kernel was bound by that arithmetic, not by memory: 1B shapes 8.9 GB/s against q8_0's
 // 18.3 in the same run).
-static inline void row_int8(const int8_t* q, const uint16_t* s, int64_t o, const float* x,
-                            int64_t K, float* op) {
-  const int64_t G = K / 32;
-  const int8_t* r = q + o * K;
-  const uint16_t* sr = s + o * G;
+static inline void row_int8(const Int8Groups16& w, int64_t o, const float* x, float* op) {
+  const int64_t G = w.G;
+  const uint16_t* sr = w.s + o * G;
   // The row's scales as float32 first (16 a conversion), then one broadcast per group.
   float sf[256];
   for (int64_t g0 = 0; g0 < G; g0 += 256) {
@@ -1185,12 +1186,8 @@ static inline void row_int8(const int8_t* q, const uint16_t* s, int64_t o, const
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
     for (int64_t g = 0; g < n; ++g) {
       const int64_t k = (g0 + g) * 32;
-      const __m512 w0 = _mm512_cvtepi32_ps(
-          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + k))));
-      const __m512 w1 = _mm512_cvtepi32_ps(
-          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + k + 16))));
-      const __m512 p = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + k + 16),
-                                       _mm512_mul_ps(w0, _mm512_loadu_ps(x + k)));
+      const __m512 p = _mm512_fmadd_ps(w.raw(o, k + 16), _mm512_loadu_ps(x + k + 16),
+                                       _mm512_mul_ps(w.raw(o, k), _mm512_loadu_ps(x + k)));
       if (g & 1) a1 = _mm512_fmadd_ps(_mm512_set1_ps(sf[g]), p, a1);
       else a0 = _mm512_fmadd_ps(_mm512_set1_ps(sf[g]), p, a0);
     }
@@ -1321,14 +1318,14 @@ static void mat_rows(const Mat& m, const Rows& a, int64_t R, int64_t o0, int64_t
                  o1);
       }
       break;
-    default:
+    default: {
+      const Int8Groups16 w{static_cast<const int8_t*>(m.w), m.s, K, G};
       if (R == 1) {
-        const int8_t* q = static_cast<const int8_t*>(m.w);
-        for (int64_t o = o0; o < o1; ++o) row_int8(q, m.s, o, x, K, out);
+        for (int64_t o = o0; o < o1; ++o) row_int8(w, o, x, out);
         break;
       }
-      chunk512(Int8Groups16{static_cast<const int8_t*>(m.w), m.s, K, G}, x, ld, out, ldo, R, K,
-               o0, o1);
+      chunk512(w, x, ld, out, ldo, R, K, o0, o1);
+    }
   }
 #else
   switch (m.kind) {
