@@ -1075,22 +1075,108 @@ static inline float exp_span(float* s, float mx, int64_t n) {
   return sum;
 }
 
+#ifdef __AVX512F__
+// q8_0 weights for the fused step's products, 16 output rows a block: for block b and
+// group g (32 columns), 8 vectors of 64 bytes, lane i of vector j holding columns
+// 32g + 4j .. 32g + 4j + 3 of row 16b + i, as w + 128 (vpdpbusd's unsigned operand; the
+// activations are the signed one, each 4 bytes broadcast to the 16 lanes); then the
+// block's float16 scales, [O/16][G][16]. Rows past O (the last block) are zeros.
+// A row's products then need no reduction across lanes, and one int32 -> float32
+// conversion, scale and add covers 16 rows' groups at once (row-major int8 rows need
+// them per 8 lanes of a group: 3 float instructions for every 64 products).
+static void pack_q8(const int8_t* q, const uint16_t* s, int64_t O, int64_t K, uint8_t* pw,
+                    uint16_t* ps) {
+  const int64_t G = K / 32, NB = (O + 15) / 16;
+  at::parallel_for(0, NB, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t g = 0; g < G; ++g) {
+        uint8_t* dst = pw + (b * G + g) * 512;
+        uint16_t* sd = ps + (b * G + g) * 16;
+        for (int i = 0; i < 16; ++i) {
+          const int64_t o = b * 16 + i;
+          sd[i] = o < O ? s[o * G + g] : 0;
+          for (int j = 0; j < 8; ++j)
+            for (int t = 0; t < 4; ++t)
+              dst[j * 64 + i * 4 + t] =
+                  o < O ? uint8_t(q[o * K + g * 32 + 4 * j + t]) ^ 0x80 : uint8_t(0x80);
+        }
+      }
+  });
+}
+
+// RB rows of int8 activations, group-major (group g of row r at xq + (16 g + r) * 32,
+// its scale at xd[16 g + r] and xc[16 g + r] = -128 * its sum) against one block of
+// pack_q8's weights:
+// out[r, o + i] for the block's first n rows. Per group, each row's int32 sum over the
+// group is exact ((w + 128) * x summed, less 128 * sum(x)), then scaled by the float32
+// product of the two scales and added in float32, group after group (llama.cpp's order).
+template <int RB>
+static inline void q8_packed_rows(const uint8_t* pw, const uint16_t* ps, int64_t G,
+                                  const int8_t* xq, const float* xd, const int32_t* xc,
+                                  float* out, int64_t ldo, int64_t o, int64_t n) {
+  __m512 acc[RB];
+  for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    const uint8_t* wg = pw + g * 512;
+    __m512i s[RB];
+    for (int r = 0; r < RB; ++r) s[r] = _mm512_set1_epi32(xc[16 * g + r]);
+    if (RB <= 2) {  // two chains of 4 a row: one of 8 waits on vpdpbusd's latency
+      __m512i t[RB];
+      for (int r = 0; r < RB; ++r) t[r] = _mm512_setzero_si512();
+      for (int j = 0; j < 8; j += 2) {
+        const __m512i w0 = _mm512_loadu_si512(wg + j * 64);
+        const __m512i w1 = _mm512_loadu_si512(wg + j * 64 + 64);
+        for (int r = 0; r < RB; ++r) {
+          const int8_t* x = xq + (16 * g + r) * 32 + 4 * j;
+          int32_t x0, x1;
+          std::memcpy(&x0, x, 4); std::memcpy(&x1, x + 4, 4);
+          s[r] = _mm512_dpbusd_epi32(s[r], w0, _mm512_set1_epi32(x0));
+          t[r] = _mm512_dpbusd_epi32(t[r], w1, _mm512_set1_epi32(x1));
+        }
+      }
+      for (int r = 0; r < RB; ++r) s[r] = _mm512_add_epi32(s[r], t[r]);
+    } else {
+      for (int j = 0; j < 8; ++j) {
+        const __m512i w = _mm512_loadu_si512(wg + j * 64);
+        for (int r = 0; r < RB; ++r) {
+          int32_t x;
+          std::memcpy(&x, xq + (16 * g + r) * 32 + 4 * j, 4);
+          s[r] = _mm512_dpbusd_epi32(s[r], w, _mm512_set1_epi32(x));
+        }
+      }
+    }
+    const __m512 sw =
+        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ps + g * 16)));
+    for (int r = 0; r < RB; ++r)
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]),
+                               _mm512_mul_ps(sw, _mm512_set1_ps(xd[16 * g + r])), acc[r]);
+  }
+  const __mmask16 m = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+  for (int r = 0; r < RB; ++r) _mm512_mask_storeu_ps(out + r * ldo + o, m, acc[r]);
+}
+#endif
+
 // One weight matrix of the plan.
 struct Mat {
   int kind = W_F32;
   const void* w = nullptr;
   const uint16_t* s = nullptr;  // int8: float16 scales per 32 columns
+  // q8_0 in the AVX-512 build: the same weights and scales in 16-row blocks (pack_q8)
+  const uint8_t* pw = nullptr; const uint16_t* ps = nullptr;
   int64_t O = 0, K = 0;
   int64_t row_bytes() const { return kind == W_F32 ? 4 * K : kind <= W_BF16 ? 2 * K : K + K / 16; }
 };
 
 // A product's input rows: float32 (rows ld apart), and where the kind needs them the
-// rows rounded to int8 (q8: AVX2 q [R, K] and d [R, G]; AVX-512 q + 128 and d spread
-// over 8 lanes per group, [R, GP * 16]) or, for bfloat16 values against bfloat16
+// rows rounded to int8 (q8: AVX2 q [R, K] and d [R, G]; AVX-512 group-major, group g of
+// row r at q + (16 g + r) * 32, d and c at 16 g + r, c = -128 times the group's sum of q
+// for pack_q8's unsigned weights) or, for bfloat16
+// values against bfloat16
 // weights, as bfloat16 bits (`b`, rows ldb apart; set only then).
 struct Rows {
   float* x = nullptr; int64_t ld = 0;
   int8_t* q = nullptr; float* d = nullptr;
+  int32_t* c = nullptr;  // AVX-512 q8: -128 * each group's sum
   uint16_t* b = nullptr; int64_t ldb = 0;
 };
 
@@ -1100,16 +1186,15 @@ static inline void fill_extras(int kind, int act, const float* x, int64_t K, int
     const int64_t G = K / 32;
     int8_t* q = a.q + r * K;
 #ifdef __AVX512F__
-    float d[256];
-    float* dd = G <= 256 ? d : nullptr;
-    std::vector<float> big;
-    if (!dd) { big.resize(G); dd = big.data(); }
-    quantize_rows_q8(x, 1, K, q, dd);
-    for (int64_t i = 0; i < K; ++i) q[i] = int8_t(uint8_t(q[i]) ^ 0x80);
-    const int64_t GP = (G + 1) / 2;  // rows GP * 16 apart, an odd last group's pair zero
-    float* de = a.d + r * GP * 16;
-    for (int64_t g = 0; g < 2 * GP; ++g)
-      for (int j = 0; j < 8; ++j) de[g * 8 + j] = g < G ? dd[g] : 0.0f;
+    // Group-major for q8_packed_rows: group g of row r at q + (16 g + r) * 32, its scale
+    // and correction at d and c + 16 g + r.
+    for (int64_t g = 0; g < G; ++g) {
+      int8_t* qg = a.q + (16 * g + r) * 32;
+      quantize_rows_q8(x + g * 32, 1, 32, qg, a.d + 16 * g + r);
+      int32_t sum = 0;
+      for (int k = 0; k < 32; ++k) sum += qg[k];
+      a.c[16 * g + r] = -128 * sum;
+    }
 #else
     quantize_rows_q8(x, 1, K, q, a.d + r * G);
 #endif
@@ -1247,28 +1332,34 @@ static void mat_rows(const Mat& m, const Rows& a, int64_t R, int64_t o0, int64_t
                      int64_t ldo) {
   const int64_t K = m.K, G = K / 32;
   if (m.kind == W_Q8) {
+#ifdef __AVX512F__
+    // 16 output rows a block (o0 is a multiple of 16: the plan's chunks are)
+    for (int64_t o = o0; o < o1; o += 16) {
+      const uint8_t* pw = m.pw + (o / 16) * G * 512;
+      const uint16_t* ps = m.ps + (o / 16) * G * 16;
+      for (int64_t r0 = 0; r0 < R; r0 += 8) {
+        const int8_t* xr = a.q + r0 * 32;
+        const float* dr = a.d + r0;
+        const int32_t* cr = a.c + r0;
+        float* orow = out + r0 * ldo;
+        const int64_t n = std::min<int64_t>(16, o1 - o);
+        switch (std::min<int64_t>(8, R - r0)) {
+          case 8: q8_packed_rows<8>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
+          case 7: q8_packed_rows<7>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
+          case 6: q8_packed_rows<6>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
+          case 5: q8_packed_rows<5>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
+          case 4: q8_packed_rows<4>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
+          case 3: q8_packed_rows<3>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
+          case 2: q8_packed_rows<2>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
+          default: q8_packed_rows<1>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
+        }
+      }
+    }
+#else
     const int8_t* qp = static_cast<const int8_t*>(m.w);
     for (int64_t o = o0; o < o1; ++o) {
       const int8_t* qrow = qp + o * K;
       const uint16_t* srow = m.s + o * G;
-#ifdef __AVX512F__
-      const uint8_t* xu = reinterpret_cast<const uint8_t*>(a.q);
-      for (int64_t r0 = 0; r0 < R; r0 += 8) {
-        const uint8_t* xr = xu + r0 * K;
-        const float* dr = a.d + r0 * ((G + 1) / 2) * 16;
-        float* orow = out + r0 * ldo;
-        switch (std::min<int64_t>(8, R - r0)) {
-          case 8: q8_rows512<8>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
-          case 7: q8_rows512<7>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
-          case 6: q8_rows512<6>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
-          case 5: q8_rows512<5>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
-          case 4: q8_rows512<4>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
-          case 3: q8_rows512<3>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
-          case 2: q8_rows512<2>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
-          default: q8_rows512<1>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
-        }
-      }
-#else
       for (int64_t r0 = 0; r0 < R; r0 += 4) {
         const int8_t* xr = a.q + r0 * K;
         const float* dr = a.d + r0 * G;
@@ -1280,8 +1371,8 @@ static void mat_rows(const Mat& m, const Rows& a, int64_t R, int64_t o0, int64_t
           default: q8_rows_block<1>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
         }
       }
-#endif
     }
+#endif
     return;
   }
   for (int64_t r = 0; r < R; ++r)
@@ -1412,6 +1503,17 @@ class DecodePlan {
         TORCH_CHECK(w.scalar_type() == torch::kInt8 && s.scalar_type() == torch::kFloat16 &&
                     s.is_contiguous() && s.size(0) == m.O && s.size(1) == m.K / 32, "int8 weights");
         m.s = reinterpret_cast<const uint16_t*>(s.data_ptr<at::Half>());
+#ifdef __AVX512F__
+        if (kind_ == W_Q8) {
+          const int64_t NB = (m.O + 15) / 16, G = m.K / 32;
+          auto pw = torch::empty({NB * G * 512}, torch::TensorOptions().dtype(torch::kUInt8));
+          auto ps = torch::empty({NB * G * 16}, torch::TensorOptions().dtype(torch::kInt16));
+          uint16_t* psp = reinterpret_cast<uint16_t*>(ps.data_ptr<int16_t>());
+          pack_q8(w.data_ptr<int8_t>(), m.s, m.O, m.K, pw.data_ptr<uint8_t>(), psp);
+          m.pw = pw.data_ptr<uint8_t>(); m.ps = psp;
+          packed_.push_back(pw); packed_.push_back(ps);
+        }
+#endif
       } else {
         TORCH_CHECK(w.scalar_type() == dtype_of(kind_), "weight dtype does not match the kind");
       }
@@ -1455,7 +1557,8 @@ class DecodePlan {
     w13o_ = torch::zeros({R, 2 * H_}, f); tmp_ = torch::zeros({R, ldD_}, f);
     const int64_t Kmax = std::max(D_, std::max(H_, hq_ * hd_));
     q_ = torch::zeros({R, Kmax}, torch::TensorOptions().dtype(torch::kInt8));
-    d_ = torch::zeros({R, (Kmax / 32 + 1) * 8}, f);
+    d_ = torch::zeros({R, Kmax / 32}, f);
+    c_ = torch::zeros({R, Kmax / 32}, torch::TensorOptions().dtype(torch::kInt32));
     b_ = torch::zeros({R, Kmax + 32}, torch::TensorOptions().dtype(torch::kInt16));
     counters_.reset(new PhaseCounter[9 * L_ + 3]);
   }
@@ -1566,6 +1669,7 @@ class DecodePlan {
     Rows r;
     r.x = x; r.ld = ld;
     r.q = q_.data_ptr<int8_t>(); r.d = d_.data_ptr<float>();
+    r.c = c_.data_ptr<int32_t>();
     if (kind_ == W_BF16 && act_ == D_BF16) {
       r.b = reinterpret_cast<uint16_t*>(b_.data_ptr<int16_t>());
       r.ldb = b_.size(1);
@@ -1739,7 +1843,8 @@ class DecodePlan {
   const float* sin_ = nullptr;
   int64_t D_, hq_, hkv_, hd_, H_, V_, L_, S_;
   int64_t ldD_, ldA_, ldH_, ldQKV_, ld13_;
-  torch::Tensor x_, h_, xn_, attn_, act_buf_, qkv_, w13o_, tmp_, q_, d_, b_;
+  torch::Tensor x_, h_, xn_, attn_, act_buf_, qkv_, w13o_, tmp_, q_, d_, c_, b_;
+  std::vector<torch::Tensor> packed_;  // q8_0 weights and scales in pack_q8's blocks
   std::unique_ptr<PhaseCounter[]> counters_;
   std::mutex busy_;
 };
@@ -1781,7 +1886,7 @@ _modules: dict[str, object] = {}  # per ISA: the built module, or False
 
 # The two builds of _SOURCE. The AVX-512 one is loaded only where the CPU lists every flag
 # it is compiled for; an AVX2-only host (CI may be one) never builds it.
-NAMES = {"avx2": "llama_cpu_kernels_v15", "avx512": "llama_cpu_kernels_avx512_v15"}
+NAMES = {"avx2": "llama_cpu_kernels_v16", "avx512": "llama_cpu_kernels_avx512_v16"}
 _BASE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 _ISA_FLAGS = {
     "avx2": _BASE_FLAGS,

@@ -106,7 +106,7 @@ def test_fused_step_with_heads_not_grouped_and_one_thread(isa, monkeypatch):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("precision", ["float32", "float16", "int8"])
+@pytest.mark.parametrize("precision", ["float32", "float16", "int8", "q8_0"])
 def test_fused_step_with_a_large_vocabulary_takes_chunks_of_both_sizes(
     precision, isa, two_threads, monkeypatch
 ):
@@ -120,6 +120,18 @@ def test_fused_step_with_a_large_vocabulary_takes_chunks_of_both_sizes(
     assert fused.shape[-1] == 10000
     assert (fused - ref).abs().max() <= bound
     assert (fused[:, 9000:] != 0).any(dim=-1).all()  # the last chunks' rows are written
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_fused_q8_0_step_with_a_vocabulary_not_a_multiple_of_16(isa, two_threads, monkeypatch):
+    """The AVX-512 q8_0 products take 16 output rows at a time (`pack_q8`): a 1,000-token
+    vocabulary ends in a block of 8 rows, whose padding rows are never written out."""
+    toks = tokens(53, (3, 20)) * 7 % 1000
+    model = model_in("q8_0", seed=5, vocab_size=1000)
+    fused, ref = both_paths(model, toks, isa, monkeypatch)
+    assert fused.shape[-1] == 1000
+    assert (fused - ref).abs().max() <= TOLERANCE["q8_0"] / 2 * ref.abs().max()
+    assert (fused[:, 992:] != 0).any(dim=-1).all()
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "q8_0"])
