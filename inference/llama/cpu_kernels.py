@@ -27,11 +27,16 @@ The kernels:
   whose values are all bfloat16 values (a bfloat16 model's) against bfloat16 weights
   goes through `vdpbf16ps` (pairs of bfloat16s into float32 sums: the same exact
   products, no conversion of the weights);
-- `int8_q8_mm(x, q, scale)`: the same int8 weights against activations rounded to int8
-  per group of 32 (llama.cpp's q8_0 x q8_0: exact int32 sums per group, then both
-  scales in float32; the model's "q8_0" mode). AVX2: `_mm256_maddubs_epi16` on |w| and
-  sign-moved activations. AVX-512: VNNI `vpdpbusd` on the activations + 128 as unsigned
-  bytes, each group's 128 * sum(q) taken back out (exact), two groups a vector;
+- `q8_pack(q, scale)` and `q8_packed_mm(x, blocks, scales, O)`: the same int8 weights in
+  blocks of 16 output rows (for each group of 32 columns, 8 vectors of 64 bytes, lane i
+  holding 4 columns of row i), against 1-16 rows of activations rounded to int8 per
+  group of 32 (llama.cpp's q8_0 x q8_0: exact int32 sums per group, then both scales in
+  float32; the model's "q8_0" mode). Each 4 activation bytes are broadcast against 16
+  rows' weights, so a row's sums need no reduction across lanes and the float32 work
+  (conversion, scale, add) is done once per group for 16 rows. AVX-512: VNNI `vpdpbusd`
+  on the weights + 128 as unsigned bytes, each group's 128 * sum(x) taken back out
+  (exact). AVX2: `_mm256_maddubs_epi16` on |w| and sign-moved activations, the block as
+  two halves of 8 rows;
 - `rms_norm(x, w, eps)`: RMSNorm of a few float32 rows in one call (ATen's runs six
   operators, about 18 us for a 768-wide row; a 100M decode step has 17);
 - `half_mm(x, w)`: float16 or bfloat16 weights against 2-16 float32 rows. ATen's
@@ -65,7 +70,7 @@ The products use the tiles below per weight kind (float32 as well: plain float32
 weights, no oneDNN packing, where the plan runs). Values are rounded to the model's
 dtype where the operator path rounds them.
 
-`int8_group_mm`, `half_mm` and `int8_q8_mm` hand their output rows out in chunks of at
+`int8_group_mm`, `half_mm` and `q8_packed_mm` hand their output rows out in chunks of at
 least 64 KiB of weights from a shared counter (`for_chunks`), as `half_mv` does, instead
 of a fixed half per thread: with one core busy elsewhere the int8 kernel at 8 rows took
 4.6-7.9 ms against 7.1-8.8 (quiet, 1 row: about 0.08 ms slower than fixed halves, the
@@ -148,8 +153,6 @@ static inline void for_chunks(int64_t O, int64_t row_bytes, const F& body) {
 static torch::Tensor half_mm512(const torch::Tensor& x, const torch::Tensor& w);
 static torch::Tensor int8_group_mm512(const torch::Tensor& x, const torch::Tensor& q,
                                       const torch::Tensor& scale);
-static torch::Tensor int8_q8_mm512(const torch::Tensor& x, const torch::Tensor& q,
-                                   const torch::Tensor& scale);
 #endif
 
 // RB rows of x against output row o, accumulators held in registers (RB <= 4).
@@ -441,73 +444,6 @@ static void quantize_rows_q8(const float* x, int64_t R, int64_t K, int8_t* q, fl
   }
 }
 
-// RB rows of quantized x against weight row o: per group the 32 int8 products summed in
-// int32 (exact), then scaled by the weight's and the row's group scales in float32.
-template <int RB>
-static inline void q8_rows_block(const int8_t* xq, const float* xd, const int8_t* qrow,
-                                 const uint16_t* srow, int64_t K, int64_t G, int64_t O,
-                                 int64_t o, float* op) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[RB];
-  for (int r = 0; r < RB; ++r) acc[r] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < G; ++g) {
-    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qrow + g * 32));
-    const __m256i aw = _mm256_sign_epi8(w, w);  // |w| as unsigned bytes (|w| <= 127)
-    const float sw = _cvtsh_ss(srow[g]);
-    for (int r = 0; r < RB; ++r) {
-      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * K + g * 32));
-      // |w| * (a * sign(w)): pairs summed to int16 (at most 2 * 127 * 127, no saturation).
-      const __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(a, w));
-      const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(sw * xd[r * G + g]), p, acc[r]);
-    }
-  }
-  for (int r = 0; r < RB; ++r) op[r * O + o] = hsum(acc[r]);
-}
-
-// out[r, o] = sum_g scale[o, g] * d[r, g] * sum_{k in g} q[o, k] * xq[r, k], with
-// (xq, d) = x rounded to int8 per group of 32 (quantize_rows_q8).
-torch::Tensor int8_q8_mm(torch::Tensor x, torch::Tensor q, torch::Tensor scale) {
-  TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && scale.dim() == 2, "2-d tensors expected");
-  TORCH_CHECK(x.scalar_type() == torch::kFloat32, "x must be float32");
-  TORCH_CHECK(q.scalar_type() == torch::kInt8, "q must be int8");
-  TORCH_CHECK(scale.scalar_type() == torch::kFloat16, "scale must be float16");
-  const int64_t R = x.size(0), K = x.size(1), O = q.size(0), G = K / 32;
-  TORCH_CHECK(q.size(1) == K && K % 32 == 0 && scale.size(0) == O && scale.size(1) == G,
-              "shapes do not match (groups of 32)");
-  x = x.contiguous(); q = q.contiguous(); scale = scale.contiguous();
-#ifdef __AVX512F__
-  return int8_q8_mm512(x, q, scale);
-#endif
-  auto xq = torch::empty({R, K}, x.options().dtype(torch::kInt8));
-  auto xd = torch::empty({R, G}, x.options());
-  quantize_rows_q8(x.data_ptr<float>(), R, K, xq.data_ptr<int8_t>(), xd.data_ptr<float>());
-  auto out = torch::empty({R, O}, x.options());
-  const int8_t* xqp = xq.data_ptr<int8_t>();
-  const float* xdp = xd.data_ptr<float>();
-  const int8_t* qp = q.data_ptr<int8_t>();
-  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>());
-  float* op = out.data_ptr<float>();
-  for_chunks(O, K, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      const int8_t* qrow = qp + o * K;
-      const uint16_t* srow = sp + o * G;
-      for (int64_t r0 = 0; r0 < R; r0 += 4) {
-        const int8_t* xr = xqp + r0 * K;
-        const float* dr = xdp + r0 * G;
-        float* orow = op + r0 * O;
-        switch (std::min<int64_t>(4, R - r0)) {
-          case 4: q8_rows_block<4>(xr, dr, qrow, srow, K, G, O, o, orow); break;
-          case 3: q8_rows_block<3>(xr, dr, qrow, srow, K, G, O, o, orow); break;
-          case 2: q8_rows_block<2>(xr, dr, qrow, srow, K, G, O, o, orow); break;
-          default: q8_rows_block<1>(xr, dr, qrow, srow, K, G, O, o, orow); break;
-        }
-      }
-    }
-  });
-  return out;
-}
-
 // ---- AVX-512 (the second build of this source, loaded where the CPU has it) ---------------
 //
 // Compiled with -mavx512f/bw/vl/dq/bf16/vnni (`kernel()` loads that build only where
@@ -767,87 +703,6 @@ static torch::Tensor int8_group_mm512(const torch::Tensor& x, const torch::Tenso
   return out;
 }
 
-// q8_0 x q8_0 with VNNI: vpdpbusd multiplies unsigned by signed bytes, so the activations
-// go in as xq + 128 (unsigned) and each group's 128 * sum(q) is taken back out; the
-// int32 sums are exact, as `_mm256_maddubs_epi16`'s. Two groups of 32 a vector: lanes
-// 0-7 hold group g's 8 partial sums, 8-15 group g + 1's; each group's float32 scale is
-// the float32 product of the two (as the AVX2 kernel's), one FMA per group and lane.
-template <int RB>
-static inline void q8_rows512(const uint8_t* xu, const float* xde, const int8_t* qrow,
-                              const uint16_t* srow, int64_t K, int64_t G, int64_t O,
-                              int64_t o, float* op) {
-  const int64_t GP = (G + 1) / 2;
-  const __m512i bias = _mm512_set1_epi8(char(0x80));
-  const __m512i pick = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-  __m512 acc[RB];
-  for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
-  for (int64_t p = 0; p < GP; ++p) {
-    const int64_t g = 2 * p;
-    const bool pair = g + 1 < G;
-    const __mmask64 m = pair ? ~__mmask64(0) : __mmask64(0xFFFFFFFFull);
-    const __m512i w = _mm512_maskz_loadu_epi8(m, qrow + g * 32);
-    _mm_prefetch(reinterpret_cast<const char*>(qrow + K + g * 32), _MM_HINT_T0);  // next row
-    const __m512i neg = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                         _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, w));
-    uint32_t s2 = srow[g];
-    if (pair) s2 |= uint32_t(srow[g + 1]) << 16;
-    const __m512 sw = _mm512_permutexvar_ps(
-        pick, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(int(s2)))));
-    for (int r = 0; r < RB; ++r) {
-      const __m512i a = _mm512_maskz_loadu_epi8(m, xu + r * K + g * 32);
-      const __m512i s = _mm512_dpbusd_epi32(neg, a, w);
-      const __m512 d = _mm512_mul_ps(sw, _mm512_loadu_ps(xde + (r * GP + p) * 16));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[r]);
-    }
-  }
-  for (int r = 0; r < RB; ++r) op[r * O + o] = _mm512_reduce_add_ps(acc[r]);
-}
-
-static void quantize_rows_q8(const float* x, int64_t R, int64_t K, int8_t* q, float* d);
-
-static torch::Tensor int8_q8_mm512(const torch::Tensor& x, const torch::Tensor& q,
-                                   const torch::Tensor& scale) {
-  const int64_t R = x.size(0), K = x.size(1), O = q.size(0), G = K / 32, GP = (G + 1) / 2;
-  auto xq = torch::empty({R, K}, x.options().dtype(torch::kInt8));
-  auto xd = torch::empty({R, G}, x.options());
-  quantize_rows_q8(x.data_ptr<float>(), R, K, xq.data_ptr<int8_t>(), xd.data_ptr<float>());
-  // xq + 128 as unsigned bytes (a flip of the top bit), and each row's group scales
-  // spread over 8 lanes each (a group with no pair: zeros).
-  uint8_t* xu = reinterpret_cast<uint8_t*>(xq.data_ptr<int8_t>());
-  for (int64_t i = 0; i < R * K; ++i) xu[i] ^= 0x80;
-  auto xde = torch::zeros({R, GP * 16}, x.options());
-  const float* xdp = xd.data_ptr<float>();
-  float* xdep = xde.data_ptr<float>();
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t g = 0; g < G; ++g)
-      for (int j = 0; j < 8; ++j) xdep[r * GP * 16 + g * 8 + j] = xdp[r * G + g];
-  auto out = torch::empty({R, O}, x.options());
-  const int8_t* qp = q.data_ptr<int8_t>();
-  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>());
-  float* op = out.data_ptr<float>();
-  for_chunks(O, K, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      const int8_t* qrow = qp + o * K;
-      const uint16_t* srow = sp + o * G;
-      for (int64_t r0 = 0; r0 < R; r0 += 8) {
-        const uint8_t* xr = xu + r0 * K;
-        const float* dr = xdep + r0 * GP * 16;
-        float* orow = op + r0 * O;
-        switch (std::min<int64_t>(8, R - r0)) {
-          case 8: q8_rows512<8>(xr, dr, qrow, srow, K, G, O, o, orow); break;
-          case 7: q8_rows512<7>(xr, dr, qrow, srow, K, G, O, o, orow); break;
-          case 6: q8_rows512<6>(xr, dr, qrow, srow, K, G, O, o, orow); break;
-          case 5: q8_rows512<5>(xr, dr, qrow, srow, K, G, O, o, orow); break;
-          case 4: q8_rows512<4>(xr, dr, qrow, srow, K, G, O, o, orow); break;
-          case 3: q8_rows512<3>(xr, dr, qrow, srow, K, G, O, o, orow); break;
-          case 2: q8_rows512<2>(xr, dr, qrow, srow, K, G, O, o, orow); break;
-          default: q8_rows512<1>(xr, dr, qrow, srow, K, G, O, o, orow); break;
-        }
-      }
-    }
-  });
-  return out;
-}
 #else
 #define LLAMA_KERNELS_ISA "avx2"
 #endif
@@ -1075,15 +930,15 @@ static inline float exp_span(float* s, float mx, int64_t n) {
   return sum;
 }
 
-#ifdef __AVX512F__
-// q8_0 weights for the fused step's products, 16 output rows a block: for block b and
+// q8_0 weights for the few-row products (`q8_pack`), 16 output rows a block: for block b and
 // group g (32 columns), 8 vectors of 64 bytes, lane i of vector j holding columns
 // 32g + 4j .. 32g + 4j + 3 of row 16b + i, as w + 128 (vpdpbusd's unsigned operand; the
 // activations are the signed one, each 4 bytes broadcast to the 16 lanes); then the
 // block's float16 scales, [O/16][G][16]. Rows past O (the last block) are zeros.
 // A row's products then need no reduction across lanes, and one int32 -> float32
-// conversion, scale and add covers 16 rows' groups at once (row-major int8 rows need
-// them per 8 lanes of a group: 3 float instructions for every 64 products).
+// conversion, scale and add covers 16 rows' groups at once (row-major int8 rows needed
+// them per 8 lanes of a group: 3 float instructions for every 64 products, the bound of
+// the former kernel at 8 rows: 1B steps 46 against 40 ms).
 static void pack_q8(const int8_t* q, const uint16_t* s, int64_t O, int64_t K, uint8_t* pw,
                     uint16_t* ps) {
   const int64_t G = K / 32, NB = (O + 15) / 16;
@@ -1104,6 +959,7 @@ static void pack_q8(const int8_t* q, const uint16_t* s, int64_t O, int64_t K, ui
   });
 }
 
+#ifdef __AVX512F__
 // RB rows of int8 activations, group-major (group g of row r at xq + (16 g + r) * 32,
 // its scale at xd[16 g + r] and xc[16 g + r] = -128 * its sum) against one block of
 // pack_q8's weights:
@@ -1154,6 +1010,55 @@ static inline void q8_packed_rows(const uint8_t* pw, const uint16_t* ps, int64_t
   const __mmask16 m = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
   for (int r = 0; r < RB; ++r) _mm512_mask_storeu_ps(out + r * ldo + o, m, acc[r]);
 }
+constexpr int Q8_ROWS = 8;  // activation rows a q8_packed_rows call takes
+#else
+// AVX2: the block as two halves of 8 rows; the weights back to signed bytes, products by
+// `_mm256_maddubs_epi16` on |w| and the activations with w's sign (pairs at most
+// 2 * 127 * 127: no saturation), summed to int32 per row and 4 columns: the same exact
+// sums per group as the AVX-512 kernel's (xc unused), the same float32 steps after them.
+template <int RB>
+static inline void q8_packed_rows(const uint8_t* pw, const uint16_t* ps, int64_t G,
+                                  const int8_t* xq, const float* xd, const int32_t*,
+                                  float* out, int64_t ldo, int64_t o, int64_t n) {
+  const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(char(0x80));
+  for (int h = 0; h < 2 && 8 * h < n; ++h) {
+    __m256 acc[RB];
+    for (int r = 0; r < RB; ++r) acc[r] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; ++g) {
+      const uint8_t* wg = pw + g * 512 + 32 * h;
+      __m256i s[RB];
+      for (int r = 0; r < RB; ++r) s[r] = _mm256_setzero_si256();
+      for (int j = 0; j < 8; ++j) {
+        const __m256i w = _mm256_xor_si256(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + j * 64)), flip);
+        const __m256i aw = _mm256_sign_epi8(w, w);
+        for (int r = 0; r < RB; ++r) {
+          int32_t x;
+          std::memcpy(&x, xq + (16 * g + r) * 32 + 4 * j, 4);
+          const __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(x), w));
+          s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(p16, ones));
+        }
+      }
+      const __m256 sw = _mm256_cvtph_ps(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(ps + g * 16 + 8 * h)));
+      for (int r = 0; r < RB; ++r)
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r]),
+                                 _mm256_mul_ps(sw, _mm256_set1_ps(xd[16 * g + r])), acc[r]);
+    }
+    const int64_t m = std::min<int64_t>(8, n - 8 * h);
+    for (int r = 0; r < RB; ++r) {
+      float* dst = out + r * ldo + o + 8 * h;
+      if (m == 8) {
+        _mm256_storeu_ps(dst, acc[r]);
+      } else {
+        alignas(32) float tmp[8];
+        _mm256_store_ps(tmp, acc[r]);
+        std::memcpy(dst, tmp, sizeof(float) * m);
+      }
+    }
+  }
+}
+constexpr int Q8_ROWS = 4;
 #endif
 
 // One weight matrix of the plan.
@@ -1161,43 +1066,34 @@ struct Mat {
   int kind = W_F32;
   const void* w = nullptr;
   const uint16_t* s = nullptr;  // int8: float16 scales per 32 columns
-  // q8_0 in the AVX-512 build: the same weights and scales in 16-row blocks (pack_q8)
+  // q8_0: the weights and scales in 16-row blocks (pack_q8)
   const uint8_t* pw = nullptr; const uint16_t* ps = nullptr;
   int64_t O = 0, K = 0;
   int64_t row_bytes() const { return kind == W_F32 ? 4 * K : kind <= W_BF16 ? 2 * K : K + K / 16; }
 };
 
 // A product's input rows: float32 (rows ld apart), and where the kind needs them the
-// rows rounded to int8 (q8: AVX2 q [R, K] and d [R, G]; AVX-512 group-major, group g of
-// row r at q + (16 g + r) * 32, d and c at 16 g + r, c = -128 times the group's sum of q
-// for pack_q8's unsigned weights) or, for bfloat16
-// values against bfloat16
-// weights, as bfloat16 bits (`b`, rows ldb apart; set only then).
+// rows rounded to int8, group-major (q8: group g of row r at q + (16 g + r) * 32, its
+// scale and -128 times its sum at d and c + 16 g + r; see q8_packed_rows), or, for
+// bfloat16 values against bfloat16 weights, as bfloat16 bits (`b`, rows ldb apart; set
+// only then).
 struct Rows {
   float* x = nullptr; int64_t ld = 0;
   int8_t* q = nullptr; float* d = nullptr;
-  int32_t* c = nullptr;  // AVX-512 q8: -128 * each group's sum
+  int32_t* c = nullptr;
   uint16_t* b = nullptr; int64_t ldb = 0;
 };
 
 static inline void fill_extras(int kind, int act, const float* x, int64_t K, int64_t r,
                                const Rows& a) {
   if (kind == W_Q8) {
-    const int64_t G = K / 32;
-    int8_t* q = a.q + r * K;
-#ifdef __AVX512F__
-    // Group-major for q8_packed_rows: group g of row r at q + (16 g + r) * 32, its scale
-    // and correction at d and c + 16 g + r.
-    for (int64_t g = 0; g < G; ++g) {
+    for (int64_t g = 0; g < K / 32; ++g) {
       int8_t* qg = a.q + (16 * g + r) * 32;
       quantize_rows_q8(x + g * 32, 1, 32, qg, a.d + 16 * g + r);
       int32_t sum = 0;
       for (int k = 0; k < 32; ++k) sum += qg[k];
       a.c[16 * g + r] = -128 * sum;
     }
-#else
-    quantize_rows_q8(x, 1, K, q, a.d + r * G);
-#endif
   }
 #ifdef __AVX512F__
   if (kind == W_BF16 && act == D_BF16) {
@@ -1332,22 +1228,23 @@ static void mat_rows(const Mat& m, const Rows& a, int64_t R, int64_t o0, int64_t
                      int64_t ldo) {
   const int64_t K = m.K, G = K / 32;
   if (m.kind == W_Q8) {
-#ifdef __AVX512F__
-    // 16 output rows a block (o0 is a multiple of 16: the plan's chunks are)
+    // 16 output rows a block (o0 is a multiple of 16: the callers' chunks are)
     for (int64_t o = o0; o < o1; o += 16) {
       const uint8_t* pw = m.pw + (o / 16) * G * 512;
       const uint16_t* ps = m.ps + (o / 16) * G * 16;
-      for (int64_t r0 = 0; r0 < R; r0 += 8) {
+      const int64_t n = std::min<int64_t>(16, o1 - o);
+      for (int64_t r0 = 0; r0 < R; r0 += Q8_ROWS) {
         const int8_t* xr = a.q + r0 * 32;
         const float* dr = a.d + r0;
         const int32_t* cr = a.c + r0;
         float* orow = out + r0 * ldo;
-        const int64_t n = std::min<int64_t>(16, o1 - o);
-        switch (std::min<int64_t>(8, R - r0)) {
+        switch (std::min<int64_t>(Q8_ROWS, R - r0)) {
+#ifdef __AVX512F__
           case 8: q8_packed_rows<8>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
           case 7: q8_packed_rows<7>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
           case 6: q8_packed_rows<6>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
           case 5: q8_packed_rows<5>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
+#endif
           case 4: q8_packed_rows<4>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
           case 3: q8_packed_rows<3>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
           case 2: q8_packed_rows<2>(pw, ps, G, xr, dr, cr, orow, ldo, o, n); break;
@@ -1355,24 +1252,6 @@ static void mat_rows(const Mat& m, const Rows& a, int64_t R, int64_t o0, int64_t
         }
       }
     }
-#else
-    const int8_t* qp = static_cast<const int8_t*>(m.w);
-    for (int64_t o = o0; o < o1; ++o) {
-      const int8_t* qrow = qp + o * K;
-      const uint16_t* srow = m.s + o * G;
-      for (int64_t r0 = 0; r0 < R; r0 += 4) {
-        const int8_t* xr = a.q + r0 * K;
-        const float* dr = a.d + r0 * G;
-        float* orow = out + r0 * ldo;
-        switch (std::min<int64_t>(4, R - r0)) {
-          case 4: q8_rows_block<4>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
-          case 3: q8_rows_block<3>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
-          case 2: q8_rows_block<2>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
-          default: q8_rows_block<1>(xr, dr, qrow, srow, K, G, ldo, o, orow); break;
-        }
-      }
-    }
-#endif
     return;
   }
   for (int64_t r = 0; r < R; ++r)
@@ -1460,6 +1339,56 @@ struct PlanLayer {
   const float* n1; const float* n2;  // RMSNorm weights as float32
 };
 
+// ---- q8_0 x q8_0 outside the fused step --------------------------------------------------
+
+// (q [O, K] int8, scale [O, K / 32] float16) -> pack_q8's blocks: [O/16, K/32, 512] uint8
+// and [O/16, K/32, 16] float16 (O rounded up to 16 with zero rows).
+std::vector<torch::Tensor> q8_pack(torch::Tensor q, torch::Tensor scale) {
+  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == torch::kInt8 && scale.dim() == 2 &&
+              scale.scalar_type() == torch::kFloat16, "int8 [O, K] and float16 [O, K / 32]");
+  const int64_t O = q.size(0), K = q.size(1), G = K / 32, NB = (O + 15) / 16;
+  TORCH_CHECK(K % 32 == 0 && scale.size(0) == O && scale.size(1) == G, "groups of 32 columns");
+  q = q.contiguous(); scale = scale.contiguous();
+  auto pw = torch::empty({NB, G, 512}, torch::TensorOptions().dtype(torch::kUInt8));
+  auto ps = torch::empty({NB, G, 16}, torch::TensorOptions().dtype(torch::kFloat16));
+  pack_q8(q.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>()),
+          O, K, pw.data_ptr<uint8_t>(), reinterpret_cast<uint16_t*>(ps.data_ptr<at::Half>()));
+  return {pw, ps};
+}
+
+// out[r, o] = sum_g scale[o, g] * d[r, g] * sum_{k in g} q[o, k] * xq[r, k] for 1-16 rows
+// of x, with (xq, d) = x rounded to int8 per group of 32 (quantize_rows_q8) and (q, scale)
+// in q8_pack's blocks: llama.cpp's q8_0 x q8_0, the fused step's products. Output rows
+// are handed out 16 at a time in chunks of about 64 KiB of weights.
+torch::Tensor q8_packed_mm(torch::Tensor x, torch::Tensor pw, torch::Tensor ps, int64_t O) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x: float32 [rows, K]");
+  TORCH_CHECK(pw.dim() == 3 && pw.scalar_type() == torch::kUInt8 && pw.size(2) == 512 &&
+              pw.is_contiguous() && ps.dim() == 3 && ps.scalar_type() == torch::kFloat16 &&
+              ps.is_contiguous() && ps.size(0) == pw.size(0) && ps.size(1) == pw.size(1) &&
+              ps.size(2) == 16, "weights in q8_pack's blocks");
+  const int64_t R = x.size(0), G = pw.size(1), K = 32 * G, NB = pw.size(0);
+  TORCH_CHECK(x.size(1) == K && R >= 1 && R <= 16 && O > 16 * (NB - 1) && O <= 16 * NB,
+              "shapes do not match");
+  x = x.contiguous();
+  auto q = torch::empty({G * 16 * 32}, x.options().dtype(torch::kInt8));
+  auto d = torch::empty({G * 16}, x.options());
+  auto c = torch::empty({G * 16}, x.options().dtype(torch::kInt32));
+  Rows a;
+  a.x = x.data_ptr<float>(); a.ld = K;
+  a.q = q.data_ptr<int8_t>(); a.d = d.data_ptr<float>(); a.c = c.data_ptr<int32_t>();
+  for (int64_t r = 0; r < R; ++r) fill_extras(W_Q8, D_F32, a.x + r * K, K, r, a);
+  Mat m;
+  m.kind = W_Q8; m.O = O; m.K = K;
+  m.pw = pw.data_ptr<uint8_t>(); m.ps = reinterpret_cast<const uint16_t*>(ps.data_ptr<at::Half>());
+  auto out = torch::empty({R, O}, x.options());
+  float* op = out.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, 65536 / (16 * K));
+  at::parallel_for(0, NB, grain, [&](int64_t b0, int64_t b1) {
+    mat_rows(m, a, R, 16 * b0, std::min(O, 16 * b1), op, O);
+  });
+  return out;
+}
+
 struct alignas(64) PhaseCounter {
   std::atomic<int64_t> next{0};
   char pad[56];
@@ -1493,27 +1422,29 @@ class DecodePlan {
     TORCH_CHECK(D_ % 32 == 0 && H_ % 32 == 0 && hq_ * hd_ % 32 == 0,
                 "widths must be multiples of 32");
     TORCH_CHECK(int64_t(keep_.size()) == 10 * L_ + 6, "tensors: 10 per layer, then 6");
-    auto mat = [&](int64_t i) {
+    // Matrix i of `tensors` (weights, then scales), one of O output rows.
+    auto mat = [&](int64_t i, int64_t O) {
       Mat m;
       const auto& w = keep_[i];
       const auto& s = keep_[i + 1];
+      m.kind = kind_; m.w = w.data_ptr();
+      if (kind_ == W_Q8) {  // q8_pack's blocks: [O/16, G, 512] and [O/16, G, 16]
+        TORCH_CHECK(w.is_contiguous() && w.dim() == 3 && w.scalar_type() == torch::kUInt8 &&
+                    w.size(0) == (O + 15) / 16 && w.size(2) == 512 && s.is_contiguous() &&
+                    s.scalar_type() == torch::kFloat16 && s.dim() == 3 &&
+                    s.size(0) == w.size(0) && s.size(1) == w.size(1) && s.size(2) == 16,
+                    "q8_0 weights in q8_pack's blocks");
+        m.O = O; m.K = 32 * w.size(1);
+        m.pw = w.data_ptr<uint8_t>();
+        m.ps = reinterpret_cast<const uint16_t*>(s.data_ptr<at::Half>());
+        return m;
+      }
       TORCH_CHECK(w.is_contiguous() && w.dim() == 2, "weights must be contiguous matrices");
-      m.kind = kind_; m.w = w.data_ptr(); m.O = w.size(0); m.K = w.size(1);
-      if (kind_ == W_I8 || kind_ == W_Q8) {
+      m.O = w.size(0); m.K = w.size(1);
+      if (kind_ == W_I8) {
         TORCH_CHECK(w.scalar_type() == torch::kInt8 && s.scalar_type() == torch::kFloat16 &&
                     s.is_contiguous() && s.size(0) == m.O && s.size(1) == m.K / 32, "int8 weights");
         m.s = reinterpret_cast<const uint16_t*>(s.data_ptr<at::Half>());
-#ifdef __AVX512F__
-        if (kind_ == W_Q8) {
-          const int64_t NB = (m.O + 15) / 16, G = m.K / 32;
-          auto pw = torch::empty({NB * G * 512}, torch::TensorOptions().dtype(torch::kUInt8));
-          auto ps = torch::empty({NB * G * 16}, torch::TensorOptions().dtype(torch::kInt16));
-          uint16_t* psp = reinterpret_cast<uint16_t*>(ps.data_ptr<int16_t>());
-          pack_q8(w.data_ptr<int8_t>(), m.s, m.O, m.K, pw.data_ptr<uint8_t>(), psp);
-          m.pw = pw.data_ptr<uint8_t>(); m.ps = psp;
-          packed_.push_back(pw); packed_.push_back(ps);
-        }
-#endif
       } else {
         TORCH_CHECK(w.scalar_type() == dtype_of(kind_), "weight dtype does not match the kind");
       }
@@ -1529,7 +1460,8 @@ class DecodePlan {
       const int64_t b = 10 * l;
       PlanLayer pl;
       pl.n1 = f32(b, D_); pl.n2 = f32(b + 1, D_);
-      pl.qkv = mat(b + 2); pl.o = mat(b + 4); pl.w13 = mat(b + 6); pl.down = mat(b + 8);
+      pl.qkv = mat(b + 2, QKV); pl.o = mat(b + 4, D_); pl.w13 = mat(b + 6, 2 * H_);
+      pl.down = mat(b + 8, D_);
       TORCH_CHECK(pl.qkv.O == QKV && pl.qkv.K == D_ && pl.o.O == D_ && pl.o.K == hq_ * hd_ &&
                   pl.w13.O == 2 * H_ && pl.w13.K == D_ && pl.down.O == D_ && pl.down.K == H_,
                   "layer shapes do not match");
@@ -1537,7 +1469,7 @@ class DecodePlan {
     }
     const int64_t t = 10 * L_;
     norm_ = f32(t, D_);
-    out_ = mat(t + 1);
+    out_ = mat(t + 1, V_);
     TORCH_CHECK(out_.O == V_ && out_.K == D_, "output shape");
     const auto& emb = keep_[t + 3];
     TORCH_CHECK(emb.is_contiguous() && emb.size(0) == V_ && emb.size(1) == D_, "embedding shape");
@@ -1844,7 +1776,6 @@ class DecodePlan {
   int64_t D_, hq_, hkv_, hd_, H_, V_, L_, S_;
   int64_t ldD_, ldA_, ldH_, ldQKV_, ld13_;
   torch::Tensor x_, h_, xn_, attn_, act_buf_, qkv_, w13o_, tmp_, q_, d_, c_, b_;
-  std::vector<torch::Tensor> packed_;  // q8_0 weights and scales in pack_q8's blocks
   std::unique_ptr<PhaseCounter[]> counters_;
   std::mutex busy_;
 };
@@ -1867,7 +1798,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_group_mm", &int8_group_mm);
   m.def("half_mm", &half_mm);
   m.def("half_mv", &half_mv);
-  m.def("int8_q8_mm", &int8_q8_mm);
+  m.def("q8_pack", &q8_pack);
+  m.def("q8_packed_mm", &q8_packed_mm);
   m.def("isa", []() { return std::string(LLAMA_KERNELS_ISA); });
   // module_local: both builds may be loaded in one process (the tests take each), and a
   // type registered globally by the first would fail the second's import.

@@ -56,13 +56,8 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
     return w.reshape(out_f, in_f).to(dtype)
 
 
-def matmul(
-    x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, *, round_activations: bool = False
-) -> torch.Tensor:
-    """`x @ dequantize(q, scale).T` in x's dtype (float32 accumulation in the kernel).
-
-    `round_activations` (the "q8_0" mode): where the kernel runs, x is rounded to int8 per
-    group of 32 too and the products are summed in integers (llama.cpp's q8_0 x q8_0)."""
+def matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`x @ dequantize(q, scale).T` in x's dtype (float32 accumulation in the kernel)."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     group = shape[-1] // scale.shape[1]
@@ -70,8 +65,49 @@ def matmul(
     mod = kernel() if fits else None
     if mod is None:
         return F.linear(x, dequantize(q, scale, x.dtype))
-    if round_activations:
-        out = mod.int8_q8_mm(x2.float(), q, scale)
-    else:
-        out = mod.int8_group_mm(x2.float(), q, scale, group)
+    out = mod.int8_group_mm(x2.float(), q, scale, group)
     return out.to(x.dtype).view(*shape[:-1], q.shape[0])
+
+
+# -- q8_0: the same weights in 16-row blocks, multiplied by activations rounded to int8 ------
+#
+# `cpu_kernels.q8_pack`: for each block of 16 output rows and each group of 32 columns, 8
+# vectors of 64 bytes, lane i of vector j holding columns 4j..4j+3 of the group in row i
+# of the block, as q + 128; the block's scales [16] per group beside. The products then
+# run 16 output rows to a vector (no sums across lanes), llama.cpp's q8_0 x q8_0 with the
+# scales applied once per group and 16 rows.
+
+
+def pack(q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`quantize`'s `(q, scale)` in q8_pack's blocks (`[ceil(O/16), K/32, 512]` uint8,
+    `[ceil(O/16), K/32, 16]` float16), or None where the kernel or the layout does not
+    apply (no kernel here, another device, groups other than 32)."""
+    if q.device.type != "cpu" or q.shape[1] != GROUP * scale.shape[1]:
+        return None
+    mod = kernel()
+    if mod is None:
+        return None
+    pw, ps = mod.q8_pack(q, scale)
+    return pw, ps
+
+
+def unpack(pw: torch.Tensor, ps: torch.Tensor, out_f: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pack`'s blocks back to `(q, scale)` (the first `out_f` rows)."""
+    nb, groups, _ = pw.shape
+    q = pw.view(nb, groups, 8, 16, 4).permute(0, 3, 1, 2, 4).reshape(nb * 16, groups * GROUP)
+    q = (q[:out_f] ^ 0x80).view(torch.int8)
+    scale = ps.permute(0, 2, 1).reshape(nb * 16, groups)[:out_f]
+    return q.contiguous(), scale.contiguous()
+
+
+def matmul_q8(x: torch.Tensor, pw: torch.Tensor, ps: torch.Tensor, out_f: int) -> torch.Tensor:
+    """q8_0: up to KERNEL_ROWS rows of x rounded to int8 per group of 32 too and multiplied
+    in integers (`cpu_kernels.q8_packed_mm`, llama.cpp's q8_0 x q8_0); more rows (prefill)
+    as weight-only int8 (`x @ dequantize(...).T`), as other devices do."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    mod = kernel() if x.device.type == "cpu" and x2.shape[0] <= KERNEL_ROWS else None
+    if mod is None:
+        return F.linear(x, dequantize(*unpack(pw, ps, out_f), x.dtype))
+    out = mod.q8_packed_mm(x2.float(), pw, ps, out_f)
+    return out.to(x.dtype).view(*shape[:-1], out_f)

@@ -15,11 +15,12 @@ A `Proj` is derived data built from a model's parameters at load time (see
   output row (symmetric, llama.cpp's Q8_0 layout; see `int8_groups`), multiplied by a
   small C++ kernel that reads the int8 matrix once and accumulates in float32, without
   a dequantized copy. The activations stay in the model's dtype (float32 by default).
-- "q8_0": the same int8 weights, and in passes of up to SMALL_ROWS rows (decode, short
-  prompts) the activations rounded to int8 per group of 32 as well, multiplied in integers
-  (`cpu_kernels.int8_q8_mm`, llama.cpp's q8_0 x q8_0): faster than "int8" for a few
-  rows, at the cost of the activations' rounding (logits within int8's bound of
-  float32, but not equal to "int8"'s). Prefill and other devices take "int8"'s path.
+- "q8_0": the same int8 weights, held on the CPU in 16-row blocks (`int8_groups.pack`),
+  and in passes of up to SMALL_ROWS rows (decode, short prompts) the activations rounded
+  to int8 per group of 32 as well, multiplied in integers (`cpu_kernels.q8_packed_mm`,
+  llama.cpp's q8_0 x q8_0): faster than "int8" for a few rows, at the cost of the
+  activations' rounding (logits within int8's bound of float32, but not equal to
+  "int8"'s). Prefill and other devices take "int8"'s path (from the blocks unpacked).
 
 Which ATen call is fast for a few rows depends on the dtype, measured on this CPU (AMD
 EPYC, AVX-512 with BF16, 2 cores; 5632x2048 weights, see README):
@@ -150,7 +151,7 @@ def half_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 class Proj:
     """One (possibly fused) projection, ready for the inference path."""
 
-    __slots__ = ("dtype", "kind", "scale", "shape", "splits", "weight")
+    __slots__ = ("blocks", "dtype", "kind", "scale", "shape", "splits", "weight")
 
     def __init__(
         self,
@@ -163,6 +164,7 @@ class Proj:
     ):
         self.splits = splits  # output widths of the parts when fused
         self.shape = weight.shape
+        self.blocks = False  # q8_0: weight and scale in int8_groups.pack's blocks
         self.dtype = weight.dtype
         if quantize is None and pack:
             self.kind = "packed"
@@ -179,11 +181,17 @@ class Proj:
             self.weight, self.scale = int8_groups.quantize(weight)
             int8_groups.kernel()  # built (or found in the cache) at load, not on a job
             self.dtype = act_dtype or weight.dtype
+            packed = int8_groups.pack(self.weight, self.scale) if quantize == "q8_0" else None
+            if packed is not None:
+                self.weight, self.scale = packed
+                self.blocks = True
         else:
             modes = ", ".join(QUANT_MODES)
             raise ValueError(f"unknown quantization {quantize!r}; one of {modes}")
 
     def nbytes(self) -> int:
+        if self.blocks:  # the rows as packed, up to 15 rows of padding
+            return self.weight.numel() + self.scale.numel() * self.scale.element_size()
         n = self.shape.numel() * self.weight.element_size()
         if self.scale is not None:
             n += self.scale.numel() * self.scale.element_size()
@@ -193,6 +201,9 @@ class Proj:
         """The plain `[out, in]` matrix (int8: dequantized, in the activations' dtype)."""
         if self.kind == "packed":
             return self.weight.to_dense()
+        if self.blocks:
+            q, scale = int8_groups.unpack(self.weight, self.scale, self.shape[0])
+            return int8_groups.dequantize(q, scale, self.dtype)
         if self.kind in ("int8", "q8_0"):
             return int8_groups.dequantize(self.weight, self.scale, self.dtype)
         return self.weight
@@ -200,10 +211,10 @@ class Proj:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "packed":
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
-        if self.kind == "int8":
+        if self.blocks:
+            return int8_groups.matmul_q8(x, self.weight, self.scale, self.shape[0])
+        if self.kind in ("int8", "q8_0"):  # q8_0 without the kernel: as int8
             return int8_groups.matmul(x, self.weight, self.scale)
-        if self.kind == "q8_0":
-            return int8_groups.matmul(x, self.weight, self.scale, round_activations=True)
         w = self.weight
         if w.dtype == torch.float32:
             return small_linear(x, w)

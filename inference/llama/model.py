@@ -874,6 +874,8 @@ class Transformer(nn.Module):
             weight_kind = self._PLAN_KINDS.get(kind)
         if weight_kind is None:  # oneDNN's packed matrices
             return None
+        if kind == "q8_0" and not all(p.blocks for _, ps in projs for p in [*ps, self._out]):
+            return None  # the plan takes q8_0 in int8_groups.pack's blocks only
         empty = torch.empty(0)
 
         def mats(p: Proj) -> list[torch.Tensor]:

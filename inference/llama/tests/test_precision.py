@@ -11,6 +11,7 @@ Measured maxima over the cases here: bfloat16 2.2%, float16 0.2%, int8 2.7% (gro
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -361,6 +362,19 @@ def test_an_int8_state_dict_holds_the_dequantized_weights():
         assert ((back - w).abs() <= step / 2).all(), name
 
 
+def test_a_q8_0_state_dict_from_its_blocks_is_int8s():
+    """q8_0 holds the weights in 16-row blocks (`int8_groups.pack`; the output's 250 rows
+    end in a short block): its state dict, unpacked and dequantized, is int8's exactly."""
+    model = random_model(vocab_size=250)
+    q8 = copy.deepcopy(model).prepare("q8_0")
+    assert q8._out.blocks and q8.layers[0].attention.qkv.blocks
+    int8 = model.prepare("int8").state_dict()
+    back = q8.state_dict()
+    assert back.keys() == int8.keys()
+    for name, w in int8.items():
+        assert torch.equal(back[name], w), name
+
+
 def test_int8_without_the_kernel_dequantizes_to_the_same_logits(monkeypatch):
     toks = tokens(13)
     with torch.inference_mode():
@@ -574,9 +588,8 @@ def _q8_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor):
     qw = q.reshape(q.shape[0], -1, 32).double()
     dots = torch.einsum("rgk,ogk->rog", xq.double(), qw)  # exact, as the kernel's int32 sums
     scales = (scale.float()[None] * d[:, None]).double()  # the float32 product of the scales
-    # float32: a fused multiply-add per group into each of 8 lanes, then 3 additions across
-    # lanes; every rounding is bounded by the sum of |products| (cancellation inside a group
-    # is exact in int32, across lanes it is not).
+    # float32: a fused multiply-add per group, group after group; every rounding is bounded
+    # by the sum of |products| (cancellation inside a group is exact in int32).
     mags = torch.einsum("rgk,ogk->rog", xq.double().abs(), qw.abs()) * scales.abs()
     bound = (width // 32 + 4) * 2.0**-24 * mags.sum(-1) + 1e-30
     return (dots * scales).sum(-1), bound, xq.abs().max()
@@ -595,9 +608,10 @@ def _q8_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor):
 def test_int8_by_int8_kernel_equals_the_q8_reference(
     isa, rows, out_f, groups, log_scale, threads, seed
 ):
-    """int8_q8_mm against llama.cpp's q8_0 in float64: AVX2 (int16 pair sums) and AVX-512
-    (VNNI on unsigned activations + 128, two groups a vector, an odd last group masked);
-    1-16 rows (AVX-512: blocks of 8), 1-9 groups."""
+    """q8_packed_mm against llama.cpp's q8_0 in float64: AVX2 (int16 pair sums) and AVX-512
+    (VNNI on the weights + 128 as unsigned bytes); 1-16 rows (blocks of 8 or 4), 1-40
+    output rows (16-row blocks, a short last one), 1-9 groups; and q8_pack's blocks
+    unpacked give back the weights and scales."""
     gen = torch.Generator().manual_seed(seed)
     q, scale = int8_groups.quantize(torch.randn(out_f, groups * 32, generator=gen) * 0.05)
     x = torch.randn(rows, groups * 32, generator=gen) * 2.0**log_scale
@@ -606,9 +620,14 @@ def test_int8_by_int8_kernel_equals_the_q8_reference(
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        out = cpu_kernels.module(isa).int8_q8_mm(x, q, scale)
+        mod = cpu_kernels.module(isa)
+        pw, ps = mod.q8_pack(q, scale)
+        out = mod.q8_packed_mm(x, pw, ps, out_f)
     finally:
         torch.set_num_threads(before)
+    assert pw.shape == (-(-out_f // 16), groups, 512) and ps.shape == (pw.shape[0], groups, 16)
+    q_back, scale_back = int8_groups.unpack(pw, ps, out_f)
+    assert torch.equal(q_back, q) and torch.equal(scale_back, scale)
     ref, bound, qmax = _q8_reference(x, q, scale)
     assert qmax == 127  # every nonzero group's largest value at full scale
     assert torch.isfinite(out).all()
@@ -652,10 +671,10 @@ def test_half_precision_decode_attends_over_a_float_copy_of_the_cache(precision,
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("isa", ISAS)
 def test_q8_0_decode_rounds_activations_and_stays_near_weight_only_int8(rows, isa, two_threads):
-    """q8_0 shares int8's weights; passes of up to 16 rows (decode) go through the int8 x
-    int8 kernel, longer ones (prefill) through the weight-only path. Its logits stay within int8's
-    bound of float32 and of weight-only int8, and its greedy tokens are int8's wherever
-    int8's top token leads by more than twice that bound."""
+    """q8_0 holds int8's weights in 16-row blocks; passes of up to 16 rows (decode) go
+    through the int8 x int8 kernel, longer ones (prefill) through the weight-only path.
+    Its logits stay within int8's bound of float32 and of weight-only int8, and its greedy
+    tokens are int8's wherever int8's top token leads by more than twice that bound."""
     toks = tokens(40 + rows, (rows, 20))
     with torch.inference_mode():
         ref = random_model()(toks)[:, 8:]
@@ -669,7 +688,7 @@ def test_q8_0_decode_rounds_activations_and_stays_near_weight_only_int8(rows, is
     # whole groups of 32: the dequantizing path), and a prefill of up to 16 rows too.
     per_step = 3 * model.args.n_layers + 1
     prefill = per_step if rows * 8 <= 16 else 0
-    assert counting.calls.get("int8_q8_mm", 0) == 12 * per_step + prefill
+    assert counting.calls.get("q8_packed_mm", 0) == 12 * per_step + prefill
     assert "int8_group_mm" not in counting.calls
     bound = TOLERANCE["q8_0"] * ref.abs().max()
     assert (q8 - ref).abs().max() <= bound
