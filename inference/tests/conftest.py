@@ -50,6 +50,18 @@ def api_client():
     return APIClient()
 
 
+@pytest.fixture
+def own_presence(monkeypatch):
+    """Worker presence keys of this test alone: the workers that other tests start (the
+    session's gpu.demo worker, one whose keys outlive a slow shutdown by up to three
+    periods) write under the real prefix, which this test then does not read."""
+    import uuid
+
+    from core import workers
+
+    monkeypatch.setattr(workers, "PREFIX", f"{workers.PREFIX}test-{uuid.uuid4().hex[:8]}:")
+
+
 @pytest.fixture(scope="session")
 def jobs_worker_factory(
     s3, django_db_setup, django_db_blocker, tmp_path_factory

@@ -12,7 +12,8 @@ from catalog.tests.factories import file_row
 from core import workers
 from inference.models import GenerationJob
 
-pytestmark = pytest.mark.django_db
+# Presence keys of these tests alone: they assert that no worker serves gpu.demo.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("own_presence")]
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from catalog.models import WeightFile
 from catalog.tests.factories import file_row
 from core import workers
 
-pytestmark = pytest.mark.django_db
+# Presence keys of these tests alone: they assert that no worker serves gpu.demo.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("own_presence")]
 
 
 def options(html: str) -> dict[str, str]:
