@@ -412,36 +412,31 @@ torch::Tensor half_mv(torch::Tensor x, torch::Tensor w) {
 
 // ---- int8 x int8 (llama.cpp's q8_0 x q8_0): activations rounded to int8 per group --------
 
-// Each row of x in groups of 32 as int8 with a float32 scale per group: d = max|x| / 127,
-// q = round-to-nearest-even(x / d) (as llama.cpp's quantize_row_q8_0, its scale kept in
-// float32 rather than float16). A group of zeros gets d = 0, q = 0.
-static void quantize_rows_q8(const float* x, int64_t R, int64_t K, int8_t* q, float* d) {
-  const int64_t G = K / 32;
+// 32 values of x as int8 with a float32 scale: *d = max|x| / 127, q = round-to-nearest-
+// even(x / d) (as llama.cpp's quantize_row_q8_0 per block, its scale kept in float32
+// rather than float16). A group of zeros gets d = 0, q = 0.
+static void quantize_group_q8(const float* x, int8_t* q, float* d) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
-  for (int64_t i = 0; i < R * G; ++i) {
-    const float* xg = x + i * 32;
-    __m256 v[4], m = _mm256_setzero_ps();
-    for (int j = 0; j < 4; ++j) {
-      v[j] = _mm256_loadu_ps(xg + 8 * j);
-      m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[j]));
-    }
-    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_max_ss(h, _mm_movehdup_ps(h));
-    const float amax = _mm_cvtss_f32(h);
-    const float di = amax / 127.0f;
-    d[i] = di;
-    const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-    __m256i n[4];
-    for (int j = 0; j < 4; ++j)
-      n[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], inv),
-                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    // int32 -> int16 -> int8 packs work within 128-bit lanes; a permute restores order.
-    const __m256i p01 = _mm256_packs_epi32(n[0], n[1]), p23 = _mm256_packs_epi32(n[2], n[3]);
-    const __m256i p = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23),
-                                                  _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i * 32), p);
+  __m256 v[4], m = _mm256_setzero_ps();
+  for (int j = 0; j < 4; ++j) {
+    v[j] = _mm256_loadu_ps(x + 8 * j);
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[j]));
   }
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  const float amax = _mm_cvtss_f32(h);
+  *d = amax / 127.0f;
+  const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+  __m256i n[4];
+  for (int j = 0; j < 4; ++j)
+    n[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], inv),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  // int32 -> int16 -> int8 packs work within 128-bit lanes; a permute restores order.
+  const __m256i p01 = _mm256_packs_epi32(n[0], n[1]), p23 = _mm256_packs_epi32(n[2], n[3]);
+  const __m256i p = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23),
+                                                _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), p);
 }
 
 // ---- AVX-512 (the second build of this source, loaded where the CPU has it) ---------------
@@ -1090,7 +1085,7 @@ static inline void fill_extras(int kind, int act, const float* x, int64_t K, int
   if (kind == W_Q8) {
     for (int64_t g = 0; g < K / 32; ++g) {
       int8_t* qg = a.q + (16 * g + r) * 32;
-      quantize_rows_q8(x + g * 32, 1, 32, qg, a.d + 16 * g + r);
+      quantize_group_q8(x + g * 32, qg, a.d + 16 * g + r);
       int32_t sum = 0;
       for (int k = 0; k < 32; ++k) sum += qg[k];
       a.c[16 * g + r] = -128 * sum;
@@ -1358,9 +1353,9 @@ std::vector<torch::Tensor> q8_pack(torch::Tensor q, torch::Tensor scale) {
 }
 
 // out[r, o] = sum_g scale[o, g] * d[r, g] * sum_{k in g} q[o, k] * xq[r, k] for 1-16 rows
-// of x, with (xq, d) = x rounded to int8 per group of 32 (quantize_rows_q8) and (q, scale)
+// of x, with (xq, d) = x rounded to int8 per group of 32 (quantize_group_q8) and (q, scale)
 // in q8_pack's blocks: llama.cpp's q8_0 x q8_0, the fused step's products. Output rows
-// are handed out 16 at a time in chunks of about 64 KiB of weights.
+// are handed out in chunks of whole blocks, at least 64 KiB of weights (for_chunks).
 torch::Tensor q8_packed_mm(torch::Tensor x, torch::Tensor pw, torch::Tensor ps, int64_t O) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x: float32 [rows, K]");
   TORCH_CHECK(pw.dim() == 3 && pw.scalar_type() == torch::kUInt8 && pw.size(2) == 512 &&
@@ -1383,10 +1378,8 @@ torch::Tensor q8_packed_mm(torch::Tensor x, torch::Tensor pw, torch::Tensor ps, 
   m.pw = pw.data_ptr<uint8_t>(); m.ps = reinterpret_cast<const uint16_t*>(ps.data_ptr<at::Half>());
   auto out = torch::empty({R, O}, x.options());
   float* op = out.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, 65536 / (16 * K));
-  at::parallel_for(0, NB, grain, [&](int64_t b0, int64_t b1) {
-    mat_rows(m, a, R, 16 * b0, std::min(O, 16 * b1), op, O);
-  });
+  // for_chunks' chunks are whole multiples of 16 rows: whole blocks
+  for_chunks(O, m.row_bytes(), [&](int64_t o0, int64_t o1) { mat_rows(m, a, R, o0, o1, op, O); });
   return out;
 }
 
