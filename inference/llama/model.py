@@ -317,8 +317,10 @@ class Attention(nn.Module):
             if step.mode == "prefill":
                 cache = step.cache
                 assert cache is not None and step.slots is not None
-                cache.k[layer][step.slots, :, :seqlen] = k
-                cache.v[layer][step.slots, :, :seqlen] = v
+                # The prompt attends over its own keys and values; the cache keeps them
+                # in its dtype (float16 for a q8_0 model's float32 activations).
+                cache.k[layer][step.slots, :, :seqlen] = k.to(cache.k[layer].dtype)
+                cache.v[layer][step.slots, :, :seqlen] = v.to(cache.v[layer].dtype)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.rep > 1)
             out = out.transpose(1, 2).reshape(bsz, seqlen, -1)
         return self.par.all_reduce(self.o(out))
@@ -558,6 +560,18 @@ class Transformer(nn.Module):
         # The embedding is never quantized: its dtype is the activations' dtype.
         return self.tok_embeddings.weight.dtype
 
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """The dtype `new_cache` keeps keys and values in: the model's, except float16 for
+        q8_0 weights with float32 activations, as llama.cpp keeps its q8_0 models' cache
+        (f16 by default). On the tests' random model the logits then move from a float32
+        cache's by less than q8_0's rounding of the activations moves them from weight-only
+        int8's, within q8_0's tolerance of float32; decode attention reads half the bytes.
+        Weight-only int8 keeps the model's dtype (gpt-fast's scheme)."""
+        if self.quantize == "q8_0" and self.dtype == torch.float32:
+            return torch.float16
+        return self.dtype
+
     def freqs(self) -> torch.Tensor:
         dev = self.device
         if self._freqs is None or self._freqs.device != dev:
@@ -681,7 +695,7 @@ class Transformer(nn.Module):
             attn.n_kv,
             seq,
             attn.head_dim,
-            dtype=dtype or self.dtype,
+            dtype=dtype or self.cache_dtype,
             device=self.device,
         )
 

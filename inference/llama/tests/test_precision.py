@@ -826,3 +826,42 @@ def test_fused_silu_matches_aten_across_the_float_range(dtype, isa):
         ulp = torch.finfo(dtype).eps * ref.abs().clamp(min=torch.finfo(dtype).tiny)
         assert ((out - ref).abs() <= ulp * 1.01).all()
         assert (out == ref).float().mean() >= 0.995
+
+
+def test_a_q8_0_model_keeps_its_cache_in_float16_within_its_tolerance(two_threads):
+    """q8_0 over float32 activations keeps keys and values in float16 (llama.cpp's default
+    cache type): the cache holds the float16 rounding of what a float32 cache would, and
+    the logits stay within q8_0's tolerance of float32, moved from a float32 cache's by
+    no more than q8_0's own rounding of the activations moves them from weight-only
+    int8's. Other models keep their own dtype."""
+    assert variant_model("float32").new_cache(1, 8).kv[0].dtype == torch.float32
+    assert variant_model("int8").new_cache(1, 8).kv[0].dtype == torch.float32
+    assert variant_model("bfloat16").new_cache(1, 8).kv[0].dtype == torch.bfloat16
+    toks = tokens(77, (2, 20))
+    with torch.inference_mode():
+        model = variant_model("q8_0")
+        assert model.cache_dtype == torch.float16
+        half_cache = model.new_cache(2, 20)
+        wide_cache = model.new_cache(2, 20, dtype=torch.float32)
+        assert half_cache.kv[0].dtype == torch.float16
+
+        def run(cache):
+            model.prefill(toks[:, :8], cache, torch.arange(2), None)
+            steps = [
+                model.decode(toks[:, t], torch.full((2,), t), cache, span=t + 1)
+                for t in range(8, 20)
+            ]
+            return torch.stack(steps, dim=1)
+
+        half, wide = run(half_cache), run(wide_cache)
+        int8 = cached_logits(variant_model("int8"), toks, 8)
+        ref = random_model()(toks)[:, 8:]
+    # The prompt's keys and values (every layer) and the first layer's at every position
+    # come from the same float32 values; later ones follow the rounded attention.
+    for layer in range(model.args.n_layers):
+        span = 20 if layer == 0 else 8
+        filled = wide_cache.kv[layer][:, :, :, :span]
+        assert torch.equal(half_cache.kv[layer][:, :, :, :span], filled.half())
+    assert not torch.equal(half, wide)
+    assert (half - ref).abs().max() <= TOLERANCE["q8_0"] * ref.abs().max()
+    assert (half - wide).abs().max() <= (wide - int8).abs().max()
