@@ -1122,20 +1122,25 @@ struct F32w16 {  // float32 weights
 // side by side (half_mv's tiles) measured half the rate from DRAM: 32000x768 bfloat16,
 // 1 thread 8.6 against 16.5 GB/s, 2 threads 17.6 against 25.3 (the hardware prefetcher
 // follows one stream).
-// Half-precision and int8 rows also prefetch 4 KiB ahead of the stream (ROW_PREFETCH):
-// their conversions slow the loads' issue, and the hardware prefetcher alone then kept
-// too few lines in flight. On the Xeon of 2026-12-08 (2 cores, 25-27 GB/s), whole steps
-// at one row: 1B float16 85 -> 67 ms, int8 59 -> 46.5 ms; 100M float16 9.0 -> 6.0 ms,
-// int8 4.4 -> 2.8 ms; bfloat16 (vdpbf16ps) 1-2% faster. float32, already at 94% of the
-// bandwidth, measured 4% slower with it on the 1B shape, so it has none. (q8_0 at one or
-// two rows too: 1B 39 -> 37 ms, 100M 2.4 -> 2.1 ms.)
+// The rows also prefetch ahead of the stream: conversions (half precision, int8) or the
+// arithmetic's own pace slow the loads' issue, and the hardware prefetcher alone kept too
+// few lines in flight on the Xeon of 2026-12-08 (2 cores, 25-27 GB/s). Whole steps at one
+// row, alternated in one build: this loop (float32, float16, or bfloat16 weights against
+// float32 activations) 2 KiB ahead into L2 (1B float16 85 -> 67 ms with 4 KiB into L1; later, the host slower,
+// 99-103 -> 83-86 ms into L2 against L1; 1B float32 166-171 -> 133-136 ms, 100M float32
+// 18.0-19.5 -> 15.0-15.4 ms; 4 KiB into L1 made float32 slower); vdpbf16ps rows, int8
+// groups and q8_0 blocks 4 KiB ahead into L1 (int8 1B 59 -> 46.5 ms, 100M 4.4 -> 2.8 ms;
+// q8_0 1B 39 -> 37 ms, 100M 2.4 -> 2.1 ms; bfloat16 1-2%; into L2 at 2 KiB: int8 3% faster,
+// q8_0 5% slower).
+constexpr int ROW_PREFETCH_L2 = 2048;
 template <typename W>
 static inline void row_seq512(const W& w, int64_t o, const float* x, int64_t K, float* op) {
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
-    if constexpr (sizeof(typename W::type) == 2)  // one cache line a step
-      _mm_prefetch(w.addr(o, k) + ROW_PREFETCH, _MM_HINT_T0);
+    _mm_prefetch(w.addr(o, k) + ROW_PREFETCH_L2, _MM_HINT_T1);  // 32 columns: 1 or 2 lines
+    if constexpr (sizeof(typename W::type) == 4)
+      _mm_prefetch(w.addr(o, k) + ROW_PREFETCH_L2 + 64, _MM_HINT_T1);
     a0 = _mm512_fmadd_ps(w.load(o, k), _mm512_loadu_ps(x + k), a0);
     a1 = _mm512_fmadd_ps(w.load(o, k + 16), _mm512_loadu_ps(x + k + 16), a1);
   }
