@@ -1126,12 +1126,12 @@ struct F32w16 {  // float32 weights
 // arithmetic's own pace slow the loads' issue, and the hardware prefetcher alone kept too
 // few lines in flight on the Xeon of 2026-12-08 (2 cores, 25-27 GB/s). Whole steps at one
 // row, alternated in one build: this loop (float32, float16, or bfloat16 weights against
-// float32 activations) 2 KiB ahead into L2 (1B float16 85 -> 67 ms with 4 KiB into L1; later, the host slower,
-// 99-103 -> 83-86 ms into L2 against L1; 1B float32 166-171 -> 133-136 ms, 100M float32
-// 18.0-19.5 -> 15.0-15.4 ms; 4 KiB into L1 made float32 slower); vdpbf16ps rows, int8
-// groups and q8_0 blocks 4 KiB ahead into L1 (int8 1B 59 -> 46.5 ms, 100M 4.4 -> 2.8 ms;
-// q8_0 1B 39 -> 37 ms, 100M 2.4 -> 2.1 ms; bfloat16 1-2%; into L2 at 2 KiB: int8 3% faster,
-// q8_0 5% slower).
+// float32 activations) 2 KiB ahead into L2 (1B float16 85 -> 67 ms with 4 KiB into L1;
+// later, the host slower, 99-103 -> 83-86 ms into L2 against L1; 1B float32 166-171 ->
+// 133-136 ms, 100M float32 18.0-19.5 -> 15.0-15.4 ms; 4 KiB into L1 made float32
+// slower); vdpbf16ps rows, int8 groups and q8_0 blocks 4 KiB ahead into L1 (int8 1B 59 ->
+// 46.5 ms, 100M 4.4 -> 2.8 ms; q8_0 1B 39 -> 37 ms, 100M 2.4 -> 2.1 ms; bfloat16 1-2%;
+// into L2 at 2 KiB: int8 3% faster, q8_0 5% slower).
 constexpr int ROW_PREFETCH_L2 = 2048;
 template <typename W>
 static inline void row_seq512(const W& w, int64_t o, const float* x, int64_t K, float* op) {
