@@ -956,14 +956,27 @@ static void pack_q8(const int8_t* q, const uint16_t* s, int64_t O, int64_t K, ui
 }
 
 #ifdef __AVX512F__
+// Software prefetch ahead of the weight streams: conversions (half precision, int8), the
+// integer products or the arithmetic's own pace slow the loads' issue, and the hardware
+// prefetcher alone kept too few lines in flight on the Xeon of 2026-12-08 (2 cores, 25-27
+// GB/s). Whole steps, alternated in one build:
+// - q8_0 blocks (here), int8 groups (row_int8) and vdpbf16ps rows (row_dpbf16) 4 KiB ahead
+//   into L1: q8_0 at 8 rows, 100M, products 4.9 -> 2.5-2.9 ms a step (2 groups ahead: no
+//   gain; 4-16 alike); one row: int8 1B 59 -> 46.5 ms, 100M 4.4 -> 2.8 ms; q8_0 1B 39 ->
+//   37 ms, 100M 2.4 -> 2.1 ms; bfloat16 1-2% (into L2 at 2 KiB: int8 3% faster, q8_0 5%
+//   slower);
+// - the float loop (row_seq512: float32, float16, or bfloat16 weights against float32
+//   activations) 2 KiB ahead into L2: 1B float16 85 -> 67 ms with 4 KiB into L1, later,
+//   the host slower, 99-103 -> 83-86 ms into L2 against L1; 1B float32 166-171 -> 133-136
+//   ms, 100M float32 18.0-19.5 -> 15.0-15.4 ms (4 KiB into L1 made float32 slower).
+constexpr int ROW_PREFETCH = 4096;
+constexpr int ROW_PREFETCH_L2 = 2048;
 // RB rows of int8 activations, group-major (group g of row r at xq + (16 g + r) * 32,
 // its scale at xd[16 g + r] and xc[16 g + r] = -128 * its sum) against one block of
 // pack_q8's weights:
 // out[r, o + i] for the block's first n rows. Per group, each row's int32 sum over the
 // group is exact ((w + 128) * x summed, less 128 * sum(x)), then scaled by the float32
 // product of the two scales and added in float32, group after group (llama.cpp's order).
-// How far ahead of a one-row stream its software prefetch reads (see row_seq512).
-constexpr int ROW_PREFETCH = 4096;
 template <int RB>
 static inline void q8_packed_rows(const uint8_t* pw, const uint16_t* ps, int64_t G,
                                   const int8_t* xq, const float* xd, const int32_t* xc,
@@ -994,10 +1007,7 @@ static inline void q8_packed_rows(const uint8_t* pw, const uint16_t* ps, int64_t
       for (int r = 0; r < RB; ++r) s[r] = _mm512_add_epi32(s[r], t[r]);
     } else {
       for (int j = 0; j < 8; ++j) {
-        // 8 groups (4 KiB) ahead: the hardware prefetcher alone kept too few lines in
-        // flight behind this much arithmetic (100M shape, 8 rows: the products' phases
-        // 4.9 -> 2.5-2.9 ms a step; 2 groups ahead measured no gain, 4-16 alike).
-        _mm_prefetch(reinterpret_cast<const char*>(wg + 8 * 512 + j * 64), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(wg + j * 64) + ROW_PREFETCH, _MM_HINT_T0);
         const __m512i w = _mm512_loadu_si512(wg + j * 64);
         for (int r = 0; r < RB; ++r) {
           int32_t x;
@@ -1122,17 +1132,7 @@ struct F32w16 {  // float32 weights
 // side by side (half_mv's tiles) measured half the rate from DRAM: 32000x768 bfloat16,
 // 1 thread 8.6 against 16.5 GB/s, 2 threads 17.6 against 25.3 (the hardware prefetcher
 // follows one stream).
-// The rows also prefetch ahead of the stream: conversions (half precision, int8) or the
-// arithmetic's own pace slow the loads' issue, and the hardware prefetcher alone kept too
-// few lines in flight on the Xeon of 2026-12-08 (2 cores, 25-27 GB/s). Whole steps at one
-// row, alternated in one build: this loop (float32, float16, or bfloat16 weights against
-// float32 activations) 2 KiB ahead into L2 (1B float16 85 -> 67 ms with 4 KiB into L1;
-// later, the host slower, 99-103 -> 83-86 ms into L2 against L1; 1B float32 166-171 ->
-// 133-136 ms, 100M float32 18.0-19.5 -> 15.0-15.4 ms; 4 KiB into L1 made float32
-// slower); vdpbf16ps rows, int8 groups and q8_0 blocks 4 KiB ahead into L1 (int8 1B 59 ->
-// 46.5 ms, 100M 4.4 -> 2.8 ms; q8_0 1B 39 -> 37 ms, 100M 2.4 -> 2.1 ms; bfloat16 1-2%;
-// into L2 at 2 KiB: int8 3% faster, q8_0 5% slower).
-constexpr int ROW_PREFETCH_L2 = 2048;
+// (The loop prefetches ahead of the stream: ROW_PREFETCH_L2, beside q8_packed_rows.)
 template <typename W>
 static inline void row_seq512(const W& w, int64_t o, const float* x, int64_t K, float* op) {
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();

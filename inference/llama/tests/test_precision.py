@@ -53,10 +53,11 @@ def tokens(seed: int, shape=(3, 20)) -> torch.Tensor:
     return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed))
 
 
-def cached_logits(model, toks: torch.Tensor, prompt: int) -> torch.Tensor:
-    """Logits of positions prompt..T-1 by prefill then one decode step per position."""
+def cached_logits(model, toks: torch.Tensor, prompt: int, cache=None) -> torch.Tensor:
+    """Logits of positions prompt..T-1 by prefill then one decode step per position, into
+    `cache` if given (else a new one of the model's)."""
     bsz, total = toks.shape
-    cache = model.new_cache(bsz, total)
+    cache = cache if cache is not None else model.new_cache(bsz, total)
     model.prefill(toks[:, :prompt], cache, torch.arange(bsz), None)
     steps = [
         model.decode(toks[:, t], torch.full((bsz,), t), cache, span=t + 1)
@@ -844,16 +845,8 @@ def test_a_q8_0_model_keeps_its_cache_in_float16_within_its_tolerance(two_thread
         half_cache = model.new_cache(2, 20)
         wide_cache = model.new_cache(2, 20, dtype=torch.float32)
         assert half_cache.kv[0].dtype == torch.float16
-
-        def run(cache):
-            model.prefill(toks[:, :8], cache, torch.arange(2), None)
-            steps = [
-                model.decode(toks[:, t], torch.full((2,), t), cache, span=t + 1)
-                for t in range(8, 20)
-            ]
-            return torch.stack(steps, dim=1)
-
-        half, wide = run(half_cache), run(wide_cache)
+        half = cached_logits(model, toks, 8, half_cache)
+        wide = cached_logits(model, toks, 8, wide_cache)
         int8 = cached_logits(variant_model("int8"), toks, 8)
         ref = random_model()(toks)[:, 8:]
     # The prompt's keys and values (every layer) and the first layer's at every position
